@@ -1,0 +1,49 @@
+"""`medvl3d <command>`: a thin layer over the Python API.
+
+Each command group lives beside the code it drives, in a module exposing ``register(subparsers)``;
+the registered handler parses nothing itself beyond argparse and calls one API function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Modules that contribute subcommands, in the order they appear in `medvl3d --help`.
+COMMAND_MODULES: tuple[str, ...] = (
+    "medvl3d.demo",
+    "medvl3d.data.commands",
+    "medvl3d.data.synth.commands",
+    "medvl3d.text.commands",
+    "medvl3d.train.commands",
+)
+
+
+class CLIError(Exception):
+    """An error whose message is shown to the user as is, without a traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medvl3d", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = args.func(args)
+    except (CLIError, FileNotFoundError, ValueError) as exc:
+        # Library code raises these with messages that name the file and the problem.
+        print(f"medvl3d {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""medvl3d.train"""
