@@ -1,0 +1,278 @@
+"""Checkpoints: a folder with safetensors weights, a JSON of everything needed to rebuild the model, and
+(for training) the optimiser/scheduler/data-order/RNG state.
+
+Layout under a run folder::
+
+    checkpoints/
+      step-00000050/  model.safetensors  config.json  train_state.pt
+      step-00000100/  ...
+      last            # a one-line pointer file: "step-00000100"
+
+Writes are crash-safe: a checkpoint is written into ``checkpoints/.tmp-<step>/``, every file is fsynced,
+the folder is renamed to ``step-<N>`` and only then is ``last`` replaced (temp file + ``os.replace``).
+A crash at any point leaves the previous ``last`` pointing at a complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+__all__ = [
+    "FORMAT_VERSION",
+    "WEIGHTS_NAME",
+    "CONFIG_NAME",
+    "STATE_NAME",
+    "save_checkpoint",
+    "latest_checkpoint",
+    "resolve_checkpoint",
+    "read_info",
+    "load_model",
+    "load_train_state",
+    "unwrap_model",
+]
+
+FORMAT_VERSION = 1
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+STATE_NAME = "train_state.pt"
+_POINTER = "last"
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The plain module inside DDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
+def _fsync_dir(path: Path) -> None:
+    # Make a rename durable; not supported on every platform/filesystem, where it is harmless to skip.
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def _write_weights(model: nn.Module, folder: Path) -> None:
+    # safetensors refuses shared storage; clone+contiguous gives each tensor its own buffer.
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
+    _fsync_file(folder / WEIGHTS_NAME)
+
+
+def _write_config(info: dict, folder: Path) -> None:
+    (folder / CONFIG_NAME).write_text(json.dumps(info, indent=2, sort_keys=False))
+    _fsync_file(folder / CONFIG_NAME)
+
+
+def _write_train_state(state: dict, folder: Path) -> None:
+    torch.save(state, folder / STATE_NAME)
+    _fsync_file(folder / STATE_NAME)
+
+
+def _write_pointer(root: Path, name: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=root, prefix=".last.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(name + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, root / _POINTER)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(root)
+
+
+def save_checkpoint(
+    root: str | os.PathLike,
+    step: int,
+    model: nn.Module,
+    info: dict,
+    train_state: dict | None = None,
+    keep: int = 2,
+) -> Path:
+    """Write ``root/step-<step>`` atomically and point ``root/last`` at it.
+
+    Args:
+        root: the ``checkpoints`` folder of a run.
+        step: optimiser step the weights belong to.
+        model: the model (DDP/compile wrappers are unwrapped).
+        info: the JSON-serialisable description written as ``config.json`` (see :func:`make_info`
+            in the training loop); ``step`` and ``format_version`` are added.
+        train_state: optimiser, scheduler, data-order and RNG states (``train_state.pt``), or None.
+        keep: how many completed ``step-*`` folders to keep (older ones are removed after ``last`` moves).
+
+    Returns:
+        The final checkpoint folder.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"step-{step:08d}"
+    final = root / name
+    tmp = root / f".tmp-{step:08d}"
+    if tmp.exists():
+        shutil.rmtree(tmp)  # debris of an earlier crash at this same step
+    tmp.mkdir()
+    info = {"format_version": FORMAT_VERSION, **info, "step": int(step)}
+    try:
+        _write_weights(unwrap_model(model), tmp)
+        _write_config(info, tmp)
+        if train_state is not None:
+            _write_train_state(train_state, tmp)
+        _fsync_dir(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _write_pointer(root, name)
+    if keep > 0:
+        done = sorted(p for p in root.glob("step-*") if p.is_dir())
+        for old in done[:-keep]:
+            if old != final:
+                shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(root: str | os.PathLike) -> Path | None:
+    """The checkpoint that ``root/last`` points at, or None when there is none yet."""
+    root = Path(root)
+    pointer = root / _POINTER
+    if not pointer.is_file():
+        return None
+    target = root / pointer.read_text().strip()
+    if not (target / WEIGHTS_NAME).is_file():
+        raise FileNotFoundError(f"{pointer} points at {target}, which has no {WEIGHTS_NAME}")
+    return target
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """Accept a checkpoint folder, a run's ``checkpoints`` folder or a run folder; return the checkpoint.
+
+    Raises:
+        FileNotFoundError: the path does not exist, or the folder lacks ``config.json`` or the weights.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.is_dir() and not (path / CONFIG_NAME).exists() and not (path / WEIGHTS_NAME).exists():
+        for root in (path, path / "checkpoints"):
+            if (root / _POINTER).is_file():
+                found = latest_checkpoint(root)
+                if found is not None:
+                    path = found
+                    break
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"{path} is not a checkpoint folder (expected {CONFIG_NAME} + {WEIGHTS_NAME})"
+        )
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        if not (path / name).is_file():
+            raise FileNotFoundError(f"checkpoint folder {path} is missing {name}")
+    return path
+
+
+def read_info(path: str | os.PathLike) -> dict:
+    """The parsed ``config.json`` of a checkpoint (see :func:`resolve_checkpoint` for accepted paths)."""
+    folder = resolve_checkpoint(path)
+    try:
+        info = json.loads((folder / CONFIG_NAME).read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{folder / CONFIG_NAME}: not valid JSON: {exc}") from exc
+    if not isinstance(info, dict) or "model" not in info or "name" not in info.get("model", {}):
+        raise ValueError(f"{folder / CONFIG_NAME}: missing the 'model' section with its 'name'")
+    version = info.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ValueError(
+            f"{folder / CONFIG_NAME}: unsupported format_version {version!r} (expected {FORMAT_VERSION})"
+        )
+    return info
+
+
+def _build_model(model_info: dict) -> nn.Module:
+    """Rebuild an untrained model from the checkpoint's ``model`` section (name + config dict)."""
+    from medvl3d.models import model_from_config
+
+    return model_from_config(model_info)
+
+
+def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load ``state`` into ``model``; any missing, unexpected or mis-shaped key is a ValueError naming it."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in set(own) & set(state)
+        if tuple(own[k].shape) != tuple(state[k].shape)
+    )
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing[:10]}{' ...' if len(missing) > 10 else ''}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}")
+        if shapes:
+            parts.append(f"shape mismatches {shapes[:10]}{' ...' if len(shapes) > 10 else ''}")
+        raise ValueError(f"{source} does not match the model described by its config: " + "; ".join(parts))
+    model.load_state_dict(state, strict=True)
+
+
+def load_model(
+    path: str | os.PathLike, device: str | torch.device | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a model exactly as saved: ``(model in eval mode, info from config.json)``.
+
+    Raises:
+        FileNotFoundError: the folder or its ``config.json`` / ``model.safetensors`` is missing.
+        ValueError: the weights do not match the config (names the mismatched keys).
+    """
+    folder = resolve_checkpoint(path)
+    info = read_info(folder)
+    model = _build_model(info["model"])
+    try:
+        state = load_file(str(folder / WEIGHTS_NAME))
+    except Exception as exc:  # safetensors raises its own error types for corrupt files
+        raise ValueError(f"{folder / WEIGHTS_NAME}: cannot read safetensors weights: {exc}") from exc
+    load_state_strict(model, state, str(folder / WEIGHTS_NAME))
+    if device is not None:
+        model = model.to(device)
+    model.eval()
+    info["path"] = str(folder)
+    return model, info
+
+
+def load_train_state(folder: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """The training state saved beside the weights (optimiser, scheduler, data order, RNG)."""
+    path = Path(folder) / STATE_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint folder {folder} has no {STATE_NAME} (not a training checkpoint)")
+    # weights_only=False: the state holds numpy/python RNG tuples; it is our own file, written by save.
+    return torch.load(path, map_location=map_location, weights_only=False)

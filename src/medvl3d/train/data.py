@@ -1,0 +1,239 @@
+"""From datasets to training batches: preprocessing, the text paired with each volume, a resumable
+deterministic data order sharded across ranks, and collation.
+
+The data order is a pure function of ``(seed, epoch, batch index)``: every epoch is a seeded permutation
+of the dataset, cut into global batches of ``batch_size * world_size``; rank ``r`` takes the ``r``-th
+contiguous slice of each global batch. The loop records how many batches it has *consumed*, so a
+resumed run continues with exactly the batches an uninterrupted run would have seen, whatever the
+number of loader workers (which prefetch ahead).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from medvl3d.config import DataConfig
+
+__all__ = [
+    "BatchOrder",
+    "ResumableBatchSampler",
+    "TextSourceDataset",
+    "PreprocessedDataset",
+    "collate_samples",
+    "build_dataset",
+    "build_loader",
+]
+
+
+class BatchOrder:
+    """Deterministic, sharded batch order: ``indices(epoch, batch)`` for this rank.
+
+    Incomplete final batches are dropped so that every rank sees the same number of equally sized
+    batches (a requirement for DDP and for comparing against one process on the combined batch).
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1):
+        global_batch = batch_size * world_size
+        if n < global_batch:
+            raise ValueError(
+                f"the dataset has {n} samples, fewer than one global batch "
+                f"({batch_size} per rank x {world_size} ranks = {global_batch})"
+            )
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.batches_per_epoch = n // global_batch
+        self._perm_epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        if epoch != self._perm_epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perm, self._perm_epoch = torch.randperm(self.n, generator=g), epoch
+        return self._perm
+
+    def indices(self, epoch: int, batch: int) -> list[int]:
+        """Sample indices of this rank's share of global batch ``batch`` in ``epoch``."""
+        start = batch * self.batch_size * self.world_size + self.rank * self.batch_size
+        return self._permutation(epoch)[start : start + self.batch_size].tolist()
+
+    def position(self, consumed: int) -> tuple[int, int]:
+        """``(epoch, batch)`` after ``consumed`` batches."""
+        return divmod(consumed, self.batches_per_epoch)
+
+
+class ResumableBatchSampler(Sampler[list[int]]):
+    """An endless batch sampler following a :class:`BatchOrder`, starting after ``start`` batches."""
+
+    def __init__(self, order: BatchOrder, start: int = 0):
+        self.order, self.start = order, start
+
+    def __iter__(self) -> Iterator[list[int]]:
+        k = self.start
+        while True:
+            yield self.order.indices(*self.order.position(k))
+            k += 1
+
+    def __len__(self) -> int:  # DataLoader asks; the sampler is endless by design
+        return 2**62
+
+
+class PreprocessedDataset(Dataset):
+    """Applies a ``medvl3d.data.preprocess.PreprocessSpec`` to each sample of a dataset."""
+
+    def __init__(self, base: Dataset, spec: Any):
+        from medvl3d.data.preprocess import preprocess_sample
+
+        self.base, self.spec, self._fn = base, spec, preprocess_sample
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> dict:
+        return self._fn(self.base[i], self.spec)
+
+
+class TextSourceDataset(Dataset):
+    """Adds ``sample["text"]``: the text a volume is aligned with during pretraining.
+
+    ``report`` uses the report as is; ``summary`` condenses it with the configured summariser (BrgSA);
+    ``generated`` writes text from the volume itself (GTGM); ``auto`` takes the report when it is not
+    empty and generated text otherwise. Summaries and generated texts are deterministic per sample.
+    """
+
+    def __init__(
+        self,
+        base: Dataset,
+        source: str = "report",
+        summariser_cfg: dict | None = None,
+        generator_cfg: dict | None = None,
+    ):
+        if source not in ("report", "summary", "generated", "auto"):
+            raise ValueError(f"unknown text_source {source!r}; use report, summary, generated or auto")
+        self.base, self.source = base, source
+        self._summariser = None
+        self._generator = None
+        if source == "summary":
+            from medvl3d.text.summariser import build_summariser
+
+            self._summariser = build_summariser(summariser_cfg or {})
+        if source in ("generated", "auto"):
+            from medvl3d.text.generator import build_generator
+
+            self._generator = build_generator(generator_cfg or {})
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def _generate(self, sample: dict) -> str:
+        return self._generator.generate(sample)
+
+    def __getitem__(self, i: int) -> dict:
+        sample = dict(self.base[i])
+        report = sample.get("report") or ""
+        if self.source == "report":
+            text = report
+        elif self.source == "summary":
+            text = self._summariser.summarise(report) if report.strip() else ""
+        elif self.source == "generated":
+            text = self._generate(sample)
+        else:
+            text = report if report.strip() else self._generate(sample)
+        if not text.strip():
+            case = sample.get("meta", {}).get("case_id", i)
+            raise ValueError(f"sample {case!r} has no text for text_source={self.source!r} (empty report)")
+        sample["text"] = text
+        return sample
+
+
+def _as_tensor(x: Any) -> torch.Tensor:
+    t = torch.as_tensor(x)
+    if hasattr(t, "as_tensor"):  # MONAI MetaTensor -> plain tensor (models get plain tensors)
+        t = t.as_tensor()
+    return t
+
+
+def collate_samples(samples: Sequence[dict]) -> dict:
+    """Stack images (and label maps) into ``[B, C, X, Y, Z]``; keep texts, labels and meta as lists.
+
+    ``labels`` (abnormality name -> 0/1) becomes ``labels`` (list of dicts) plus ``label_names`` and a
+    float ``label_matrix [B, L]`` over the union of names (missing = NaN) for supervised or auxiliary use.
+    """
+    if not samples:
+        raise ValueError("cannot collate an empty batch")
+    batch: dict[str, Any] = {}
+    shapes = {tuple(_as_tensor(s["image"]).shape) for s in samples}
+    if len(shapes) != 1:
+        cases = [s.get("meta", {}).get("case_id") for s in samples]
+        raise ValueError(
+            f"images in a batch have different shapes {sorted(shapes)} (cases {cases}); "
+            "set a fixed crop/resample size in data.preprocess"
+        )
+    batch["image"] = torch.stack([_as_tensor(s["image"]).float() for s in samples])
+    if all("label" in s for s in samples):
+        batch["label"] = torch.stack([_as_tensor(s["label"]).long() for s in samples])
+    for key in ("text", "report"):
+        if any(key in s for s in samples):
+            batch[key] = [s.get(key, "") for s in samples]
+    if any("labels" in s for s in samples):
+        labels = [dict(s.get("labels") or {}) for s in samples]
+        names = sorted({k for d in labels for k in d})
+        mat = torch.full((len(samples), len(names)), float("nan"))
+        for i, d in enumerate(labels):
+            for j, name in enumerate(names):
+                if name in d:
+                    mat[i, j] = float(d[name])
+        batch["labels"], batch["label_names"], batch["label_matrix"] = labels, names, mat
+    for key in ("lesions", "meta"):
+        if any(key in s for s in samples):
+            batch[key] = [s.get(key, {}) for s in samples]
+    return batch
+
+
+def _preprocess_spec(cfg: DataConfig) -> Any:
+    from medvl3d.data.preprocess import PreprocessSpec
+
+    return PreprocessSpec.from_dict(cfg.preprocess or {})
+
+
+def build_dataset(cfg: DataConfig, split: str, with_text: bool = True) -> Dataset:
+    """The preprocessed dataset of one split, with ``text`` per ``cfg.text_source`` when ``with_text``.
+
+    With ``cfg.cache_dir`` set, volumes are preprocessed once into ``medvl3d.data.cache`` shards and read
+    back from there; otherwise preprocessing runs on the fly in the loader workers.
+    """
+    from medvl3d.data.datasets import open_dataset
+
+    spec = _preprocess_spec(cfg)
+    base = open_dataset(cfg.root, format=cfg.format, split=split)
+    if cfg.cache_dir:
+        from medvl3d.data.cache import CachedDataset, preprocess_dataset
+
+        cache = preprocess_dataset(base, spec, cfg.cache_dir)
+        ds: Dataset = cache if isinstance(cache, Dataset) else CachedDataset(cache)
+    else:
+        ds = PreprocessedDataset(base, spec)
+    if with_text:
+        ds = TextSourceDataset(ds, cfg.text_source, cfg.summariser, cfg.generator)
+    return ds
+
+
+def build_loader(
+    dataset: Dataset, order: BatchOrder, start: int = 0, num_workers: int = 0, pin_memory: bool = False
+) -> DataLoader:
+    """An endless DataLoader over ``order`` beginning after ``start`` consumed batches.
+
+    The loader draws its worker seeds from its own generator (seeded by the order's seed), never from the
+    global RNG, whose state the training loop checkpoints for an exact resume.
+    """
+    return DataLoader(
+        dataset,
+        batch_sampler=ResumableBatchSampler(order, start),
+        collate_fn=collate_samples,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+        generator=torch.Generator().manual_seed(order.seed),
+    )

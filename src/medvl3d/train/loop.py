@@ -1,0 +1,383 @@
+"""One training loop for every objective: the task module turns a batch into ``{"loss": ..., parts}``,
+the loop does the rest once (AMP, accumulation, clipping, schedule, DDP, compile, checkpoints, resume,
+logging).
+
+Resume is exact: a checkpoint stores the model and task weights, the optimiser and scheduler, the number
+of batches consumed (the data order is a pure function of it, see :mod:`medvl3d.train.data`) and the
+torch/numpy/python RNG states, so a run killed after step k and restarted continues as if it had never
+stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import Dataset
+
+import medvl3d
+from medvl3d.config import ExperimentConfig, config_to_dict, load_config, save_config
+from medvl3d.train import checkpoint as ckpt
+from medvl3d.train.data import BatchOrder, build_dataset, build_loader
+from medvl3d.train.distributed import DistInfo, all_reduce_mean, cleanup_distributed, init_distributed
+from medvl3d.train.optim import build_optimizer, build_scheduler
+
+__all__ = ["train", "forward_backward", "make_info", "Callback"]
+
+#: Called on every rank after each optimiser step (and after any checkpoint of that step) with
+#: ``(step, metrics)``; raising from it stops training (tests use this to simulate a crash).
+Callback = Callable[[int, dict], None]
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    non_blocking = device.type == "cuda"
+    return {
+        k: v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v
+        for k, v in batch.items()
+    }
+
+
+def _autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
+    if amp == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def forward_backward(
+    task: nn.Module, batches: Sequence[dict], device: torch.device, amp: str = "none"
+) -> dict[str, float]:
+    """Forward and backward over ``len(batches)`` micro-batches, accumulating gradients.
+
+    Each micro-batch loss is divided by the number of micro-batches, so the accumulated gradient is that
+    of the mean loss over the combined batch. Under DDP, gradient all-reduce only happens on the last
+    micro-batch (``no_sync`` before it).
+
+    Returns:
+        The mean of each scalar output (``loss`` and named parts) over the micro-batches, on this rank.
+    """
+    n = len(batches)
+    sums: dict[str, float] = {}
+    for i, batch in enumerate(batches):
+        sync = i == n - 1 or not isinstance(task, nn.parallel.DistributedDataParallel)
+        with contextlib.nullcontext() if sync else task.no_sync():
+            with _autocast(device, amp):
+                out = task(_to_device(batch, device))
+            if not isinstance(out, dict) or "loss" not in out:
+                raise ValueError(
+                    f"task {type(task).__name__} must return a dict with 'loss', got {type(out)}"
+                )
+            loss = out["loss"]
+            if not torch.isfinite(loss.detach()):
+                raise FloatingPointError(f"non-finite loss {loss.item()} (lower optim.lr or check the data)")
+            (loss.float() / n).backward()
+        for k, v in out.items():
+            if isinstance(v, torch.Tensor) and v.numel() == 1:
+                sums[k] = sums.get(k, 0.0) + float(v.detach().float())
+            elif isinstance(v, (int, float)):
+                sums[k] = sums.get(k, 0.0) + float(v)
+    return {k: v / n for k, v in sums.items()}
+
+
+def make_info(cfg: ExperimentConfig, model: nn.Module, modality: str, labels: Sequence[str]) -> dict:
+    """The checkpoint's ``config.json``: everything needed to rebuild and use the model."""
+    model = ckpt.unwrap_model(model)
+    model_cfg = model.config.to_dict() if hasattr(model.config, "to_dict") else dict(model.config)
+    try:
+        from medvl3d.data.preprocess import PreprocessSpec
+
+        preprocess = PreprocessSpec.from_dict(cfg.data.preprocess or {}).to_dict()
+    except ImportError:  # the data layer is optional for stand-in models in tests
+        preprocess = dict(cfg.data.preprocess or {})
+    return {
+        "model": {"name": cfg.model.name, "config": model_cfg},
+        "preprocess": preprocess,
+        "text": model_cfg.get("text", {}) if isinstance(model_cfg, dict) else {},
+        "prompts": dict(cfg.prompts or {}),
+        "task": cfg.task.name,
+        "modality": modality,
+        "labels": list(labels),
+        "medvl3d_version": medvl3d.__version__,
+        "train": config_to_dict(cfg),
+    }
+
+
+def _extra_task_state(task: nn.Module, model: nn.Module) -> dict[str, torch.Tensor]:
+    """Task tensors that are not part of the model (projectors, loss buffers) for the train state."""
+    model_ids = {id(t) for t in model.state_dict(keep_vars=True).values()}
+    return {
+        k: v.detach().clone() for k, v in task.state_dict(keep_vars=True).items() if id(v) not in model_ids
+    }
+
+
+def _dataset_facts(dataset: Dataset) -> tuple[str, list[str]]:
+    """Modality and abnormality label names, read from the first sample (both optional)."""
+    try:
+        first = dataset[0]
+    except Exception as exc:
+        raise ValueError(f"cannot read the first training sample: {exc}") from exc
+    meta = first.get("meta", {}) or {}
+    return str(meta.get("modality", "CT")), sorted((first.get("labels") or {}).keys())
+
+
+class _MetricsLog:
+    """``metrics.jsonl`` plus TensorBoard (when importable), on rank 0 only."""
+
+    def __init__(self, run_dir: Path, resume_step: int):
+        self.path = run_dir / "metrics.jsonl"
+        if self.path.exists():  # drop records of steps after the checkpoint we resume from
+            kept = [
+                line
+                for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= resume_step
+            ]
+            tmp = self.path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            os.replace(tmp, self.path)
+        self.file = open(self.path, "a")
+        self.tb = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step + 1)
+        except ImportError:
+            print(
+                "medvl3d train: tensorboard is not installed; logging to metrics.jsonl only", file=sys.stderr
+            )
+
+    def write(self, record: dict) -> None:
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        if self.tb is not None:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, record["step"])
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _build_model_and_task(cfg: ExperimentConfig) -> tuple[nn.Module, nn.Module]:
+    from medvl3d.models import create_model
+    from medvl3d.train.tasks import build_task
+
+    model = create_model(cfg.model.name, **cfg.model.overrides)
+    return model, build_task(cfg.task.name, model, **cfg.task.params)
+
+
+def _batches(it: Iterator[dict], n: int) -> list[dict]:
+    return [next(it) for _ in range(n)]
+
+
+def train(
+    cfg: ExperimentConfig | str | os.PathLike,
+    overrides: Sequence[str] = (),
+    *,
+    model: nn.Module | None = None,
+    task: nn.Module | None = None,
+    dataset: Dataset | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> Path:
+    """Train (or resume) the experiment described by ``cfg``; return its run folder.
+
+    Args:
+        cfg: an :class:`ExperimentConfig` or a YAML path.
+        overrides: dotted ``section.key=value`` overrides applied to ``cfg``.
+        model, task: pre-built model and task module (default: ``create_model`` / ``build_task`` from cfg).
+            Given a ``model``, ``task`` must be given too.
+        dataset: the training dataset of dict samples (default: ``cfg.data``'s train split, preprocessed,
+            with ``text``).
+        callbacks: called as ``cb(step, metrics)`` after every optimiser step.
+
+    Launch on several processes or nodes with ``torchrun`` (see :mod:`medvl3d.train.distributed`);
+    the run folder gets ``config.yaml``, ``metrics.jsonl``, ``tb/`` and ``checkpoints/``.
+    """
+    if not isinstance(cfg, ExperimentConfig):
+        cfg = load_config(cfg, overrides)
+    elif overrides:
+        cfg = load_config(config_to_dict(cfg), overrides)
+    if (model is None) != (task is None):
+        raise ValueError("pass both model and task, or neither")
+    tc = cfg.train
+    if tc.steps < 1 or tc.accum_steps < 1:
+        raise ValueError(f"train.steps and train.accum_steps must be >= 1, got {tc.steps}, {tc.accum_steps}")
+    info = init_distributed(tc.device)
+    try:
+        return _run(cfg, info, model, task, dataset, callbacks)
+    finally:
+        cleanup_distributed()
+
+
+def _run(
+    cfg: ExperimentConfig,
+    dinfo: DistInfo,
+    model: nn.Module | None,
+    task: nn.Module | None,
+    dataset: Dataset | None,
+    callbacks: Sequence[Callback],
+) -> Path:
+    tc, device = cfg.train, dinfo.device
+    run_dir = Path(cfg.output)
+    ckpt_dir = run_dir / "checkpoints"
+    if dinfo.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+
+    _seed_all(tc.seed)  # same initial weights on every rank
+    if model is None:
+        model, task = _build_model_and_task(cfg)
+    assert task is not None
+    if dataset is None:
+        dataset = build_dataset(cfg.data, cfg.data.train_split)
+    modality, labels = _dataset_facts(dataset)
+    task.to(device)
+    optimizer = build_optimizer(task, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.optim, tc.steps)
+    order = BatchOrder(len(dataset), cfg.data.batch_size, tc.seed, dinfo.rank, dinfo.world_size)
+
+    step, consumed = 0, 0
+    last = ckpt.latest_checkpoint(ckpt_dir) if ckpt_dir.exists() else None
+    if last is not None:
+        state = ckpt.load_train_state(last)
+        from safetensors.torch import load_file
+
+        ckpt.load_state_strict(model, load_file(str(last / ckpt.WEIGHTS_NAME)), str(last))
+        task.load_state_dict({**task.state_dict(), **state["task_extra"]})
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, consumed = int(state["step"]), int(state["consumed"])
+        if state.get("world_size", 1) != dinfo.world_size or state.get("batch_size") != cfg.data.batch_size:
+            raise ValueError(
+                f"{last}: saved with world_size={state.get('world_size')}, "
+                f"batch_size={state.get('batch_size')}; resuming with {dinfo.world_size}, "
+                f"{cfg.data.batch_size} would change the data order"
+            )
+        _set_rng_state(state["rng"][min(dinfo.rank, len(state["rng"]) - 1)])
+        if dinfo.is_main:
+            print(f"medvl3d train: resuming from {last} (step {step})", file=sys.stderr)
+    else:
+        _seed_all(tc.seed + 1000 * dinfo.rank)  # distinct augmentation streams per rank
+
+    runner: nn.Module = task
+    if dinfo.distributed:
+        ids = [device.index] if device.type == "cuda" else None
+        runner = nn.parallel.DistributedDataParallel(task, device_ids=ids)
+    if tc.compile:
+        runner = torch.compile(runner)
+
+    if step >= tc.steps:
+        return run_dir
+    loader = build_loader(
+        dataset, order, start=consumed, num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda"
+    )
+    it = iter(loader)
+    log = _MetricsLog(run_dir, step) if dinfo.is_main else None
+    bar = None
+    if dinfo.is_main and tc.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=tc.steps, initial=step, desc="train", dynamic_ncols=True)
+    task.train()
+    samples_per_step = cfg.data.batch_size * tc.accum_steps * dinfo.world_size
+    try:
+        while step < tc.steps:
+            t0 = time.perf_counter()
+            parts = forward_backward(runner, _batches(it, tc.accum_steps), device, tc.amp)
+            consumed += tc.accum_steps
+            grad_norm = None
+            if tc.grad_clip > 0:
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(task.parameters(), tc.grad_clip))
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            metrics = {k: float(all_reduce_mean(torch.tensor(v, device=device))) for k, v in parts.items()}
+            metrics["lr"] = optimizer.param_groups[0]["lr"]
+            if grad_norm is not None:
+                metrics["grad_norm"] = grad_norm
+            metrics["samples_per_s"] = samples_per_step / max(time.perf_counter() - t0, 1e-9)
+            if log is not None and (step % max(tc.log_every, 1) == 0 or step == tc.steps or step == 1):
+                log.write({"step": step, **metrics})
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}")
+            if (tc.ckpt_every > 0 and step % tc.ckpt_every == 0) or step == tc.steps:
+                _checkpoint(
+                    cfg, dinfo, ckpt_dir, step, consumed, model, task, optimizer, scheduler, modality, labels
+                )
+            for cb in callbacks:
+                cb(step, metrics)
+    finally:
+        if bar is not None:
+            bar.close()
+        if log is not None:
+            log.close()
+    return run_dir
+
+
+def _checkpoint(
+    cfg: ExperimentConfig,
+    dinfo: DistInfo,
+    ckpt_dir: Path,
+    step: int,
+    consumed: int,
+    model: nn.Module,
+    task: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    modality: str,
+    labels: Sequence[str],
+) -> None:
+    rng = _rng_state()
+    if dinfo.distributed:  # every rank's RNG, so each augmentation stream resumes where it was
+        gathered: list[Any] = [None] * dinfo.world_size
+        dist.all_gather_object(gathered, rng)
+    else:
+        gathered = [rng]
+    if dinfo.is_main:
+        state = {
+            "step": step,
+            "consumed": consumed,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "task_extra": _extra_task_state(task, model),
+            "rng": gathered,
+            "world_size": dinfo.world_size,
+            "batch_size": cfg.data.batch_size,
+        }
+        ckpt.save_checkpoint(ckpt_dir, step, model, make_info(cfg, model, modality, labels), state)
+    if dinfo.distributed:
+        dist.barrier()

@@ -1,0 +1,77 @@
+"""Experiment configs: YAML loading, dotted overrides, type and key errors, and every shipped config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from medvl3d.config import ExperimentConfig, load_config, save_config
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "exp.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_yaml_and_overrides_are_typed(tmp_path):
+    p = _write(tmp_path, "optim:\n  lr: 0.01\ntrain:\n  steps: 5\nmodel:\n  name: test_clip\n")
+    cfg = load_config(
+        p, ["optim.lr=3e-4", "train.amp=bf16", "model.overrides.embed_dim=64", "train.compile=true"]
+    )
+    assert isinstance(cfg, ExperimentConfig)
+    assert cfg.optim.lr == pytest.approx(3e-4) and isinstance(cfg.optim.lr, float)
+    assert cfg.train.steps == 5 and cfg.train.amp == "bf16" and cfg.train.compile is True
+    assert cfg.model.overrides == {"embed_dim": 64}
+    # an int where a float is expected is accepted and converted
+    assert load_config(p, ["optim.lr=1"]).optim.lr == 1.0
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ("train.lr=3e-4", "unknown key 'lr' in train"),
+        ("optim.lr=fast", "optim.lr.*float"),
+        ("train.steps=2.5", "train.steps.*int"),
+        ("train.amp=fp8", "train.amp.*not one of"),
+        ("train.compile=1", "train.compile.*bool"),
+        ("nosuch.x=1", "unknown key 'nosuch'"),
+        ("train.steps", "section.key=value"),
+    ],
+)
+def test_bad_overrides_name_the_key(tmp_path, override, match):
+    p = _write(tmp_path, "train:\n  steps: 5\n")
+    with pytest.raises(ValueError, match=match):
+        load_config(p, [override])
+
+
+def test_bad_yaml_keys_and_files(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown config key\(s\) \['stpes'\] in section 'train'"):
+        load_config(_write(tmp_path, "train:\n  stpes: 5\n"))
+    with pytest.raises(ValueError, match="must be a mapping"):
+        load_config(_write(tmp_path, "train: 5\n"))
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        load_config(tmp_path / "nope.yaml")
+    # configs are data: a python tag is refused by safe_load, never executed
+    with pytest.raises(ValueError, match="not valid YAML"):
+        load_config(_write(tmp_path, "output: !!python/object/apply:os.system ['echo hi']\n"))
+
+
+def test_save_config_round_trip(tmp_path):
+    cfg = load_config(_write(tmp_path, "train:\n  steps: 7\n"), ["optim.betas=[0.8, 0.9]"])
+    save_config(cfg, tmp_path / "run" / "config.yaml")
+    assert load_config(tmp_path / "run" / "config.yaml") == cfg
+    assert not list((tmp_path / "run").glob(".*tmp"))
+
+
+def test_every_shipped_config_validates():
+    paths = sorted(CONFIGS.glob("*.yaml"))
+    names = {p.name for p in paths}
+    for method in ("clip", "brgsa", "gtgm"):
+        assert f"{method}_synth_tiny.yaml" in names and f"{method}_synth_gpu.yaml" in names
+    for p in paths:
+        cfg = load_config(p)
+        assert cfg.train.steps > 0 and cfg.data.batch_size > 0, p
