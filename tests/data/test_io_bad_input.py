@@ -1,0 +1,119 @@
+"""Volume I/O on bad input: each problem gets one clear error naming the file."""
+
+from __future__ import annotations
+
+import gzip
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from medvl3d.data.io import read_volume, write_like
+
+
+def _nifti(path, data, affine=None):
+    nib.save(nib.Nifti1Image(data, np.eye(4) if affine is None else affine), str(path))
+    return path
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.nii.gz"):
+        read_volume(tmp_path / "nope.nii.gz")
+
+
+def test_truncated_nifti_gz(tmp_path):
+    path = _nifti(
+        tmp_path / "full.nii.gz", np.random.default_rng(0).normal(size=(32, 32, 32)).astype(np.float32)
+    )
+    raw = path.read_bytes()
+    bad = tmp_path / "truncated.nii.gz"
+    bad.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ValueError, match=r"truncated\.nii\.gz.*(truncated|corrupt)"):
+        read_volume(bad)
+
+
+def test_2d_image(tmp_path):
+    path = _nifti(tmp_path / "slice.nii.gz", np.zeros((16, 16), np.int16))
+    with pytest.raises(ValueError, match=r"slice\.nii\.gz: image is 2D"):
+        read_volume(path)
+
+
+def test_4d_image_refused_but_trailing_singleton_squeezed(tmp_path):
+    path = _nifti(tmp_path / "series.nii.gz", np.zeros((8, 8, 8, 3), np.int16))
+    with pytest.raises(ValueError, match=r"series\.nii\.gz: image is 4D"):
+        read_volume(path)
+    ok = _nifti(tmp_path / "single.nii.gz", np.zeros((8, 8, 8, 1), np.int16))
+    assert read_volume(ok).shape == (8, 8, 8)
+
+
+def test_nans_in_data(tmp_path):
+    data = np.zeros((8, 8, 8), np.float32)
+    data[1, 2, 3] = np.nan
+    data[4, 4, 4] = np.inf
+    path = _nifti(tmp_path / "nan.nii.gz", data)
+    with pytest.raises(ValueError, match=r"nan\.nii\.gz: 2 voxels are NaN or infinite"):
+        read_volume(path)
+
+
+def test_unsupported_suffix(tmp_path):
+    path = tmp_path / "volume.png"
+    path.write_bytes(b"x")
+    with pytest.raises(ValueError, match="unsupported file type"):
+        read_volume(path)
+
+
+def _write_series(folder, uid, z0, modality="CT"):
+    """A 4-slice DICOM series written with SimpleITK (LPS origin, 1 x 1 x 2 mm)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for k in range(4):
+        img = sitk.GetImageFromArray(np.full((6, 5), 100 * k - 1000, np.int16))
+        img.SetSpacing((1.0, 1.0))
+        tags = {
+            "0008|0060": modality,
+            "0020|000e": uid,
+            "0020|000d": "1.2.3",
+            "0020|0032": f"0\\0\\{z0 + 2.0 * k}",
+            "0020|0037": "1\\0\\0\\0\\1\\0",
+            "0020|0013": str(k + 1),
+            "0028|0030": "1\\1",
+            "0018|0050": "2",
+            "0008|0018": f"{uid}.{k + 1}",
+        }
+        for key, value in tags.items():
+            img.SetMetaData(key, value)
+        writer.SetFileName(str(folder / f"{uid}_{k}.dcm"))
+        writer.Execute(img)
+
+
+def test_dicom_folder_with_two_series(tmp_path):
+    folder = tmp_path / "dicom"
+    _write_series(folder, "1.2.826.0.1.1", 0.0)
+    _write_series(folder, "1.2.826.0.1.2", 50.0)
+    with pytest.raises(
+        ValueError, match=r"dicom: folder holds 2 DICOM series.*1\.2\.826\.0\.1\.1.*1\.2\.826\.0\.1\.2"
+    ):
+        read_volume(folder)
+    vol = read_volume(folder, series_uid="1.2.826.0.1.2")
+    assert vol.shape == (5, 6, 4)
+    assert vol.spacing == pytest.approx((1.0, 1.0, 2.0))
+    assert vol.modality == "CT"
+    # first stored voxel at LPS (0, 0, 50) = RAS (0, 0, 50); after the x/y flips it is RAS voxel (4, 5, 0)
+    np.testing.assert_allclose(vol.affine @ [4, 5, 0, 1], [0, 0, 50, 1], atol=1e-6)
+    np.testing.assert_allclose(vol.affine @ [0, 0, 3, 1], [-4, -5, 56, 1], atol=1e-6)
+    np.testing.assert_array_equal(vol.array[0, 0, :], [-1000, -900, -800, -700])
+
+
+def test_write_like_refuses_wrong_shape(tmp_path):
+    vol = read_volume(_nifti(tmp_path / "img.nii.gz", np.zeros((8, 9, 10), np.int16)))
+    with pytest.raises(ValueError, match=r"does not match the reference grid \(8, 9, 10\)"):
+        write_like(np.zeros((8, 9, 11), np.uint8), vol, tmp_path / "mask.nii.gz")
+
+
+def test_gz_that_is_not_gzip(tmp_path):
+    path = tmp_path / "plain.nii.gz"
+    path.write_bytes(gzip.compress(b"")[:5])
+    with pytest.raises(ValueError, match=r"plain\.nii\.gz"):
+        read_volume(path)
