@@ -55,9 +55,9 @@ class ToyVL(nn.Module):
         return F.normalize(z, dim=-1) if normalize else z
 
 
-def build_toy(model_info: dict) -> ToyVL:
+def build_toy(config: dict) -> ToyVL:
     """Stand-in for `medvl3d.models.model_from_config`."""
-    return ToyVL(ToyConfig(**model_info["config"]))
+    return ToyVL(ToyConfig(**config))
 
 
 class RegressTask(nn.Module):
@@ -108,6 +108,33 @@ class ToyDataset(Dataset):
                     "text": report,
                     "labels": {"Lesion": bright},
                     "meta": {"case_id": f"case{i:03d}", "modality": "CT"},
+                }
+            )
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.items[i]
+
+
+class PairDataset(Dataset):
+    """n deterministic (volume [1, s, s, s], text) pairs for real-model tests: a brightness code per text."""
+
+    WORDS = ("effusion", "emphysema", "nodule", "normal")
+
+    def __init__(self, n: int = 8, size: int = 32, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        self.items = []
+        for i in range(n):
+            k = i % len(self.WORDS)
+            img = torch.rand(1, size, size, size, generator=g) * 0.3 + 0.2 * k
+            self.items.append(
+                {
+                    "image": img,
+                    "text": f"finding {self.WORDS[k]} case {i}",
+                    "labels": {"Finding": int(k == 0)},
+                    "meta": {"case_id": f"pair{i:03d}", "modality": "CT"},
                 }
             )
 

@@ -216,11 +216,16 @@ def read_info(path: str | os.PathLike) -> dict:
     return info
 
 
-def _build_model(model_info: dict) -> nn.Module:
+def _build_model(model_info: dict, source: str) -> nn.Module:
     """Rebuild an untrained model from the checkpoint's ``model`` section (name + config dict)."""
     from medvl3d.models import model_from_config
 
-    return model_from_config(model_info)
+    if not isinstance(model_info.get("config"), dict):
+        raise ValueError(f"{source}: the 'model' section has no 'config' dict")
+    try:
+        return model_from_config(model_info["config"])
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{source}: invalid model config: {exc}") from exc
 
 
 def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
@@ -256,7 +261,7 @@ def load_model(
     """
     folder = resolve_checkpoint(path)
     info = read_info(folder)
-    model = _build_model(info["model"])
+    model = _build_model(info["model"], str(folder / CONFIG_NAME))
     try:
         state = load_file(str(folder / WEIGHTS_NAME))
     except Exception as exc:  # safetensors raises its own error types for corrupt files
