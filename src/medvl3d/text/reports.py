@@ -72,6 +72,8 @@ _PREDICATE_END = (
 _CLAUSE_SPLIT_EXTRA = [
     r"[;:()\[\]]",
     r"\b" + _PREDICATE_END + r"(?P<sep>\s*,?\s+and\b|\s*,)",
+    # ", and a few nodules are seen": a determiner after ", and" starts a new statement, not a list item.
+    r",\s+and\s+(?=(?:a|an|the|there|some|multiple|several|many|few|two|three)\b)",
 ]
 
 
@@ -263,8 +265,14 @@ class ReportParser:
             out.append((m.start(), m.end()))
         return out
 
-    def mentions_in_clause(self, text: str, norm: str, s: int, e: int, section: str) -> list[Mention]:
-        """Mentions in one clause ``[s, e)`` of ``text`` (``norm`` is its normalised form)."""
+    def mentions_in_clause(
+        self, text: str, norm: str, s: int, e: int, section: str, sent: tuple[int, int] | None = None
+    ) -> list[Mention]:
+        """Mentions in one clause ``[s, e)`` of ``text`` (``norm`` is its normalised form).
+
+        ``sent`` is the span of the sentence around the clause, where alias context is looked for.
+        """
+        sent = (s, e) if sent is None else sent
         hits = []
         for name, alias in self._alias:
             for m in alias.pattern.finditer(norm, s, e):
@@ -283,7 +291,8 @@ class ReportParser:
             post_unc += [(s + m.start(), s + m.end()) for m in re.finditer(r"\?", clause)]
         out = []
         for ms, me, name, alias in hits:
-            if alias.context is not None and not alias.context.search(clause):
+            # Context may sit anywhere in the sentence ("plaques are seen, which involve the aorta").
+            if alias.context is not None and not alias.context.search(norm, sent[0], sent[1]):
                 continue
             if alias.exclude is not None and alias.exclude.search(clause):
                 continue
@@ -308,7 +317,7 @@ class ReportParser:
         for section, (ss, se) in _section_spans(text):
             for s, e in _sentence_spans(text, ss, se):
                 for cs, ce in self.clause_spans(norm, s, e):
-                    out.extend(self.mentions_in_clause(text, norm, cs, ce, section))
+                    out.extend(self.mentions_in_clause(text, norm, cs, ce, section, (s, e)))
         return out
 
 
