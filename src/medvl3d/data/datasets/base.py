@@ -1,0 +1,165 @@
+"""Shared machinery of the dataset layouts: case records, label checks and dict samples.
+
+Each layout module only finds its cases (paths, report, labels, lesions); reading volumes, checking
+label maps against their image and building the samples of docs/contracts.md happen here, once.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from medvl3d.data.io import Volume, read_volume
+
+#: Largest affine difference (mm) tolerated between an image and its label map.
+AFFINE_ATOL_MM = 1e-2
+
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._+-]+$")
+
+
+@dataclass
+class CaseRecord:
+    """Everything known about one case before its files are read."""
+
+    case_id: str
+    image: Path
+    label: Path | None = None
+    report: str = ""
+    labels: dict[str, int] = field(default_factory=dict)
+    lesions: dict[int, dict[str, str]] = field(default_factory=dict)
+    modality: str | None = None
+    split: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def strip_nifti_suffix(name: str) -> str:
+    """'train_1_a_1.nii.gz' -> 'train_1_a_1' (also .nii, .nrrd, .mha)."""
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def parse_lesions(value: Any, where: str) -> dict[int, dict[str, str]]:
+    """Lesion dicts from JSON (string ids) -> {int id: {attribute: value}}."""
+    if value in (None, ""):
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}: 'lesions' must be an object of lesion id -> attributes")
+    out: dict[int, dict[str, str]] = {}
+    for key, attrs in value.items():
+        try:
+            lesion_id = int(key)
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: lesion id {key!r} is not an integer label id") from None
+        if not isinstance(attrs, dict):
+            raise ValueError(f"{where}: lesion {key}: attributes must be an object")
+        out[lesion_id] = {str(k): str(v) for k, v in attrs.items()}
+    return out
+
+
+def parse_labels(value: Any, where: str) -> dict[str, int]:
+    """Abnormality labels -> {name: 0/1}."""
+    if value in (None, ""):
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}: 'labels' must be an object of abnormality name -> 0/1")
+    try:
+        return {str(k): int(float(v)) for k, v in value.items()}
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: 'labels' values must be 0/1: {exc}") from None
+
+
+def read_label(path: Path, image: Volume) -> np.ndarray:
+    """Read a label map, check it lies on ``image``'s grid, and cast it to integers.
+
+    Float label maps (some MSD tasks) are accepted when every value is integral.
+    """
+    lab = read_volume(path, modality="unknown")
+    if lab.shape != image.shape:
+        raise ValueError(
+            f"{path}: label shape {lab.shape} differs from image shape {image.shape} ({image.path})"
+        )
+    diff = float(np.abs(lab.affine - image.affine).max())
+    if diff > AFFINE_ATOL_MM:
+        raise ValueError(
+            f"{path}: label affine differs from the image affine of {image.path} by up to {diff:.4g} mm"
+        )
+    data = lab.array
+    if np.issubdtype(data.dtype, np.floating):
+        rounded = np.rint(data)
+        if not np.array_equal(rounded, data):
+            bad = data[rounded != data][:3].tolist()
+            raise ValueError(f"{path}: float label map holds non-integer values (e.g. {bad})")
+        data = rounded
+    return data.astype(np.int64, copy=False)
+
+
+class VolumeDataset(Dataset):
+    """A torch Dataset of dict samples over a list of :class:`CaseRecord`.
+
+    Args:
+        records: the cases, in a stable order (sharding relies on it).
+        transform: optional callable applied to each sample (e.g. a PreprocessSpec).
+    """
+
+    def __init__(
+        self, records: Sequence[CaseRecord], transform: Callable[[dict], dict] | None = None
+    ) -> None:
+        ids = [r.case_id for r in records]
+        dup = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) != len(ids) else []
+        if dup:
+            raise ValueError(f"duplicate case ids: {dup[:5]}")
+        bad = [i for i in ids if not _SAFE_ID.match(i)]
+        if bad:
+            raise ValueError(f"case ids must be file-name safe ([A-Za-z0-9._+-]), got {bad[:5]}")
+        self.records = list(records)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def case_ids(self) -> list[str]:
+        return [r.case_id for r in self.records]
+
+    def load_image(self, record: CaseRecord) -> Volume:
+        """Read the image of a case (layouts override this for special encodings, e.g. raw CT-RATE)."""
+        return read_volume(record.image, modality=record.modality)
+
+    def load_sample(self, index: int) -> dict:
+        """The raw sample (RAS, HU for CT) of case ``index``, before ``transform``."""
+        rec = self.records[index]
+        vol = self.load_image(rec)
+        sample: dict[str, Any] = {
+            "image": torch.from_numpy(np.asarray(vol.array, dtype=np.float32))[None],
+            "report": rec.report,
+            "labels": dict(rec.labels),
+            "lesions": {k: dict(v) for k, v in rec.lesions.items()},
+            "meta": {
+                "case_id": rec.case_id,
+                "path": str(rec.image),
+                "affine": vol.affine.tolist(),
+                "spacing": list(vol.spacing),
+                "shape": list(vol.shape),
+                "orientation": vol.orientation,
+                "modality": vol.modality,
+                "split": rec.split,
+                **rec.extra,
+            },
+        }
+        if rec.label is not None:
+            sample["label"] = torch.from_numpy(read_label(rec.label, vol))[None]
+            sample["meta"]["label_path"] = str(rec.label)
+        return sample
+
+    def __getitem__(self, index: int) -> dict:
+        sample = self.load_sample(index)
+        return self.transform(sample) if self.transform is not None else sample

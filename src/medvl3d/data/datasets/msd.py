@@ -1,0 +1,127 @@
+"""Medical Segmentation Decathlon layout: ``dataset.json`` + ``imagesTr/``, ``labelsTr/``, ``imagesTs/``.
+
+Also reads MSD-style jsons written by SynthCT-VL (several per folder, e.g. ``dataset_lesions.json``),
+whose ``training`` entries carry extra keys (``report``, ``labels``, ``lesions``, ``split``, ...) that
+pass into the samples. macOS resource-fork files (``._*``) shipped in the MSD archives are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from medvl3d.data.datasets.base import (
+    CaseRecord,
+    VolumeDataset,
+    parse_labels,
+    parse_lesions,
+    strip_nifti_suffix,
+)
+
+# Entry keys that map onto sample keys; anything else goes into meta.
+_ENTRY_KEYS = {"image", "label", "report", "labels", "lesions", "modality", "case_id", "split"}
+
+
+def _modality(info: dict, where: Path) -> str | None:
+    mod = info.get("modality")
+    if isinstance(mod, dict):
+        values = [str(v) for v in mod.values()]
+        if len(values) > 1:
+            raise ValueError(
+                f"{where}: {len(values)}-channel tasks ({values}) are not supported; 3D single-channel only"
+            )
+        mod = values[0] if values else None
+    if mod is None:
+        return None
+    mod = str(mod).upper()
+    return (
+        "MR"
+        if mod.startswith("MR") or mod in ("T1", "T2", "FLAIR", "ADC")
+        else ("CT" if mod == "CT" else None)
+    )
+
+
+class MSDDataset(VolumeDataset):
+    """An MSD task folder (or one MSD-style json file).
+
+    Args:
+        path: the task folder holding ``dataset.json``, or a ``*.json`` file.
+        split: "test" reads the ``test`` list; "all" every ``training`` entry; any other value the
+            ``training`` entries whose own ``split`` key equals it (entries without one count as "train").
+        transform: optional callable applied to each sample.
+    """
+
+    def __init__(
+        self, path: str | Path, split: str = "train", *, transform: Callable[[dict], dict] | None = None
+    ) -> None:
+        path = Path(path)
+        json_path = path / "dataset.json" if path.is_dir() else path
+        if not json_path.is_file():
+            raise FileNotFoundError(f"{json_path}: MSD dataset.json not found")
+        try:
+            info = json.loads(json_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{json_path}: invalid JSON: {exc}") from None
+        if not isinstance(info, dict):
+            raise ValueError(f"{json_path}: expected a JSON object with 'training'/'test' lists")
+        self.json_path = json_path
+        self.base = json_path.parent
+        self.info = info
+        self.label_names = {str(k): str(v) for k, v in (info.get("labels") or {}).items()}
+        modality = _modality(info, json_path)
+        if split == "test":
+            entries = [e if isinstance(e, dict) else {"image": e} for e in info.get("test", [])]
+        else:
+            entries = info.get("training")
+            if entries is None:
+                entries = self._scan_folders()
+            if split != "all":
+                entries = [e for e in entries if str(e.get("split", "train")) == split]
+        records = []
+        for n, entry in enumerate(entries):
+            rec = self._record(entry, n, split, modality)
+            if rec is not None:
+                records.append(rec)
+        if not records:
+            raise ValueError(f"{json_path}: no cases for split {split!r}")
+        super().__init__(records, transform)
+
+    def _resolve(self, rel: str) -> Path:
+        p = Path(rel)
+        return p if p.is_absolute() else (self.base / p)
+
+    def _scan_folders(self) -> list[dict[str, Any]]:
+        """Entries from ``imagesTr/`` + ``labelsTr/`` when the json lists none."""
+        entries = []
+        for img in sorted((self.base / "imagesTr").glob("*.nii*")):
+            if img.name.startswith("._"):
+                continue
+            lab = self.base / "labelsTr" / img.name
+            entries.append({"image": str(img), **({"label": str(lab)} if lab.is_file() else {})})
+        return entries
+
+    def _record(self, entry: Any, n: int, split: str, modality: str | None) -> CaseRecord | None:
+        where = f"{self.json_path} entry {n}"
+        if not isinstance(entry, dict) or "image" not in entry:
+            raise ValueError(f"{where}: needs an 'image' path")
+        image = self._resolve(str(entry["image"]))
+        if image.name.startswith("._"):
+            return None
+        label = self._resolve(str(entry["label"])) if entry.get("label") else None
+        if label is not None and label.name.startswith("._"):
+            label = None
+        extra = {k: v for k, v in entry.items() if k not in _ENTRY_KEYS}
+        extra["label_names"] = dict(self.label_names)
+        return CaseRecord(
+            case_id=str(entry.get("case_id") or strip_nifti_suffix(image.name)),
+            image=image,
+            label=label,
+            report=str(entry.get("report") or ""),
+            labels=parse_labels(entry.get("labels"), where),
+            lesions=parse_lesions(entry.get("lesions"), where),
+            modality=entry.get("modality") or modality,
+            split=str(entry.get("split", split)),
+            extra=extra,
+        )

@@ -1,0 +1,137 @@
+"""Dataset layouts: MSD, KiTS23, JSONL manifests, layout detection and their bad-input errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from medvl3d.data.datasets import JsonlDataset, KiTSDataset, MSDDataset, detect_layout, open_dataset
+from medvl3d.data.preprocess import PreprocessSpec
+
+
+def test_msd_samples(msd_task):
+    ds = MSDDataset(msd_task)
+    assert ds.case_ids == ["tiny_000", "tiny_001", "tiny_002"]  # the '._' entry is skipped
+    s = ds[0]
+    assert s["image"].shape == (1, 24, 20, 16) and s["image"].dtype == torch.float32
+    assert s["label"].dtype == torch.int64 and s["label"].shape == s["image"].shape
+    assert torch.equal(s["label"][0], (s["image"][0] > 0).long())
+    assert s["report"] == "A 2 cm lesion." and s["labels"] == {"Lung nodule": 1}
+    assert s["lesions"] == {1: {"type": "cyst"}}
+    assert s["meta"]["modality"] == "CT" and s["meta"]["case_id"] == "tiny_000"
+    assert s["meta"]["label_names"] == {"0": "background", "1": "body"}
+    assert s["meta"]["spacing"] == [1.0, 1.0, 2.0]
+    # HU kept: the phantom's air is about -1000
+    assert float(s["image"].min()) < -980
+
+
+def test_msd_float_label_map_is_cast(msd_task):
+    s = MSDDataset(msd_task)[1]
+    assert s["label"].dtype == torch.int64 and set(s["label"].unique().tolist()) == {0, 1}
+
+
+def test_msd_test_split_and_json_path(msd_task):
+    ds = MSDDataset(msd_task / "dataset.json", split="test")
+    assert ds.case_ids == ["tiny_100"] and "label" not in ds[0]
+
+
+def test_msd_non_integer_float_labels(msd_task, nifti):
+    nifti(msd_task / "labelsTr" / "tiny_001.nii.gz", np.full((24, 20, 16), 0.5, np.float32))
+    with pytest.raises(ValueError, match=r"tiny_001\.nii\.gz: float label map holds non-integer values"):
+        MSDDataset(msd_task)[1]
+
+
+def test_label_shape_mismatch(msd_task, nifti):
+    nifti(msd_task / "labelsTr" / "tiny_002.nii.gz", np.zeros((24, 20, 15), np.uint8))
+    with pytest.raises(ValueError, match=r"tiny_002\.nii\.gz: label shape \(24, 20, 15\) differs from image"):
+        MSDDataset(msd_task)[2]
+
+
+def test_label_affine_mismatch(msd_task, nifti):
+    shifted = np.diag([1.0, 1.0, 2.0, 1.0])
+    shifted[0, 3] = 3.0
+    nifti(msd_task / "labelsTr" / "tiny_002.nii.gz", np.zeros((24, 20, 16), np.uint8), shifted)
+    with pytest.raises(ValueError, match=r"tiny_002\.nii\.gz: label affine differs .* by up to 3 mm"):
+        MSDDataset(msd_task)[2]
+
+
+def test_msd_split_key_and_transform(msd_task):
+    info = json.loads((msd_task / "dataset.json").read_text())
+    info["training"][2]["split"] = "val"
+    (msd_task / "dataset_split.json").write_text(json.dumps(info))
+    val = MSDDataset(
+        msd_task / "dataset_split.json", split="val", transform=PreprocessSpec(spacing=(2, 2, 2))
+    )
+    assert val.case_ids == ["tiny_002"]
+    s = val[0]
+    assert (
+        s["image"].shape == (1, 12, 10, 16) and 0.0 <= float(s["image"].min()) <= float(s["image"].max()) <= 1
+    )
+    assert s["label"].shape == s["image"].shape and s["meta"]["split"] == "val"
+
+
+def test_kits(tmp_path, phantom, nifti):
+    for i, with_seg in enumerate([True, False]):
+        case = tmp_path / f"case_{i:05d}"
+        nifti(case / "imaging.nii.gz", phantom(seed=i))
+        if with_seg:
+            nifti(case / "segmentation.nii.gz", (phantom(seed=i) > 300).astype(np.uint8) * 2)
+    ds = open_dataset(tmp_path)
+    assert isinstance(ds, KiTSDataset) and ds.case_ids == ["case_00000", "case_00001"]
+    assert set(ds[0]["label"].unique().tolist()) == {0, 2} and "label" not in ds[1]
+    assert ds[0]["meta"]["modality"] == "CT"
+
+
+def test_jsonl_manifest(tmp_path, phantom, nifti):
+    nifti(tmp_path / "vols" / "a.nii.gz", phantom())
+    nifti(tmp_path / "vols" / "a_seg.nii.gz", (phantom() > 0).astype(np.uint8))
+    lines = [
+        {
+            "image": "vols/a.nii.gz",
+            "label": "vols/a_seg.nii.gz",
+            "report": "No effusion.",
+            "case_id": "A",
+            "labels": {"Pleural effusion": 0},
+            "lesions": {"1": {"organ": "lung"}},
+            "split": "train",
+            "site": 3,
+        },
+        {"image": str(tmp_path / "vols" / "a.nii.gz"), "case_id": "B", "split": "test", "modality": "CT"},
+    ]
+    manifest = tmp_path / "cases.jsonl"
+    manifest.write_text("\n".join(json.dumps(x) for x in lines) + "\n\n")
+    ds = open_dataset(manifest)
+    assert isinstance(ds, JsonlDataset) and ds.case_ids == ["A", "B"]
+    s = ds[0]
+    assert s["report"] == "No effusion." and s["labels"] == {"Pleural effusion": 0}
+    assert s["lesions"] == {1: {"organ": "lung"}} and s["meta"]["site"] == 3
+    assert s["label"].shape == s["image"].shape
+    assert JsonlDataset(manifest, split="test").case_ids == ["B"]
+
+
+def test_jsonl_errors_name_the_line(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"image": "a.nii.gz"}\n{"image": oops}\n')
+    with pytest.raises(ValueError, match=r"bad\.jsonl:2: invalid JSON"):
+        JsonlDataset(bad)
+    bad.write_text('{"image": "a.nii.gz"}\n{"report": "x"}\n')
+    with pytest.raises(ValueError, match=r"bad\.jsonl:2: each line needs an 'image' path"):
+        JsonlDataset(bad)
+
+
+def test_unknown_layout(tmp_path):
+    (tmp_path / "something").mkdir()
+    with pytest.raises(ValueError, match=r"unknown dataset layout"):
+        open_dataset(tmp_path)
+    with pytest.raises(FileNotFoundError, match="missing"):
+        detect_layout(tmp_path / "missing")
+
+
+def test_missing_image_file_names_it(tmp_path):
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"image": "gone.nii.gz"}) + "\n")
+    with pytest.raises(FileNotFoundError, match=r"gone\.nii\.gz"):
+        JsonlDataset(manifest)[0]
