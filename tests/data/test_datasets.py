@@ -118,7 +118,7 @@ def test_jsonl_errors_name_the_line(tmp_path):
     with pytest.raises(ValueError, match=r"bad\.jsonl:2: invalid JSON"):
         JsonlDataset(bad)
     bad.write_text('{"image": "a.nii.gz"}\n{"report": "x"}\n')
-    with pytest.raises(ValueError, match=r"bad\.jsonl:2: each line needs an 'image' path"):
+    with pytest.raises(ValueError, match=r"bad\.jsonl:2: each entry needs an 'image' path"):
         JsonlDataset(bad)
 
 

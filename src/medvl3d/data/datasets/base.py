@@ -77,6 +77,41 @@ def parse_labels(value: Any, where: str) -> dict[str, int]:
         raise ValueError(f"{where}: 'labels' values must be 0/1: {exc}") from None
 
 
+#: Keys of a manifest/MSD entry that map onto sample fields; other keys go into ``meta``.
+ENTRY_KEYS = frozenset({"image", "label", "report", "labels", "lesions", "modality", "case_id", "split"})
+
+
+def record_from_entry(
+    entry: Any, base: Path, where: str, *, modality: str | None = None, split: str | None = None
+) -> CaseRecord | None:
+    """A :class:`CaseRecord` from a JSON entry (MSD ``training`` item or JSONL line).
+
+    Relative paths resolve against ``base``; entries pointing at macOS ``._*`` files give None.
+    """
+    if not isinstance(entry, dict) or not entry.get("image"):
+        raise ValueError(f"{where}: each entry needs an 'image' path")
+
+    def resolve(rel: Any) -> Path:
+        p = Path(str(rel))
+        return p if p.is_absolute() else base / p
+
+    image = resolve(entry["image"])
+    if image.name.startswith("._"):
+        return None
+    label = resolve(entry["label"]) if entry.get("label") else None
+    return CaseRecord(
+        case_id=str(entry.get("case_id") or strip_nifti_suffix(image.name)),
+        image=image,
+        label=None if label is not None and label.name.startswith("._") else label,
+        report=str(entry.get("report") or ""),
+        labels=parse_labels(entry.get("labels"), where),
+        lesions=parse_lesions(entry.get("lesions"), where),
+        modality=entry.get("modality") or modality,
+        split=entry.get("split", split),
+        extra={k: v for k, v in entry.items() if k not in ENTRY_KEYS},
+    )
+
+
 def read_label(path: Path, image: Volume) -> np.ndarray:
     """Read a label map, check it lies on ``image``'s grid, and cast it to integers.
 

@@ -11,15 +11,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from medvl3d.data.datasets.base import (
-    CaseRecord,
-    VolumeDataset,
-    parse_labels,
-    parse_lesions,
-    strip_nifti_suffix,
-)
-
-_KEYS = {"image", "label", "report", "labels", "lesions", "modality", "case_id", "split"}
+from medvl3d.data.datasets.base import VolumeDataset, record_from_entry
 
 
 class JsonlDataset(VolumeDataset):
@@ -46,28 +38,11 @@ class JsonlDataset(VolumeDataset):
                     row = json.loads(line)
                 except json.JSONDecodeError as exc:
                     raise ValueError(f"{where}: invalid JSON: {exc.msg}") from None
-                if not isinstance(row, dict) or not row.get("image"):
-                    raise ValueError(f"{where}: each line needs an 'image' path")
-                if split is not None and row.get("split") != split:
+                if isinstance(row, dict) and split is not None and row.get("split") != split:
                     continue
-                image = Path(row["image"])
-                image = image if image.is_absolute() else base / image
-                label = Path(row["label"]) if row.get("label") else None
-                if label is not None and not label.is_absolute():
-                    label = base / label
-                records.append(
-                    CaseRecord(
-                        case_id=str(row.get("case_id") or strip_nifti_suffix(image.name)),
-                        image=image,
-                        label=label,
-                        report=str(row.get("report") or ""),
-                        labels=parse_labels(row.get("labels"), where),
-                        lesions=parse_lesions(row.get("lesions"), where),
-                        modality=row.get("modality"),
-                        split=row.get("split"),
-                        extra={k: v for k, v in row.items() if k not in _KEYS},
-                    )
-                )
+                rec = record_from_entry(row, base, where)
+                if rec is not None:
+                    records.append(rec)
         if not records:
             raise ValueError(f"{self.manifest}: no cases" + (f" with split {split!r}" if split else ""))
         super().__init__(records, transform)

@@ -12,16 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from medvl3d.data.datasets.base import (
-    CaseRecord,
-    VolumeDataset,
-    parse_labels,
-    parse_lesions,
-    strip_nifti_suffix,
-)
-
-# Entry keys that map onto sample keys; anything else goes into meta.
-_ENTRY_KEYS = {"image", "label", "report", "labels", "lesions", "modality", "case_id", "split"}
+from medvl3d.data.datasets.base import CaseRecord, VolumeDataset, record_from_entry
 
 
 def _modality(info: dict, where: Path) -> str | None:
@@ -88,10 +79,6 @@ class MSDDataset(VolumeDataset):
             raise ValueError(f"{json_path}: no cases for split {split!r}")
         super().__init__(records, transform)
 
-    def _resolve(self, rel: str) -> Path:
-        p = Path(rel)
-        return p if p.is_absolute() else (self.base / p)
-
     def _scan_folders(self) -> list[dict[str, Any]]:
         """Entries from ``imagesTr/`` + ``labelsTr/`` when the json lists none."""
         entries = []
@@ -103,25 +90,9 @@ class MSDDataset(VolumeDataset):
         return entries
 
     def _record(self, entry: Any, n: int, split: str, modality: str | None) -> CaseRecord | None:
-        where = f"{self.json_path} entry {n}"
-        if not isinstance(entry, dict) or "image" not in entry:
-            raise ValueError(f"{where}: needs an 'image' path")
-        image = self._resolve(str(entry["image"]))
-        if image.name.startswith("._"):
-            return None
-        label = self._resolve(str(entry["label"])) if entry.get("label") else None
-        if label is not None and label.name.startswith("._"):
-            label = None
-        extra = {k: v for k, v in entry.items() if k not in _ENTRY_KEYS}
-        extra["label_names"] = dict(self.label_names)
-        return CaseRecord(
-            case_id=str(entry.get("case_id") or strip_nifti_suffix(image.name)),
-            image=image,
-            label=label,
-            report=str(entry.get("report") or ""),
-            labels=parse_labels(entry.get("labels"), where),
-            lesions=parse_lesions(entry.get("lesions"), where),
-            modality=entry.get("modality") or modality,
-            split=str(entry.get("split", split)),
-            extra=extra,
+        rec = record_from_entry(
+            entry, self.base, f"{self.json_path} entry {n}", modality=modality, split=split
         )
+        if rec is not None:
+            rec.extra["label_names"] = dict(self.label_names)
+        return rec
