@@ -1,0 +1,202 @@
+"""One SynthCT-VL case: sample its findings, draw the volume and its maps, write its files.
+
+`make_case` is a pure function of (plan, config): it seeds `numpy.random.default_rng([seed, split,
+index])`, so parallel and serial runs, and any number of workers, give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from medvl3d.schema import CTRATE_LABELS
+
+from .abnormalities import DRAWERS, DRAWN, EARLY, PREVALENCE
+from .geometry import Grid
+from .lesion_types import LesionType
+from .lesions import location_masks, render_lesion
+from .phantom import build_anatomy
+from .reports import write_report
+from .vessels import build_trees, paint_trees
+from .writer import write_nifti
+
+SPLIT_IDS = {"train": 0, "valid": 1}
+MANUFACTURERS = ["SIEMENS", "PHILIPS", "GE MEDICAL SYSTEMS", "TOSHIBA"]
+# Field-of-view centre (mm, body template coordinates): mid-thorax to upper abdomen.
+FOV_CENTRE = (0.0, 0.0, -10.0)
+NOISE_SIGMA_PRE_BLUR = 65.0  # ~14 HU after the reconstruction blur below (sigma 0.8 / 0.5 voxel)
+
+
+@dataclass(frozen=True)
+class CasePlan:
+    """What the orchestrator decides for a case before it is drawn (the rest comes from its rng)."""
+
+    split: str
+    index: int  # 0-based within the split
+    lesion_pool: tuple[str, ...]  # lesion types this case may draw
+    unseen_pool: tuple[str, ...] = ()  # preferred (unseen) types in the valid split
+    forced: frozenset[str] = frozenset()  # abnormalities that must be present
+    forbidden: frozenset[str] = frozenset()  # abnormalities that must be absent
+
+    @property
+    def patient(self) -> int:
+        return self.index + 1
+
+    @property
+    def volume_name(self) -> str:
+        return f"{self.split}_{self.patient}_a_1"
+
+    @property
+    def rel_dir(self) -> str:
+        return f"{self.split}/{self.split}_{self.patient}/{self.split}_{self.patient}_a"
+
+
+@dataclass(frozen=True)
+class CaseConfig:
+    """Generation settings shared by all cases (sizes in the array's (x, y, z) order)."""
+
+    shape_xyz: tuple[int, int, int]
+    spacing_xyz: tuple[float, float, float]
+    seed: int
+    types: dict[str, LesionType] = field(hash=False, compare=False, default_factory=dict)
+    compresslevel: int = 1
+
+
+def _choose_types(plan: CasePlan, cfg: CaseConfig, rng: np.random.Generator, want_lung: bool) -> list[str]:
+    """Lesion types of a case: maybe one abdominal type (+ a second), plus a lung type for nodules."""
+    types = cfg.types
+    pool = [t for t in plan.lesion_pool if types[t].organ != "lung"]
+    lung_pool = [t for t in plan.lesion_pool if types[t].organ == "lung"]
+    prefer_unseen = [t for t in plan.unseen_pool if t in plan.lesion_pool]
+    out: list[str] = []
+    u_has, u_second, u_unseen = rng.uniform(size=3)
+    if pool and u_has < 0.65:
+        up = [t for t in prefer_unseen if types[t].organ != "lung"]
+        src = up if (up and u_unseen < 0.5) else pool
+        out.append(src[int(rng.integers(len(src)))])
+        if u_second < 0.2:
+            rest = [t for t in pool if types[t].organ != types[out[0]].organ]
+            if rest:
+                out.append(rest[int(rng.integers(len(rest)))])
+    if want_lung and lung_pool:
+        ul = [t for t in prefer_unseen if types[t].organ == "lung"]
+        src = ul if (ul and rng.uniform() < 0.5) else lung_pool
+        out.append(src[int(rng.integers(len(src)))])
+    return out
+
+
+def make_case(plan: CasePlan, cfg: CaseConfig, out_dir: str) -> dict:
+    """Draw one case, write its four NIfTI files under `out_dir`, return its table rows and timings."""
+    t0 = time.perf_counter()
+    times: dict[str, float] = {}
+
+    def tick(stage: str) -> None:
+        nonlocal t0
+        now = time.perf_counter()
+        times[stage] = times.get(stage, 0.0) + now - t0
+        t0 = now
+
+    rng = np.random.default_rng([cfg.seed, SPLIT_IDS[plan.split], plan.index])
+    # 1. Findings: Bernoulli per CT-RATE label at its real prevalence, then the split's constraints.
+    draws = rng.uniform(size=len(CTRATE_LABELS))
+    labels = {}
+    for name, u in zip(CTRATE_LABELS, draws):
+        on = name in DRAWN and u < PREVALENCE[name]
+        labels[name] = int((on or name in plan.forced) and name not in plan.forbidden)
+    types = cfg.types
+    chosen = _choose_types(plan, cfg, rng, want_lung=bool(labels["Lung nodule"]))
+    if chosen:
+        phase = types[chosen[0]].sample(rng, "contrast")
+    else:
+        phase = "contrast-enhanced" if rng.uniform() < 0.6 else "non-contrast"
+    chosen = [t for t in chosen if types[t].probability("contrast", phase) > 0]
+    sex = "M" if rng.uniform() < 0.55 else "F"
+    age = int(rng.integers(25, 86))
+    manufacturer = MANUFACTURERS[int(rng.integers(len(MANUFACTURERS)))]
+
+    # 2. Anatomy (cardiomegaly and hiatal hernia change it directly).
+    grid = Grid.centred(cfg.shape_xyz, cfg.spacing_xyz, FOV_CENTRE)
+    heart_scale = rng.uniform(1.22, 1.35) if labels["Cardiomegaly"] else rng.uniform(0.93, 1.05)
+    anat = build_anatomy(
+        grid, rng, phase, heart_scale=heart_scale, hiatal_hernia=bool(labels["Hiatal hernia"])
+    )
+    tick("anatomy")
+    details: dict[str, dict] = {}
+    for name in EARLY:
+        if labels[name]:
+            details[name] = DRAWERS[name](anat, rng)
+
+    # 3. Airway / artery / vein trees.
+    vessels = np.zeros(grid.shape, np.uint8)
+    trees = build_trees(anat, rng, bronchiectasis=bool(labels["Bronchiectasis"]))
+    paint_trees(anat, trees, vessels, peribronchial=bool(labels["Peribronchial thickening"]))
+    tick("vessels")
+
+    # 4. Image-stage abnormalities, in CT-RATE order.
+    for name in CTRATE_LABELS:
+        if labels[name] and name in DRAWERS and name not in EARLY:
+            d = DRAWERS[name](anat, rng, vessels)
+            if d is None:  # could not be drawn in this field of view
+                labels[name] = 0
+            else:
+                details[name] = d
+    tick("abnormalities")
+
+    # 5. Lesions: instance ids 1..n in the lesion map, attributes in the table.
+    lesion_map = np.zeros(grid.shape, np.uint8)
+    lesions = []
+    loc_cache: dict[str, dict] = {}
+    for tname in chosen:
+        lt = types[tname]
+        if lt.organ not in loc_cache:
+            loc_cache[lt.organ] = location_masks(anat, lt.organ)
+        for _ in range(int(rng.integers(lt.count[0], lt.count[1] + 1))):
+            if len(lesions) >= 255:
+                break
+            les = render_lesion(anat, lesion_map, rng, lt, len(lesions) + 1, loc_cache[lt.organ])
+            if les is not None:
+                lesions.append(les)
+    labels["Lung nodule"] = int(any(les.organ == "lung" for les in lesions))
+    tick("lesions")
+
+    # 6. Reconstruction: correlated noise and blur, then int16 HU.
+    ct = anat.ct
+    ct += rng.standard_normal(grid.shape, dtype=np.float32) * np.float32(NOISE_SIGMA_PRE_BLUR)
+    sig = tuple(0.8 * min(grid.spacing) / s for s in grid.spacing)  # ~0.8 in-plane voxel
+    ct = ndimage.gaussian_filter(ct, sigma=sig, truncate=3.0)
+    ct_i16 = np.clip(np.rint(ct), -1024, 3071).astype(np.int16)
+    tick("noise_blur")
+
+    report = write_report(labels, details, lesions, types, phase, rng)
+    tick("report")
+
+    base = f"{out_dir}/{plan.rel_dir}/{plan.volume_name}"
+    aff = grid.affine()
+    write_nifti(base + ".nii.gz", ct_i16, aff, compresslevel=cfg.compresslevel)
+    write_nifti(base + "_organs.nii.gz", anat.organs, aff, compresslevel=6)
+    write_nifti(base + "_lesions.nii.gz", lesion_map, aff, compresslevel=6)
+    write_nifti(base + "_vessels.nii.gz", vessels, aff, compresslevel=6)
+    tick("write")
+    rel = f"./{plan.rel_dir}/{plan.volume_name}"
+    return {
+        "volume_name": plan.volume_name + ".nii.gz",
+        "split": plan.split,
+        "image": rel + ".nii.gz",
+        "organs": rel + "_organs.nii.gz",
+        "lesions_map": rel + "_lesions.nii.gz",
+        "vessels": rel + "_vessels.nii.gz",
+        "report": report,
+        "labels": labels,
+        "lesions": {
+            str(les.id): {"type": les.type, "organ": les.organ, **les.attributes, "size_mm": les.size_mm}
+            for les in lesions
+        },
+        "phase": phase,
+        "sex": sex,
+        "age": age,
+        "manufacturer": manufacturer,
+        "times": times,
+    }

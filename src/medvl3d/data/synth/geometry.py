@@ -1,0 +1,170 @@
+"""Voxel grid and fast shape rasterisation for the SynthCT-VL phantoms.
+
+Everything here works in world millimetres (RAS: +x patient right, +y anterior, +z superior) and only
+touches the voxels inside each shape's bounding box, so a whole torso of ~20 shapes and a few hundred
+vessel segments costs tens of milliseconds per volume instead of seconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+Index = tuple[slice, slice, slice]
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A regular RAS voxel grid: array axes (x, y, z), shape (W, H, D), spacing in mm per axis."""
+
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+
+    @classmethod
+    def centred(cls, shape: tuple[int, int, int], spacing: tuple[float, float, float], centre) -> Grid:
+        """A grid whose centre voxel sits at world point `centre` (mm)."""
+        origin = tuple(float(c - (n - 1) / 2 * s) for n, s, c in zip(shape, spacing, centre))
+        return cls(tuple(int(n) for n in shape), tuple(float(s) for s in spacing), origin)
+
+    def axes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """World coordinates of voxel centres along x, y and z (float32 1D arrays)."""
+        return tuple(
+            (o + s * np.arange(n)).astype(np.float32)
+            for n, s, o in zip(self.shape, self.spacing, self.origin)
+        )
+
+    def affine(self) -> np.ndarray:
+        """The 4x4 RAS affine: diag(+sx, +sy, +sz) with the grid origin as translation."""
+        aff = np.diag([*self.spacing, 1.0])
+        aff[:3, 3] = self.origin
+        return aff
+
+    def box(self, lo, hi) -> Index | None:
+        """Index slices of the voxels whose centres lie in the world box [lo, hi]; None if empty."""
+        out = []
+        for a in range(3):
+            i0 = int(np.ceil((lo[a] - self.origin[a]) / self.spacing[a]))
+            i1 = int(np.floor((hi[a] - self.origin[a]) / self.spacing[a])) + 1
+            i0, i1 = max(i0, 0), min(i1, self.shape[a])
+            if i1 <= i0:
+                return None
+            out.append(slice(i0, i1))
+        return tuple(out)
+
+    def box_coords(self, sl: Index) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Broadcastable world coordinates (x[:,None,None], y[None,:,None], z[None,None,:]) of a box."""
+        xs, ys, zs = self.axes()
+        return xs[sl[0], None, None], ys[None, sl[1], None], zs[None, None, sl[2]]
+
+    def index_of(self, p) -> tuple[int, int, int] | None:
+        """Nearest voxel index of world point `p`, or None outside the grid."""
+        idx = tuple(int(round((p[a] - self.origin[a]) / self.spacing[a])) for a in range(3))
+        if all(0 <= i < n for i, n in zip(idx, self.shape)):
+            return idx
+        return None
+
+
+def smooth_field(rng: np.random.Generator, shape, n_freq: int = 3, amplitude: float = 1.0) -> np.ndarray:
+    """A smooth random scalar field on a grid, as a separable low-frequency cosine series.
+
+    A tensor product of 1D cosine bases with random coefficients (decaying with frequency) is a
+    smooth random field that costs three small matrix products, much cheaper than upsampling a coarse
+    random grid with `scipy.ndimage.zoom`.
+    """
+    coef = rng.standard_normal((n_freq,) * 3).astype(np.float32)
+    k = np.arange(n_freq, dtype=np.float32)
+    coef /= 1.0 + k[:, None, None] + k[None, :, None] + k[None, None, :]
+    coef[0, 0, 0] = 0.0
+    phase = rng.uniform(0, np.pi, size=3)
+    bases = [
+        np.cos(np.pi * k[None, :] * np.linspace(0, 1, n, dtype=np.float32)[:, None] + phase[a]).astype(
+            np.float32
+        )
+        for a, n in enumerate(shape)
+    ]
+    f = np.tensordot(bases[0], coef, axes=(1, 0))  # (X, ky, kz)
+    f = np.tensordot(f, bases[1], axes=(1, 1))  # (X, kz, Y)
+    f = np.tensordot(f, bases[2], axes=(1, 1))  # (X, Y, Z)
+    std = float(f.std()) or 1.0
+    return (f * (amplitude / std)).astype(np.float32)
+
+
+def ellipsoid_level(x, y, z, centre, radii) -> np.ndarray:
+    """Normalised ellipsoid level ((x-cx)/rx)^2 + ...: < 1 inside, 1 on the surface."""
+    return (
+        ((x - centre[0]) / radii[0]) ** 2
+        + ((y - centre[1]) / radii[1]) ** 2
+        + ((z - centre[2]) / radii[2]) ** 2
+    )
+
+
+@dataclass
+class Segment:
+    """A cylinder (capsule) between two world points with radii tapering from r0 to r1 (mm)."""
+
+    p0: np.ndarray
+    p1: np.ndarray
+    r0: float
+    r1: float
+    depth: int = 0
+
+    @property
+    def length(self) -> float:
+        return float(np.linalg.norm(self.p1 - self.p0))
+
+    @property
+    def direction(self) -> np.ndarray:
+        d = self.p1 - self.p0
+        return d / (np.linalg.norm(d) + 1e-9)
+
+
+def segment_distance(grid: Grid, seg: Segment, pad: float) -> tuple[Index | None, np.ndarray, np.ndarray]:
+    """Distance (mm) from the voxel centres in a segment's padded box to its axis, and the local radius."""
+    lo = np.minimum(seg.p0, seg.p1) - max(seg.r0, seg.r1) - pad
+    hi = np.maximum(seg.p0, seg.p1) + max(seg.r0, seg.r1) + pad
+    sl = grid.box(lo, hi)
+    if sl is None:
+        return None, np.empty(0), np.empty(0)
+    x, y, z = grid.box_coords(sl)
+    d = seg.p1 - seg.p0
+    l2 = float(d @ d) + 1e-9
+    rx, ry, rz = x - seg.p0[0], y - seg.p0[1], z - seg.p0[2]
+    t = np.clip((rx * d[0] + ry * d[1] + rz * d[2]) / l2, 0.0, 1.0)
+    dist = np.sqrt((rx - t * d[0]) ** 2 + (ry - t * d[1]) ** 2 + (rz - t * d[2]) ** 2)
+    return sl, dist, seg.r0 + (seg.r1 - seg.r0) * t
+
+
+def rasterise_segments(
+    grid: Grid, segments: list[Segment], coverage: np.ndarray, mask: np.ndarray, scale: float = 1.0
+) -> None:
+    """Draw tubes into a partial-volume `coverage` map (max-combined) and a binary `mask`.
+
+    Coverage ramps linearly over one in-plane voxel around the tube surface, so tubes thinner than a
+    voxel still show up as faint partial-volume lines, as they do in real CT. The binary mask keeps
+    voxels within max(r, 0.45 voxel) of the axis, so thin branches stay connected in the label map.
+    """
+    vox = min(grid.spacing)
+    for seg in segments:
+        sl, dist, r = segment_distance(grid, seg, pad=vox)
+        if sl is None:
+            continue
+        r = r * scale
+        cov = np.clip((r + 0.5 * vox - dist) / vox, 0.0, 1.0)
+        np.maximum(coverage[sl], cov, out=coverage[sl])
+        mask[sl] |= dist <= np.maximum(r, 0.45 * vox)
+
+
+def point_segment_distance(points: np.ndarray, segments: list[Segment]) -> np.ndarray:
+    """Distance (mm) from each of N points to the nearest of M segment axes: (N,) array."""
+    if not segments:
+        return np.full(len(points), np.inf)
+    a = np.stack([s.p0 for s in segments])
+    b = np.stack([s.p1 for s in segments])
+    d = b - a
+    l2 = (d**2).sum(1) + 1e-9
+    rel = points[:, None, :] - a[None]
+    t = np.clip((rel * d[None]).sum(-1) / l2[None], 0, 1)
+    closest = a[None] + t[..., None] * d[None]
+    return np.sqrt(((points[:, None, :] - closest) ** 2).sum(-1)).min(1)

@@ -1,0 +1,451 @@
+"""Torso anatomy of a SynthCT-VL case: organ label map and HU volume before noise and blur.
+
+The body is a deformable template in world millimetres (RAS, origin at the body centre, z = 0 near
+the diaphragm): body wall with fat and muscle, spine and ribs, lungs under diaphragm domes, heart,
+aorta, liver, spleen, kidneys, pancreas, stomach and colon. Each case draws new proportions and
+positions, and a smooth random displacement field bends every organ surface, so no two cases have
+the same shapes. Organs are evaluated only inside their bounding boxes (see `geometry`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .geometry import Grid, Segment, ellipsoid_level, rasterise_segments, smooth_field
+
+#: Organ label ids of the `_organs.nii.gz` maps (also written to `labels.json` and `dataset.json`).
+ORGAN_LABELS: dict[int, str] = {
+    1: "liver",
+    2: "spleen",
+    3: "kidney_right",
+    4: "kidney_left",
+    5: "pancreas",
+    6: "lung_right",
+    7: "lung_left",
+    8: "heart",
+    9: "aorta",
+    10: "colon",
+    11: "stomach",
+    12: "vertebrae",
+    13: "ribs",
+    14: "skeletal_muscle",
+    15: "subcutaneous_fat",
+}
+ORGAN_IDS: dict[str, int] = {v: k for k, v in ORGAN_LABELS.items()}
+
+#: Which organ label ids a lesion organ of the Malenia schema may occupy.
+LESION_ORGAN_IDS: dict[str, tuple[int, ...]] = {
+    "liver": (1,),
+    "spleen": (2,),
+    "kidney": (3, 4),
+    "pancreas": (5,),
+    "lung": (6, 7),
+    "colon": (10,),
+}
+
+#: Tissue HU as (non-contrast, portal-venous contrast). Sources: typical adult values in radiology
+#: texts; the docs page compares the rendered organ means with a real CT.
+TISSUE_HU: dict[str, tuple[float, float]] = {
+    "air": (-1000, -1000),
+    "lung": (-850, -840),
+    "fat": (-100, -100),
+    "muscle": (50, 60),
+    "liver": (55, 110),
+    "spleen": (45, 120),
+    "kidney": (35, 160),
+    "kidney_medulla": (35, 110),
+    "pancreas": (40, 100),
+    "blood": (40, 150),
+    "aorta": (40, 170),
+    "pulmonary_vessel": (40, 210),
+    "myocardium": (45, 100),
+    "bone_cortex": (700, 700),
+    "bone_cancellous": (230, 230),
+    "rib": (450, 450),
+    "disc": (80, 80),
+    "csf": (10, 10),
+    "bowel_wall": (40, 85),
+    "stool": (-40, -40),
+    "fluid": (10, 10),
+    "airway_wall": (20, 30),
+}
+
+
+def tissue_hu(name: str, phase: str) -> float:
+    """HU of a tissue in the given phase ("non-contrast" or "contrast-enhanced")."""
+    return float(TISSUE_HU[name][1 if phase == "contrast-enhanced" else 0])
+
+
+@dataclass
+class Anatomy:
+    """One case's torso: label map, HU volume (pre noise/blur) and the landmarks later stages need."""
+
+    grid: Grid
+    phase: str
+    organs: np.ndarray  # uint8 (W, H, D), ORGAN_LABELS ids
+    ct: np.ndarray  # float32 HU, no noise or blur yet
+    landmarks: dict = field(default_factory=dict)
+    tubes: dict = field(default_factory=dict)  # name -> list[Segment]
+
+    def mask(self, *names: str) -> np.ndarray:
+        """Boolean mask of one or more organs by name."""
+        return np.isin(self.organs, [ORGAN_IDS[n] for n in names])
+
+    def hu(self, tissue: str) -> float:
+        return tissue_hu(tissue, self.phase)
+
+
+def _polyline(points, radii) -> list[Segment]:
+    pts = [np.asarray(p, dtype=np.float32) for p in points]
+    return [Segment(pts[i], pts[i + 1], float(radii[i]), float(radii[i + 1])) for i in range(len(pts) - 1)]
+
+
+class _Painter:
+    """Writes tissues into the label map and HU volume within boxes (later paint wins)."""
+
+    def __init__(self, anat: Anatomy, coords):
+        self.a = anat
+        self.x, self.y, self.z = coords  # deformed world coordinates, full volume
+
+    def sub(self, lo, hi):
+        sl = self.a.grid.box(lo, hi)
+        if sl is None:
+            return None, None
+        return sl, (self.x[sl], self.y[sl], self.z[sl])
+
+    def paint(self, sl, mask, hu: float | np.ndarray | None, label: int | None) -> None:
+        if hu is not None:
+            ct = self.a.ct[sl]
+            ct[mask] = hu[mask] if isinstance(hu, np.ndarray) else hu
+        if label is not None:
+            self.a.organs[sl][mask] = label
+
+
+def diaphragm_height(x, y, lm: dict):
+    """z (mm) of the diaphragm surface under world point (x, y): two domes, lower laterally/posteriorly."""
+    side_top = np.where(x >= 0, lm["dome_right"], lm["dome_left"])
+    return side_top - ((np.abs(x) - 65.0) ** 2 + (y - 5.0) ** 2) / (2.0 * 105.0)
+
+
+def build_anatomy(
+    grid: Grid,
+    rng: np.random.Generator,
+    phase: str,
+    *,
+    heart_scale: float = 1.0,
+    hiatal_hernia: bool = False,
+) -> Anatomy:
+    """Draw one torso phantom on `grid`.
+
+    Args:
+        grid: the voxel grid (RAS, mm).
+        rng: the case's random generator (all randomness comes from it, for determinism).
+        phase: "non-contrast" or "contrast-enhanced".
+        heart_scale: > 1 enlarges the heart (cardiomegaly).
+        hiatal_hernia: pull part of the stomach through the hiatus above the diaphragm.
+    """
+    shape = grid.shape
+    anat = Anatomy(
+        grid=grid,
+        phase=phase,
+        organs=np.zeros(shape, np.uint8),
+        ct=np.full(shape, -1000.0, np.float32),
+    )
+    u = rng.uniform
+    sx, sy = u(0.92, 1.08), u(0.9, 1.1)
+    lm = anat.landmarks
+    lm["dome_right"] = u(5, 20)
+    lm["dome_left"] = lm["dome_right"] - u(5, 15)
+    lm["carina"] = np.array([u(-4, 4), u(-2, 8), u(85, 100)], np.float32)
+    lm["spine_y"] = -62.0 * sy
+    lm["body_ab"] = (158.0 * sx, 112.0 * sy)
+
+    # Smooth random deformation of all ellipsoidal organs (~4-6 mm rms).
+    xs, ys, zs = grid.axes()
+    amp = u(3.5, 6.0)
+    x = xs[:, None, None] + smooth_field(rng, shape, amplitude=amp)
+    y = ys[None, :, None] + smooth_field(rng, shape, amplitude=amp)
+    z = zs[None, None, :] + smooth_field(rng, shape, amplitude=amp * 0.7)
+    p = _Painter(anat, (x, y, z))
+    hu = anat.hu
+
+    # Body wall: elliptic cross-section, subcutaneous fat, muscle ring; visceral fat inside.
+    a, b = lm["body_ab"]
+    r = np.sqrt((x / a) ** 2 + (y / b) ** 2)
+    t_fat = u(8, 30) / b
+    t_mus = u(8, 14) / b
+    body = r < 1.0
+    anat.ct[body] = hu("fat")
+    anat.organs[body & (r >= 1 - t_fat)] = ORGAN_IDS["subcutaneous_fat"]
+    wall = body & (r < 1 - t_fat) & (r >= 1 - t_fat - t_mus)
+    anat.ct[wall] = hu("muscle")
+    anat.organs[wall] = ORGAN_IDS["skeletal_muscle"]
+    r_in = 1 - t_fat - t_mus
+    lm["r_inner"] = r_in
+
+    zdia = diaphragm_height(x, y, lm)
+    _thorax(anat, p, rng, r, r_in, zdia, heart_scale)
+    _spine_and_ribs(anat, p, rng, r, r_in)
+    _abdomen(anat, p, rng, zdia, hiatal_hernia)
+    return anat
+
+
+def _thorax(anat: Anatomy, p: _Painter, rng, r, r_in, zdia, heart_scale: float) -> None:
+    u, lm, hu = rng.uniform, anat.landmarks, anat.hu
+    x, y, z = p.x, p.y, p.z
+    apex = lm["carina"][2] + u(70, 90)
+    # Thoracic cavity narrows towards the apex.
+    taper = np.sqrt(np.clip(1 - ((z - (apex - 90)) / 90.0) ** 2, 0, 1))
+    taper = np.where(z < apex - 90, 1.0, taper)
+    cavity = (r < (r_in - 0.05) * taper) & (z > zdia + 3) & (z < apex)
+    spine_y = lm["spine_y"]
+    mediast = (np.abs(x + 5) < 30 + 6 * np.clip((y - spine_y) / 60, 0, 1)) & (y > spine_y - 25)
+    lungs = cavity & ~mediast & ~((np.abs(x) < 38) & (y < spine_y + 22))
+    # Mediastinal fat fills the cavity around the heart and great vessels.
+    med = cavity & ~lungs
+    anat.ct[med] = hu("fat") + 10
+
+    # Heart: myocardial shell, blood pool, thin pericardial fat; enlarged for cardiomegaly.
+    hc = np.array([u(-30, -18), u(15, 30), lm["dome_left"] + u(40, 50)], np.float32)
+    hr = np.array([u(55, 65), u(45, 52), u(48, 55)], np.float32) * heart_scale
+    hc[2] = max(hc[2], lm["dome_left"] + hr[2] * 0.85)
+    lm["heart_centre"], lm["heart_radii"] = hc, hr
+    lungs_keep = np.ones_like(lungs)
+    sl, (hx, hy, hz) = p.sub(hc - hr - 8, hc + hr + 8)
+    if sl is not None:
+        lev = ellipsoid_level(hx, hy, hz, hc, hr)
+        above = hz > zdia[sl] - 4
+        peri = (lev < (1 + 4 / hr.mean()) ** 2) & above
+        heart = (lev < 1) & above
+        blood = (lev < (1 - 10 / hr.mean()) ** 2) & above
+        lungs_keep[sl] &= ~peri
+        p.paint(sl, peri, hu("fat"), None)
+        p.paint(sl, heart, hu("myocardium"), ORGAN_IDS["heart"])
+        p.paint(sl, blood, hu("blood"), None)
+    lungs &= lungs_keep
+
+    lung_hu = hu("lung") + 25 * smooth_field(rng, anat.grid.shape, amplitude=1.0)
+    # Dependent (posterior) lung is slightly denser, as in supine patients.
+    lung_hu = lung_hu + 30 * np.clip((spine_y + 60 - y) / 80, 0, 1)
+    right = lungs & (x >= -5)
+    left = lungs & (x < -5)
+    anat.ct[lungs] = lung_hu[lungs]
+    anat.organs[right] = ORGAN_IDS["lung_right"]
+    anat.organs[left] = ORGAN_IDS["lung_left"]
+    lm["apex"] = apex
+
+    # Aorta: ascending from the heart, arch, descending beside the spine into the abdomen.
+    c = lm["carina"]
+    asc0 = hc + np.array([u(18, 26), 5, hr[2] * 0.4])
+    pts = [
+        asc0,
+        [asc0[0] + 2, asc0[1] - 3, c[2] + 8],
+        [-8, c[1] - 5, c[2] + u(15, 22)],
+        [-22, spine_y + 25, c[2] + 5],
+        [-20, spine_y + 24, -40],
+        [-8, spine_y + 26, -240],
+    ]
+    rad = [u(14, 17), 15, 13, 12, 11, 10]
+    aorta = _polyline(pts, rad)
+    anat.tubes["aorta"] = aorta
+    cov = np.zeros(anat.grid.shape, np.float32)
+    mask = np.zeros(anat.grid.shape, bool)
+    rasterise_segments(anat.grid, aorta, cov, mask)
+    anat.ct[:] = anat.ct + cov * (hu("aorta") - anat.ct)
+    anat.organs[mask] = ORGAN_IDS["aorta"]
+
+
+def _spine_and_ribs(anat: Anatomy, p: _Painter, rng, r, r_in) -> None:
+    u, lm, hu = rng.uniform, anat.landmarks, anat.hu
+    x, y, z = p.x, p.y, p.z
+    vy = lm["spine_y"]
+    period = u(26, 32)
+    phase0 = u(0, period)
+    disc = np.mod(z + phase0, period) < 0.2 * period
+    rv = np.sqrt(x**2 + (y - vy) ** 2)
+    body = rv < 17
+    cortex = body & (rv >= 13.5)
+    # Posterior elements: lamina and spinous process; canal with CSF; paraspinal muscles.
+    lamina = (((x / 20) ** 2 + ((y - vy + 38) / 7) ** 2) < 1) | (
+        ((x / 5) ** 2 + ((y - vy + 55) / 12) ** 2) < 1
+    )
+    canal = (x**2 + (y - vy + 26) ** 2) < 9**2
+    for sgn in (-1, 1):
+        para = (((x - sgn * 34) / 25) ** 2 + ((y - vy + 40) / 21) ** 2) < 1
+        para &= r < r_in
+        anat.ct[para] = hu("muscle")
+        anat.organs[para] = ORGAN_IDS["skeletal_muscle"]
+        psoas_r = np.clip((-40 - z) / 6, 0, 24)
+        psoas = (((x - sgn * 42) / (psoas_r + 1e-3)) ** 2 + ((y - vy - 8) / (psoas_r * 0.8 + 1e-3)) ** 2) < 1
+        anat.ct[psoas] = hu("muscle")
+        anat.organs[psoas] = ORGAN_IDS["skeletal_muscle"]
+    bone = (body | lamina) & ~disc
+    anat.ct[body & disc] = hu("disc")
+    anat.ct[bone] = hu("bone_cancellous")
+    anat.ct[(cortex | lamina) & ~disc] = hu("bone_cortex")
+    anat.organs[bone] = ORGAN_IDS["vertebrae"]
+    anat.ct[canal] = hu("csf")
+    anat.organs[canal] = 0
+
+    # Ribs: oblique bands just inside the muscle wall (descending anteriorly), costal cartilage
+    # gap at the front; sternum in the anterior midline.
+    rib_period = u(24, 30)
+    zr = z + 0.35 * (y - vy)
+    band = np.mod(zr + u(0, rib_period), rib_period) < 0.32 * rib_period
+    shell = (r > r_in - 0.05) & (r < r_in - 0.005)
+    thor = (zr > -95) & (zr < lm["apex"] + 10) & (z < lm["apex"])
+    ribs = band & shell & thor & ~((np.abs(x) < 35) & (y > 0))
+    anat.ct[ribs] = hu("rib")
+    anat.organs[ribs] = ORGAN_IDS["ribs"]
+    b = lm["body_ab"][1]
+    stern = (
+        ((x / 16) ** 2 + ((y - b * (r_in - 0.06)) / 7) ** 2 < 1)
+        & (z > lm["dome_right"] - 30)
+        & (z < lm["apex"])
+    )
+    anat.ct[stern] = hu("bone_cancellous") + 80
+    anat.organs[stern] = ORGAN_IDS["ribs"]
+
+
+def _abdomen(anat: Anatomy, p: _Painter, rng, zdia, hiatal_hernia: bool) -> None:
+    u, lm, hu = rng.uniform, anat.landmarks, anat.hu
+    grid = anat.grid
+    below = p.z < zdia - 3
+    spine_y = lm["spine_y"]
+    texture = smooth_field(rng, grid.shape, n_freq=4, amplitude=6.0)
+
+    def organ(centre, radii, name: str, tissue: str, extra=None, keep=None):
+        centre, radii = np.asarray(centre, np.float32), np.asarray(radii, np.float32)
+        sl, (ox, oy, oz) = p.sub(centre - radii - 10, centre + radii + 10)
+        if sl is None:
+            return None, None
+        m = (ellipsoid_level(ox, oy, oz, centre, radii) < 1) & below[sl]
+        if extra is not None:
+            m |= extra(sl, ox, oy, oz) & below[sl]
+        if keep is not None:
+            m &= keep(sl)
+        p.paint(sl, m, hu(tissue) + texture[sl], ORGAN_IDS[name])
+        lm[name] = {"centre": centre, "radii": radii}
+        return sl, m
+
+    # Liver: right lobe under the right dome plus a left lobe across the midline.
+    zr = lm["dome_right"]
+    lc = [u(55, 68), u(0, 12), zr - u(60, 72)]
+    lr = [u(80, 92), u(80, 92), u(68, 80)]
+    llc = np.array([u(-20, -5), u(30, 42), zr - u(35, 45)], np.float32)
+    llr = np.array([u(45, 60), u(32, 42), u(28, 36)], np.float32)
+
+    def left_lobe(sl, ox, oy, oz):
+        return ellipsoid_level(ox, oy, oz, llc, llr) < 1
+
+    body_in = p.x**2 / lm["body_ab"][0] ** 2 + p.y**2 / lm["body_ab"][1] ** 2 < (lm["r_inner"] - 0.02) ** 2
+    organ(lc, [lr[0], lr[1], lr[2]], "liver", "liver", extra=left_lobe, keep=lambda sl: body_in[sl])
+    # Extend the liver box to the left lobe (organ() only looked at the right lobe's box).
+    sl, (ox, oy, oz) = p.sub(llc - llr - 5, llc + llr + 5)
+    if sl is not None:
+        m = left_lobe(sl, ox, oy, oz) & below[sl] & body_in[sl]
+        p.paint(sl, m, hu("liver") + texture[sl], ORGAN_IDS["liver"])
+    lm["liver_split_x"] = float(llc[0] + llr[0] * 0.55)  # falciform ligament: left vs right lobe
+
+    zl = lm["dome_left"]
+    organ(
+        [-u(78, 90), spine_y + u(15, 25), zl - u(40, 50)],
+        [u(26, 32), u(45, 55), u(40, 50)],
+        "spleen",
+        "spleen",
+    )
+
+    # Stomach: wall, fluid and an air cap anteriorly; a hernia pulls its fundus above the diaphragm.
+    sc = np.array([-u(35, 50), u(30, 42), zl - u(35, 45)], np.float32)
+    sr = np.array([u(38, 48), u(28, 36), u(32, 40)], np.float32)
+    _stomach(anat, p, sc, sr, below, rng)
+    lm["stomach"] = {"centre": sc, "radii": sr}
+    if hiatal_hernia:
+        hc = np.array([-8, spine_y + u(38, 45), zl + u(18, 28)], np.float32)
+        hr = np.array([u(20, 26), u(16, 20), u(18, 24)], np.float32)
+        _stomach(anat, p, hc, hr, np.ones(grid.shape, bool), rng)
+        lm["hernia"] = {"centre": hc, "radii": hr}
+
+    # Kidneys: cortex enhances more than medulla in the contrast phase.
+    for side, sgn, ztop in (("right", 1, zr), ("left", -1, zl)):
+        kc = [sgn * u(62, 72), spine_y + u(12, 20), ztop - u(95, 110)]
+        kr = [u(24, 30), u(24, 30), u(48, 58)]
+        sl, m = organ(kc, kr, f"kidney_{side}", "kidney")
+        if sl is not None:
+            lev = ellipsoid_level(p.x[sl], p.y[sl], p.z[sl], np.asarray(kc), np.asarray(kr))
+            med = m & (lev < 0.4)
+            p.paint(sl, med, hu("kidney_medulla") + texture[sl], None)
+
+    # Pancreas: a tapering tube from the head (right, by the duodenum) to the tail (splenic hilum).
+    zp = zr - u(90, 105)
+    pts = [
+        [u(22, 32), spine_y + 55, zp - 12],
+        [5, spine_y + 72, zp],
+        [-30, spine_y + 62, zp + 8],
+        [-65, spine_y + 35, zp + 18],
+    ]
+    panc = _polyline(pts, [u(13, 17), u(10, 12), u(9, 11), u(7, 9)])
+    _tube_organ(anat, panc, "pancreas", hu("pancreas"), texture)
+    anat.tubes["pancreas"] = panc
+
+    # Colon frame: ascending, transverse, descending, sigmoid; wall with air/stool inside.
+    zc = zr - u(115, 130)
+    frame = {
+        "ascending colon": [[u(75, 85), spine_y + 50, -250], [u(75, 85), spine_y + 55, zc]],
+        "transverse colon": [
+            [u(70, 80), spine_y + 80, zc + 5],
+            [0, spine_y + u(105, 120), zc - u(0, 15)],
+            [-u(75, 85), spine_y + 85, zc + 20],
+        ],
+        "descending colon": [[-u(80, 90), spine_y + 60, zc + 15], [-u(80, 90), spine_y + 50, -215]],
+        "sigmoid colon": [[-u(80, 90), spine_y + 50, -215], [-30, spine_y + 80, -250]],
+    }
+    segs_by_part = {}
+    for part, pts in frame.items():
+        rad = u(16, 24) if part == "ascending colon" else u(13, 18)
+        segs_by_part[part] = _polyline(pts, [rad] * len(pts))
+    _colon(anat, segs_by_part, rng)
+    anat.tubes.update({f"colon:{k}": v for k, v in segs_by_part.items()})
+
+
+def _stomach(anat: Anatomy, p: _Painter, c, rr, region, rng) -> None:
+    hu = anat.hu
+    sl, (ox, oy, oz) = p.sub(c - rr - 5, c + rr + 5)
+    if sl is None:
+        return
+    lev = ellipsoid_level(ox, oy, oz, c, rr)
+    m = (lev < 1) & region[sl]
+    lumen = m & (lev < (1 - 5 / rr.mean()) ** 2)
+    air = lumen & (oy > c[1] + rr[1] * rng.uniform(0.1, 0.5))
+    p.paint(sl, m, hu("bowel_wall") + 5, ORGAN_IDS["stomach"])
+    p.paint(sl, lumen, hu("fluid"), None)
+    p.paint(sl, air, hu("air"), None)
+
+
+def _tube_organ(anat: Anatomy, segs, name: str, value: float, texture) -> None:
+    cov = np.zeros(anat.grid.shape, np.float32)
+    mask = np.zeros(anat.grid.shape, bool)
+    rasterise_segments(anat.grid, segs, cov, mask)
+    target = value + texture
+    anat.ct[:] = anat.ct + cov * (target - anat.ct)
+    anat.organs[mask & (cov > 0.5)] = ORGAN_IDS[name]
+
+
+def _colon(anat: Anatomy, parts: dict, rng) -> None:
+    shape = anat.grid.shape
+    cov = np.zeros(shape, np.float32)
+    mask = np.zeros(shape, bool)
+    lumen_cov = np.zeros(shape, np.float32)
+    lumen_mask = np.zeros(shape, bool)
+    segs = [s for v in parts.values() for s in v]
+    rasterise_segments(anat.grid, segs, cov, mask)
+    inner = [Segment(s.p0, s.p1, max(s.r0 - 3.0, 1.0), max(s.r1 - 3.0, 1.0)) for s in segs]
+    rasterise_segments(anat.grid, inner, lumen_cov, lumen_mask)
+    wall_hu = anat.hu("bowel_wall")
+    # Content: mostly gas with mottled stool, as on a typical CT.
+    content = np.where(smooth_field(rng, shape, n_freq=5) > rng.uniform(-0.3, 0.6), -1000.0, -40.0)
+    anat.ct[:] = anat.ct + cov * (wall_hu - anat.ct)
+    anat.ct[:] = anat.ct + lumen_cov * (content.astype(np.float32) - anat.ct)
+    anat.organs[mask & (cov > 0.5)] = ORGAN_IDS["colon"]
