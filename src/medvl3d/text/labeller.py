@@ -55,12 +55,22 @@ class RuleWeights:
         p_affirmed_impression: an affirmed mention in the impression (the radiologist's conclusion).
         p_uncertain: a hedged mention ("possible X", "X?").
         p_base: the probability of a label that is never mentioned or only negated.
+        p_implied: added (noisy-OR) by an affirmed finding that implies the label (``IMPLIES``).
     """
 
     p_affirmed: float = 0.85
     p_affirmed_impression: float = 0.9
     p_uncertain: float = 0.4
     p_base: float = 0.02
+    p_implied: float = 0.3
+
+
+#: Radiological implications: an affirmed finding (key) raises, below the decision threshold, the
+#: probability of findings it is a kind of or usually comes with (consolidation is an opacity).
+IMPLIES: dict[str, tuple[str, ...]] = {
+    "Consolidation": ("Lung opacity",),
+    "Coronary artery wall calcification": ("Arterial wall calcification",),
+}
 
 
 def report_problem(report: object) -> str | None:
@@ -131,6 +141,12 @@ class ReportLabeller:
                 else:
                     feats[i, 0] += 1
                     miss[i] *= 1 - w.p_affirmed
+        for src, targets in IMPLIES.items():
+            i = self._index.get(src)
+            if i is not None and feats[i, 0] + feats[i, 1] > 0:
+                for t in targets:
+                    if t in self._index:
+                        miss[self._index[t]] *= 1 - w.p_implied
         feats[:, 4] = (feats[:, 0] + feats[:, 1]) > 0
         feats[:, 5] = feats[:, 2] > 0
         feats[:, 6] = feats[:, 3] > 0

@@ -1,0 +1,172 @@
+"""Text prompts for zero-shot scoring: positive/negative templates per finding, ensembles, attribute phrases.
+
+Zero-shot diagnosis compares a volume embedding with a positive prompt ("Pleural effusion is present.")
+and a negative one ("Pleural effusion is not present."); P(finding) is the softmax over the pair, and a
+*prompt ensemble* averages the text embeddings (or the scores) over several templates and, optionally,
+over synonyms of the finding. Malenia aligns mask tokens with phrases for attribute values
+(``attribute_phrase``). A ``PromptSet`` holds the configurable templates; ``to_dict``/``from_dict`` let a
+checkpoint store exactly the prompts it was trained with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from medvl3d.schema import ATTRIBUTES, attribute_values
+
+DEFAULT_POSITIVE: tuple[str, ...] = ("{} is present.", "There is {}.")
+DEFAULT_NEGATIVE: tuple[str, ...] = ("{} is not present.", "No {}.")
+
+# Attribute value -> natural phrase around "{organ} lesion". "{a}" is the article the next word needs.
+_ATTRIBUTE_TEMPLATES: dict[str, str] = {
+    "contrast": "{a} {organ} lesion on {value} CT",
+    "location": "{a} {organ} lesion in the {value}",
+    "shape": "{a} {value} {organ} lesion",
+    "density": "{a} {value} {organ} lesion",
+    "homogeneity": "{a} {value} {organ} lesion",
+    "margin": "{a} {organ} lesion with {value} margins",
+    "neighbor_relation": "{a} {organ} lesion {value}",
+}
+
+# Acronyms that keep their case when a finding name is put inside a sentence.
+_KEEP_CASE = {"CT", "LAP", "COPD", "ARDS", "TB"}
+
+
+def _finding_text(finding: str) -> str:
+    """ "Pleural effusion" -> "pleural effusion" (acronyms kept), for use inside a sentence."""
+    return " ".join(w if w in _KEEP_CASE else w.lower() for w in finding.strip().split())
+
+
+def _fill(template: str, text: str) -> str:
+    out = template.format(text)
+    return out[0].upper() + out[1:] if out else out
+
+
+def _check_templates(templates: Sequence[str], kind: str) -> tuple[str, ...]:
+    if isinstance(templates, str) or not templates:
+        raise ValueError(f"{kind} templates must be a non-empty list of strings")
+    for t in templates:
+        if not isinstance(t, str) or t.count("{}") != 1 or t.replace("{}", "").count("{"):
+            raise ValueError(
+                f"{kind} template {t!r} must contain exactly one '{{}}' placeholder and no other braces"
+            )
+    return tuple(templates)
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    """Configurable prompt templates.
+
+    Attributes:
+        positive: templates saying a finding is present; ``{}`` is replaced by the finding name.
+        negative: templates saying it is absent.
+        synonyms: optional extra names per finding (e.g. ``{"Cardiomegaly": ["enlarged heart"]}``); every
+            template is filled with the finding and each synonym, giving a larger ensemble.
+    """
+
+    positive: tuple[str, ...] = DEFAULT_POSITIVE
+    negative: tuple[str, ...] = DEFAULT_NEGATIVE
+    synonyms: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "positive", _check_templates(self.positive, "positive"))
+        object.__setattr__(self, "negative", _check_templates(self.negative, "negative"))
+        syn = {str(k): tuple(str(s) for s in v) for k, v in dict(self.synonyms).items()}
+        object.__setattr__(self, "synonyms", syn)
+
+    def names(self, finding: str) -> list[str]:
+        """The finding and its synonyms, as they appear inside a sentence."""
+        if not isinstance(finding, str) or not finding.strip():
+            raise ValueError(f"finding name must be a non-empty string, got {finding!r}")
+        return list(
+            dict.fromkeys(
+                [_finding_text(finding)] + [_finding_text(s) for s in self.synonyms.get(finding, ())]
+            )
+        )
+
+    def positive_prompts(self, finding: str) -> list[str]:
+        """All positive sentences for ``finding`` (templates x names)."""
+        return [_fill(t, n) for n in self.names(finding) for t in self.positive]
+
+    def negative_prompts(self, finding: str) -> list[str]:
+        """All negative sentences for ``finding``, aligned with ``positive_prompts`` when counts match."""
+        return [_fill(t, n) for n in self.names(finding) for t in self.negative]
+
+    def to_dict(self) -> dict:
+        """Plain-data form (for checkpoints and YAML)."""
+        return {
+            "positive": list(self.positive),
+            "negative": list(self.negative),
+            "synonyms": {k: list(v) for k, v in self.synonyms.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> PromptSet:
+        """Inverse of ``to_dict``; unknown keys raise ``ValueError`` naming them."""
+        unknown = set(data) - {"positive", "negative", "synonyms"}
+        if unknown:
+            raise ValueError(
+                f"unknown prompt config keys: {sorted(unknown)} (allowed: positive, negative, synonyms)"
+            )
+        return cls(
+            positive=tuple(data.get("positive", DEFAULT_POSITIVE)),
+            negative=tuple(data.get("negative", DEFAULT_NEGATIVE)),
+            synonyms=dict(data.get("synonyms") or {}),
+        )
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> PromptSet:
+        """Read a prompt config from a YAML file (keys as in ``to_dict``)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: prompt config not found")
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping with 'positive'/'negative' template lists")
+        try:
+            return cls.from_dict(data)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from exc
+
+
+#: The default prompt set (BrgSA's "X is present." / "X is not present." pairs).
+DEFAULT_PROMPTS = PromptSet()
+
+
+def positive_prompts(finding: str) -> list[str]:
+    """Positive templates for ``finding`` with the default prompt set."""
+    return DEFAULT_PROMPTS.positive_prompts(finding)
+
+
+def negative_prompts(finding: str) -> list[str]:
+    """Negative templates for ``finding`` with the default prompt set."""
+    return DEFAULT_PROMPTS.negative_prompts(finding)
+
+
+def attribute_phrase(attribute: str, value: str, organ: str) -> str:
+    """Natural text for a Malenia attribute value of a lesion in ``organ``.
+
+    ``("margin", "ill-defined", "liver")`` -> ``"a liver lesion with ill-defined margins"``. The value
+    must be one of ``medvl3d.schema.attribute_values(organ, attribute)``; anything else raises
+    ``ValueError`` listing the allowed values.
+    """
+    if attribute not in ATTRIBUTES:
+        raise ValueError(f"unknown lesion attribute {attribute!r}; known: {', '.join(ATTRIBUTES)}")
+    try:
+        allowed = attribute_values(organ, attribute)
+    except KeyError as exc:
+        raise ValueError(str(exc).strip("'\"")) from None
+    if value not in allowed:
+        raise ValueError(
+            f"{value!r} is not a value of {attribute!r} for {organ}; values: {', '.join(allowed)}"
+        )
+    template = _ATTRIBUTE_TEMPLATES[attribute]
+    if attribute == "location" and organ in value:  # "left kidney": "a lesion in the left kidney"
+        template = "{a} lesion in the {value}"
+    body = template.replace("{a} ", "").format(organ=organ, value=value)
+    article = "an" if body[0].lower() in "aeiou" else "a"
+    return f"{article} {body}"
