@@ -1,1 +1,21 @@
-"""medvl3d.losses"""
+"""medvl3d.losses: contrastive (CLIP InfoNCE, SigLIP, multi-positive) and view-view (Barlow Twins) losses."""
+
+from medvl3d.losses.barlow import barlow_twins_loss
+from medvl3d.losses.infonce import (
+    clip_loss,
+    gather_with_grad,
+    local_label_offset,
+    modality_gap,
+    multi_positive_nce,
+)
+from medvl3d.losses.siglip import siglip_loss
+
+__all__ = [
+    "barlow_twins_loss",
+    "clip_loss",
+    "gather_with_grad",
+    "local_label_offset",
+    "modality_gap",
+    "multi_positive_nce",
+    "siglip_loss",
+]

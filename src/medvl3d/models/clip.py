@@ -1,0 +1,124 @@
+"""`VLModel`: a 3D image tower and a text tower projected into one embedding space (CLIP-style), with a
+learnable temperature, an optional SigLIP bias and an optional BrgSA knowledge bank."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medvl3d.models.config import TextTowerConfig, VisionConfig, VLConfig, model_config_from_dict
+from medvl3d.models.heads import projection_head
+from medvl3d.models.knowledge_bank import KnowledgeBank
+from medvl3d.models.resenc3d import ResidualEncoder3D
+from medvl3d.models.vit3d import VisionTransformer3D
+
+#: CLIP's cap on the exponentiated logit scale (keeps training stable).
+MAX_LOGIT_SCALE = 100.0
+
+
+def build_image_encoder(cfg: VisionConfig) -> nn.Module:
+    """The image tower named by `cfg.arch`."""
+    if cfg.arch == "vit":
+        return VisionTransformer3D(cfg)
+    return ResidualEncoder3D(cfg)
+
+
+class TextTower(nn.Module):
+    """A `medvl3d.text.encoders` text encoder followed by a projection to the joint space."""
+
+    def __init__(self, cfg: TextTowerConfig, embed_dim: int) -> None:
+        super().__init__()
+        from medvl3d.text.encoders import build_text_encoder
+
+        self.encoder = build_text_encoder(
+            cfg.name, pooling=cfg.pooling, trainable_layers=cfg.trainable_layers, max_length=cfg.max_length
+        )
+        self.proj = projection_head(self.encoder.dim, embed_dim, cfg.proj)
+
+    def forward(self, texts: list[str]) -> torch.Tensor:
+        """Unnormalised embeddings `[N, embed_dim]`."""
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+            raise ValueError(f"TextTower expects a list of strings, got {type(texts).__name__}")
+        # A frozen encoder needs no graph: its cached `encode` skips repeated texts (reports, prompts).
+        if self.encoder.frozen:
+            features = self.encoder.encode(list(texts), normalize=False)
+        else:
+            features = self.encoder(list(texts))
+        weight = next(self.proj.parameters())
+        return self.proj(features.to(device=weight.device, dtype=weight.dtype))
+
+
+class VLModel(nn.Module):
+    """Vision-language model built from a `VLConfig` (see `medvl3d.models.create_model`)."""
+
+    def __init__(self, config: VLConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.visual = build_image_encoder(config.vision)
+        self.image_proj = projection_head(self.visual.num_features, config.embed_dim, config.vision_proj)
+        self.text = TextTower(config.text, config.embed_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
+        self.logit_bias = (
+            nn.Parameter(torch.tensor(float(config.init_logit_bias)))
+            if config.init_logit_bias is not None
+            else None
+        )
+        self.bank = (
+            KnowledgeBank(config.bank_size, config.embed_dim, config.bank_temperature)
+            if config.bank_size
+            else None
+        )
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Gradient checkpointing in the image tower."""
+        self.visual.set_grad_checkpointing(enable)
+
+    def scale(self) -> torch.Tensor:
+        """exp(logit_scale), clamped at `MAX_LOGIT_SCALE`."""
+        return self.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
+
+    def encode_image(self, x: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """Image embeddings `[B, E]` for a `[B, C, X, Y, Z]` batch."""
+        emb = self.image_proj(self.visual(x))
+        return F.normalize(emb, dim=-1) if normalize else emb
+
+    def encode_text(self, texts: list[str], normalize: bool = True) -> torch.Tensor:
+        """Text embeddings `[N, E]`."""
+        emb = self.text(texts)
+        return F.normalize(emb, dim=-1) if normalize else emb
+
+    def reconstruct(self, emb: torch.Tensor) -> torch.Tensor:
+        """Knowledge-bank reconstruction of embeddings (normalised); `emb` unchanged when there is no bank."""
+        return emb if self.bank is None else self.bank.reconstruct(emb)
+
+    def score(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+        """Zero-shot similarity `[N, M]`: cosine; with a bank the mean of the cosine of the originals and
+        of their bank reconstructions (BrgSA scoring)."""
+        img = F.normalize(image_emb, dim=-1)
+        txt = F.normalize(text_emb, dim=-1)
+        sim = img @ txt.t()
+        if self.bank is not None:
+            sim = 0.5 * (sim + self.bank.reconstruct(img) @ self.bank.reconstruct(txt).t())
+        return sim
+
+    def forward(self, image: torch.Tensor, texts: list[str]) -> dict[str, torch.Tensor]:
+        """Normalised `image_features` `[B, E]`, `text_features` `[N, E]`, the clamped `logit_scale`, plus
+        `logit_bias` (SigLIP models) and `image_recon` / `text_recon` (models with a bank)."""
+        out = {
+            "image_features": self.encode_image(image),
+            "text_features": self.encode_text(texts),
+            "logit_scale": self.scale(),
+        }
+        if self.logit_bias is not None:
+            out["logit_bias"] = self.logit_bias
+        if self.bank is not None:
+            out["image_recon"] = self.bank.reconstruct(out["image_features"])
+            out["text_recon"] = self.bank.reconstruct(out["text_features"])
+        return out
+
+
+def model_from_config(d: dict | VLConfig) -> VLModel:
+    """Rebuild the architecture described by `VLConfig.to_dict()` output (for checkpoints)."""
+    cfg = d if isinstance(d, VLConfig) else model_config_from_dict(d)
+    return VLModel(cfg)

@@ -1,0 +1,243 @@
+"""Pretraining objectives as task modules: `build_task(name, model, **params)`.
+
+A task wraps a `VLModel` (and any loss-only parameters, e.g. GTGM's projector); its `forward(batch)`
+takes `batch["image"]` `[B, 1, X, Y, Z]` and `batch["text"]` (B strings) and returns `{"loss": ...}` plus
+detached named parts for logging. Every task calls the model through its `forward`, so wrapping the
+*task* in DDP synchronises all gradients; optimise `task.parameters()` (a superset of the model's).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medvl3d.losses import barlow_twins_loss, clip_loss, modality_gap, siglip_loss
+from medvl3d.models.clip import VLModel
+from medvl3d.train.augment import AugmentConfig, augment_config, random_view
+
+TASKS: dict[str, type[nn.Module]] = {}
+
+
+def _register(name: str):
+    def deco(cls: type[nn.Module]) -> type[nn.Module]:
+        TASKS[name] = cls
+        return cls
+
+    return deco
+
+
+def build_task(name: str, model: VLModel, **params: Any) -> nn.Module:
+    """Build task `name` ("clip", "siglip", "brgsa", "gtgm") around `model`.
+
+    Raises:
+        ValueError: unknown task name, or a model lacking what the task needs.
+        TypeError: a parameter the task does not take (named in the message).
+    """
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; available: {', '.join(sorted(TASKS))}")
+    cls = TASKS[name]
+    allowed = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "model")]
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise TypeError(f"task {name!r} got unknown parameter(s) {unknown}; it takes {allowed}")
+    return cls(model, **params)
+
+
+def _check_batch(batch: dict, task: str) -> tuple[torch.Tensor, list[str]]:
+    if "image" not in batch or "text" not in batch:
+        raise ValueError(f"task {task!r} needs batch keys 'image' and 'text', got {sorted(batch)}")
+    image, text = batch["image"], batch["text"]
+    if not isinstance(image, torch.Tensor) or image.ndim != 5:
+        raise ValueError(f"task {task!r}: batch['image'] must be a [B, C, X, Y, Z] tensor")
+    if isinstance(text, str) or len(text) != image.shape[0]:
+        raise ValueError(
+            f"task {task!r}: batch['text'] must be a list of {image.shape[0]} strings (one per volume), "
+            f"got {type(text).__name__} of length {len(text)}"
+        )
+    return image, list(text)
+
+
+def _log(**parts: torch.Tensor | float) -> dict[str, torch.Tensor]:
+    return {
+        k: (v.detach() if isinstance(v, torch.Tensor) else torch.tensor(float(v))) for k, v in parts.items()
+    }
+
+
+@_register("clip")
+class ClipTask(nn.Module):
+    """CLIP: symmetric InfoNCE between each volume and its report, gathered across ranks."""
+
+    def __init__(self, model: VLModel, gather: bool = True) -> None:
+        super().__init__()
+        self.model = model
+        self.gather = gather
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        image, text = _check_batch(batch, "clip")
+        out = self.model(image, text)
+        loss = clip_loss(out["image_features"], out["text_features"], out["logit_scale"], self.gather)
+        gap = modality_gap(out["image_features"], out["text_features"])
+        return {"loss": loss, **_log(clip=loss, logit_scale=out["logit_scale"], gap=gap)}
+
+
+@_register("siglip")
+class SigLIPTask(nn.Module):
+    """SigLIP: pairwise sigmoid loss; needs a model with a logit bias."""
+
+    def __init__(self, model: VLModel, gather: bool = True) -> None:
+        super().__init__()
+        if model.logit_bias is None:
+            raise ValueError(
+                "task 'siglip' needs a model with a logit bias: create it with init_logit_bias=-10.0 "
+                "(and init_logit_scale=math.log(10), as in SigLIP)"
+            )
+        self.model = model
+        self.gather = gather
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        image, text = _check_batch(batch, "siglip")
+        out = self.model(image, text)
+        loss = siglip_loss(
+            out["image_features"], out["text_features"], out["logit_scale"], out["logit_bias"], self.gather
+        )
+        gap = modality_gap(out["image_features"], out["text_features"])
+        return {
+            "loss": loss,
+            **_log(siglip=loss, logit_scale=out["logit_scale"], logit_bias=out["logit_bias"], gap=gap),
+        }
+
+
+@_register("brgsa")
+class BrgSATask(nn.Module):
+    """BrgSA (arXiv 2501.03565): CLIP alignment bridged by a knowledge bank shared by both modalities.
+
+    loss = InfoNCE(v, t) + rec_weight * InfoNCE(v_rec, t_rec)
+           + cross_weight * (InfoNCE(v, t_rec) + InfoNCE(v_rec, t)) / 2
+           + mse_weight * (|v - v_rec|^2 + |t - t_rec|^2) / 2
+
+    with v, t the normalised embeddings and v_rec, t_rec their bank reconstructions. The cross pairs
+    align each original with the other modality's reconstruction: the paper describes aligning
+    "originals, reconstructions and the cross pairs", and these terms are what makes the bank a bridge
+    (an image must be near the bank mixture its report selects, and vice versa). The MSE term (mean
+    squared L2 distance per embedding, i.e. 2 - 2 cos) keeps the embeddings close to the bank manifold.
+    """
+
+    def __init__(
+        self,
+        model: VLModel,
+        rec_weight: float = 1.0,
+        cross_weight: float = 0.5,
+        mse_weight: float = 0.1,
+        gather: bool = True,
+    ) -> None:
+        super().__init__()
+        if model.bank is None:
+            raise ValueError(
+                "task 'brgsa' needs a model with a knowledge bank: create it with bank_size=K "
+                "(e.g. create_model(name, bank_size=2048))"
+            )
+        self.model = model
+        self.rec_weight = rec_weight
+        self.cross_weight = cross_weight
+        self.mse_weight = mse_weight
+        self.gather = gather
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        image, text = _check_batch(batch, "brgsa")
+        out = self.model(image, text)
+        v, t, s = out["image_features"], out["text_features"], out["logit_scale"]
+        v_rec, t_rec = out["image_recon"], out["text_recon"]
+        orig = clip_loss(v, t, s, self.gather)
+        rec = clip_loss(v_rec, t_rec, s, self.gather)
+        cross = 0.5 * (clip_loss(v, t_rec, s, self.gather) + clip_loss(v_rec, t, s, self.gather))
+        mse = 0.5 * ((v - v_rec).pow(2).sum(-1).mean() + (t - t_rec).pow(2).sum(-1).mean())
+        loss = orig + self.rec_weight * rec + self.cross_weight * cross + self.mse_weight * mse
+        parts = _log(
+            clip=orig,
+            rec=rec,
+            cross=cross,
+            mse=mse,
+            logit_scale=s,
+            gap=modality_gap(v, t),
+            gap_rec=modality_gap(v_rec, t_rec),
+        )
+        return {"loss": loss, **parts}
+
+
+@_register("gtgm")
+class GTGMTask(nn.Module):
+    """GTGM (arXiv 2306.04811): CLIP loss on two augmented views of each volume + Barlow Twins between views.
+
+    loss = (InfoNCE(view1, text) + InfoNCE(view2, text)) / 2 + barlow_weight * BarlowTwins(z1, z2)
+
+    z are the normalised image embeddings of the two views, passed through a projector MLP
+    (Linear-BatchNorm-ReLU-Linear, as in Barlow Twins) when `projector_dim > 0`. The default is no
+    projector, so the view-view term acts on the joint embedding itself and the task has no parameters
+    outside the model (a checkpoint of the model is then the whole state).
+
+    Args:
+        model: the vision-language model.
+        barlow_weight: weight of the Barlow Twins term (0.01 in the paper).
+        barlow_lambda: off-diagonal weight inside Barlow Twins.
+        projector_dim: width of the projector MLP (0 = none).
+        augment: `AugmentConfig` fields as a dict (crop_scale, flip_prob, intensity_scale, ...).
+        seed: seed of a private generator for the views (per task instance; offset it per rank in DDP);
+            None uses the global RNG.
+        gather: gather embeddings across ranks for both losses.
+    """
+
+    def __init__(
+        self,
+        model: VLModel,
+        barlow_weight: float = 0.01,
+        barlow_lambda: float = 5e-3,
+        projector_dim: int = 0,
+        augment: dict | AugmentConfig | None = None,
+        seed: int | None = None,
+        gather: bool = True,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.barlow_weight = barlow_weight
+        self.barlow_lambda = barlow_lambda
+        self.augment = augment_config(augment)
+        self.seed = seed
+        self.gather = gather
+        self._generator: torch.Generator | None = None
+        dim = model.config.embed_dim
+        self.projector: nn.Module | None = None
+        if projector_dim > 0:
+            self.projector = nn.Sequential(
+                nn.Linear(dim, projector_dim, bias=False),
+                nn.BatchNorm1d(projector_dim),
+                nn.ReLU(inplace=True),
+                nn.Linear(projector_dim, projector_dim, bias=False),
+            )
+
+    def _gen(self, device: torch.device) -> torch.Generator | None:
+        if self.seed is None:
+            return None
+        if self._generator is None or self._generator.device != device:
+            self._generator = torch.Generator(device=device).manual_seed(self.seed)
+        return self._generator
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        image, text = _check_batch(batch, "gtgm")
+        gen = self._gen(image.device)
+        views = torch.cat([random_view(image, self.augment, gen), random_view(image, self.augment, gen)])
+        out = self.model(views, text)  # one pass for both views: text is encoded once
+        b = image.shape[0]
+        v1, v2 = out["image_features"][:b], out["image_features"][b:]
+        t, s = out["text_features"], out["logit_scale"]
+        clip = 0.5 * (clip_loss(v1, t, s, self.gather) + clip_loss(v2, t, s, self.gather))
+        z = out["image_features"] if self.projector is None else self.projector(out["image_features"])
+        barlow = barlow_twins_loss(z[:b], z[b:], self.barlow_lambda, self.gather)
+        loss = clip + self.barlow_weight * barlow
+        return {
+            "loss": loss,
+            **_log(clip=clip, barlow=barlow, logit_scale=s, gap=modality_gap(F.normalize(v1, dim=-1), t)),
+        }
