@@ -1,0 +1,311 @@
+"""Batch text jobs behind ``medvl3d text ...``: label reports, parse lesion descriptions, summarise reports.
+
+Each job reads a CSV (or texts), writes its output atomically (CSV or JSONL) and, when the input carries
+ground truth, returns a metrics table; the CLI only prints what these functions return.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from medvl3d.schema import ATTRIBUTES, CTRATE_LABELS, attribute_codes, encode_attribute
+from medvl3d.text.attributes import AttributeParser, default_parser
+from medvl3d.text.labeller import report_problem
+
+# --- files ----------------------------------------------------------------------------------------------
+
+
+def read_csv(path: str | Path, required: Sequence[str] = ()) -> tuple[list[dict[str, str]], list[str]]:
+    """Rows (column -> cell text) and column names of a CSV file.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file is empty, not valid CSV, or lacks a required column (the message names the
+            file and lists the columns it has).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"CSV file not found: {path}")
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            rows = list(reader)
+            columns = list(reader.fieldnames or [])
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not a readable UTF-8 CSV file ({exc})") from None
+    if not columns:
+        raise ValueError(f"{path}: empty CSV file (no header row)")
+    missing = [c for c in required if c not in columns]
+    if missing:
+        raise ValueError(
+            f"{path}: no column {', '.join(map(repr, missing))}; the columns are: {', '.join(columns)} "
+            "(choose one with --text-column)"
+        )
+    return [{k: (v or "") for k, v in row.items() if k is not None} for row in rows], columns
+
+
+def _atomic_write(path: str | Path, write: Any) -> Path:
+    """Write through a temporary file in the target folder, then rename: never a half-written output."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
+            write(fh)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_csv(path: str | Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> Path:
+    """Write rows as CSV atomically."""
+
+    def write(fh: Any) -> None:
+        writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+    return _atomic_write(path, write)
+
+
+def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> Path:
+    """Write one JSON object per line atomically."""
+    return _atomic_write(
+        path, lambda fh: fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    )
+
+
+# --- attributes -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class AttributeResult:
+    """Parsed descriptions and, when the CSV has coded attribute columns, their accuracy."""
+
+    rows: list[dict[str, Any]]
+    columns: list[str]
+    #: group (lesion type, then "all") -> attribute -> (accuracy, number of coded cells)
+    accuracy: dict[str, dict[str, tuple[float, int]]] = field(default_factory=dict)
+
+
+def gold_codes(cell: str, organ: str, attribute: str, where: str) -> set[int] | None:
+    """The sheet codes in one cell (``"2"``, ``"2.0"``; ``"1、2"`` means both), or None for an empty cell.
+
+    Raises:
+        ValueError: a code that is not a number or not in the schema, naming ``where`` and the attribute.
+    """
+    cell = cell.strip()
+    if not cell:
+        return None
+    table = attribute_codes(organ, attribute)
+    codes = set()
+    for part in re.split(r"[、,;/|]|\band\b", cell):
+        try:
+            code = int(float(part))
+        except ValueError:
+            raise ValueError(f"{where}: {attribute} {cell!r} is not a code") from None
+        if code not in table:
+            raise ValueError(f"{where}: unknown {attribute} code {code} for {organ}; codes: {table}")
+        codes.add(code)
+    return codes
+
+
+def parse_descriptions(
+    path: str | Path,
+    *,
+    text_column: str = "report",
+    organ_column: str | None = "organ",
+    group_column: str | None = "lesion",
+    out: str | Path | None = None,
+    parser: AttributeParser | None = None,
+) -> AttributeResult:
+    """Parse every lesion description of a CSV into the 7 Malenia attributes.
+
+    The output keeps the input columns and adds ``pred_organ``, ``pred_<attribute>`` (value name),
+    ``pred_<attribute>_code`` and ``problem`` (why a description could not be read: empty, no words,
+    not English). When the CSV also has coded attribute columns (the annotation-sheet format), the
+    accuracy per group (``group_column``, e.g. the lesion type) and attribute is computed: empty cells
+    are skipped, a cell with several codes ("1、2") counts a prediction of any of them as correct, and a
+    prediction of None counts as wrong.
+
+    Args:
+        path: the CSV file.
+        text_column: column holding the description.
+        organ_column: column naming the organ (inferred from the text where absent or empty).
+        group_column: column to group accuracy by (ignored when absent).
+        out: optional CSV path to write.
+        parser: the attribute parser (the built-in one if None).
+
+    Raises:
+        ValueError: a missing text column, an unknown organ, or an unknown code in a coded column.
+    """
+    parser = parser or default_parser()
+    rows, columns = read_csv(path, [text_column])
+    has_organ = organ_column is not None and organ_column in columns
+    coded = [a for a in ATTRIBUTES if a in columns]
+    group_by = group_column if group_column in columns else None
+    hits: dict[str, dict[str, list[int]]] = {}
+    out_rows = []
+    for i, row in enumerate(tqdm(rows, desc="parse descriptions", disable=len(rows) < 500, leave=False)):
+        where = f"{path}, row {i + 2}"
+        text = row[text_column]
+        organ = (row[organ_column].strip().lower() or None) if has_organ else None
+        try:
+            organ = organ or parser.infer_organ(text)
+            values = parser.parse(text, organ)
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+        codes = {a: encode_attribute(organ, a, v) if organ and v else None for a, v in values.items()}
+        record: dict[str, Any] = dict(row, pred_organ=organ or "", problem=report_problem(text) or "")
+        for attr in ATTRIBUTES:
+            record[f"pred_{attr}"] = values[attr] or ""
+            record[f"pred_{attr}_code"] = "" if codes[attr] is None else codes[attr]
+        out_rows.append(record)
+        for attr in coded:
+            if not row[attr].strip():
+                continue
+            if organ is None:
+                raise ValueError(f"{where}: {attr} is coded but the organ is unknown; add an organ column")
+            gold = gold_codes(row[attr], organ, attr, where)
+            correct = int(codes[attr] in gold)
+            for group in ([row[group_by]] if group_by else []) + ["all"]:
+                hits.setdefault(group, {}).setdefault(attr, []).append(correct)
+    out_columns = columns + ["pred_organ"]
+    out_columns += [f"pred_{a}{s}" for a in ATTRIBUTES for s in ("", "_code")] + ["problem"]
+    if out is not None:
+        write_csv(out, out_rows, out_columns)
+    groups = sorted(g for g in hits if g != "all") + ["all"] * ("all" in hits)
+    accuracy = {g: {a: (float(np.mean(v)), len(v)) for a, v in hits[g].items()} for g in groups}
+    return AttributeResult(out_rows, out_columns, accuracy)
+
+
+def format_accuracy_table(accuracy: dict[str, dict[str, tuple[float, int]]]) -> str:
+    """Text table: one row per group, one column per attribute, accuracy (n)."""
+    attrs = [a for a in ATTRIBUTES if any(a in per for per in accuracy.values())]
+    width = max([len("lesion type"), *map(len, accuracy)])
+    head = f"{'lesion type':{width}s} " + " ".join(f"{a[:12]:>12s}" for a in attrs)
+    lines = [head, "-" * len(head)]
+    for group, per in accuracy.items():
+        cells = [f"{per[a][0]:.3f} ({per[a][1]})" if a in per else "" for a in attrs]
+        lines.append(f"{group:{width}s} " + " ".join(f"{c:>12s}" for c in cells))
+    return "\n".join(lines)
+
+
+# --- report labels --------------------------------------------------------------------------------------
+
+
+@dataclass
+class LabelResult:
+    """Per-label probabilities of every report and, when the CSV has the label columns, their metrics."""
+
+    probs: np.ndarray
+    rows: list[dict[str, Any]]
+    columns: list[str]
+    metrics: dict[str, dict[str, float]] | None = None
+
+
+def label_reports(
+    path: str | Path,
+    *,
+    text_column: str = "report_text",
+    out: str | Path | None = None,
+    model: str | Path | None = None,
+    threshold: float = 0.5,
+    limit: int | None = None,
+) -> LabelResult:
+    """Label every report of a CSV with the 18 CT-RATE abnormalities.
+
+    Writes (when ``out`` is given) the non-label input columns, then per label its probability and a 0/1
+    column ``<label> (pred)`` at ``threshold``, and ``problem``. When all 18 label columns are present,
+    per-label and macro AUROC/F1 are computed with :func:`medvl3d.text.labeller.evaluate_labeller`.
+
+    Args:
+        model: a fitted labeller saved with ``ReportLabeller.save`` (the rule labeller if None).
+        limit: only the first ``limit`` reports.
+    """
+    from medvl3d.text.labeller import ReportLabeller, evaluate_labeller
+
+    rows, columns = read_csv(path, [text_column])
+    rows = rows[:limit] if limit is not None else rows
+    if not rows:
+        raise ValueError(f"{path}: no reports in the file")
+    labeller = ReportLabeller.load(model) if model is not None else ReportLabeller()
+    reports = [r[text_column] for r in rows]
+    probs = labeller.predict_many(reports, progress=len(reports) >= 200)
+    labels = list(labeller.labels)
+    keep = [c for c in columns if c not in labels and c != text_column]
+    out_rows = []
+    for row, p, text in zip(rows, probs, reports):
+        record: dict[str, Any] = {c: row[c] for c in keep}
+        for lab, value in zip(labels, p):
+            record[lab] = f"{value:.4f}"
+            record[f"{lab} (pred)"] = int(value >= threshold)
+        record["problem"] = report_problem(text) or ""
+        out_rows.append(record)
+    out_columns = keep + [c for lab in labels for c in (lab, f"{lab} (pred)")] + ["problem"]
+    if out is not None:
+        write_csv(out, out_rows, out_columns)
+    metrics = None
+    if all(lab in columns for lab in CTRATE_LABELS) and tuple(labels) == CTRATE_LABELS:
+        try:
+            y = np.array([[int(float(r[lab])) for lab in labels] for r in rows])
+        except ValueError:
+            raise ValueError(f"{path}: the label columns must hold 0/1 values") from None
+        metrics = evaluate_labeller(None, y, probs=probs, labels=labels, threshold=threshold)
+    return LabelResult(probs, out_rows, out_columns, metrics)
+
+
+# --- summaries ------------------------------------------------------------------------------------------
+
+
+def summarize_reports(
+    path: str | Path | None = None,
+    *,
+    texts: Sequence[str] = (),
+    text_column: str = "report_text",
+    backend: str = "rule",
+    url: str | None = None,
+    model: str | None = None,
+    out: str | Path | None = None,
+) -> list[dict[str, Any]]:
+    """Summarise reports from a CSV and/or given texts into their high-level findings.
+
+    Returns (and writes as JSONL when ``out`` is given) one record per report: ``{"index", "report",
+    "summary"}`` plus the CSV's other columns.
+
+    Args:
+        backend: ``"rule"`` (built-in, deterministic) or ``"llm"`` (an OpenAI-compatible endpoint at ``url``
+            or a local model, cached on disk by the summariser).
+    """
+    from medvl3d.text.summariser import build_summariser
+
+    records: list[dict[str, Any]] = []
+    if path is not None:
+        rows, _ = read_csv(path, [text_column])
+        records += [
+            {**{k: v for k, v in r.items() if k != text_column}, "report": r[text_column]} for r in rows
+        ]
+    records += [{"report": t} for t in texts]
+    if not records:
+        raise ValueError("nothing to summarise: give a CSV file or --text")
+    cfg = {k: v for k, v in {"backend": backend, "url": url, "model": model}.items() if v is not None}
+    summariser = build_summariser(cfg)
+    for i, record in enumerate(tqdm(records, desc="summarise", disable=len(records) < 50, leave=False)):
+        record["index"] = i
+        record["summary"] = summariser.summarise(record["report"])
+    if out is not None:
+        write_jsonl(out, records)
+    return records
