@@ -153,7 +153,8 @@ class ReportLabeller:
         feats[:, 7] = 1 - (1 - w.p_base) * miss
         return feats
 
-    def _features_many(self, reports: Sequence[str], progress: bool) -> np.ndarray:
+    def features_many(self, reports: Sequence[str], progress: bool = True) -> np.ndarray:
+        """Rule features ``[N, len(labels), len(FEATURE_NAMES)]`` of many reports (see ``features``)."""
         it = tqdm(reports, desc="labelling reports", unit="report", disable=not progress)
         return (
             np.stack([self.features(r) for r in it])
@@ -161,8 +162,8 @@ class ReportLabeller:
             else np.zeros((0, len(self.labels), len(FEATURE_NAMES)))
         )
 
-    def _proba_from_features(self, feats: np.ndarray) -> np.ndarray:
-        """[N, L, F] features -> [N, L] probabilities (rules, or the fitted calibration)."""
+    def proba_from_features(self, feats: np.ndarray) -> np.ndarray:
+        """``[N, L, F]`` features -> ``[N, L]`` probabilities (rules, or the fitted calibration)."""
         if self._coef is None:
             return feats[..., 7]
         z = (feats - self._mean) / self._scale
@@ -181,7 +182,7 @@ class ReportLabeller:
                     stacklevel=2,
                 )
             return dict.fromkeys(self.labels, 0.0)
-        probs = self._proba_from_features(self.features(report)[None])[0]
+        probs = self.proba_from_features(self.features(report)[None])[0]
         return {lab: float(p) for lab, p in zip(self.labels, probs)}
 
     def predict(self, report: str, threshold: float = 0.5) -> dict[str, int]:
@@ -191,7 +192,7 @@ class ReportLabeller:
     def predict_many(self, reports: Sequence[str], progress: bool = True) -> np.ndarray:
         """Probabilities ``[N, len(labels)]`` for many reports (unreadable ones give zero rows)."""
         reports = list(reports)
-        probs = self._proba_from_features(self._features_many(reports, progress))
+        probs = self.proba_from_features(self.features_many(reports, progress))
         bad = [i for i, r in enumerate(reports) if report_problem(r) is not None]
         probs[bad] = 0.0
         n_foreign = sum(report_problem(reports[i]) == "not English" for i in bad)
@@ -223,7 +224,7 @@ class ReportLabeller:
         y = np.asarray(y)
         if y.shape != (len(reports), len(self.labels)):
             raise ValueError(f"y must have shape {(len(reports), len(self.labels))}, got {y.shape}")
-        feats = self._features_many(list(reports), progress)
+        feats = self.features_many(list(reports), progress)
         return self._fit_features(feats, y, c)
 
     def _fit_features(self, feats: np.ndarray, y: np.ndarray, c: float) -> ReportLabeller:
@@ -239,7 +240,7 @@ class ReportLabeller:
                 coef[i, 7] = 1.0 / self._scale[7]
                 intercept[i] = -5.0 if yi.max() == 0 else 5.0
                 continue
-            model = LogisticRegression(C=c, max_iter=1000).fit(z[:, i], yi)
+            model = LogisticRegression(C=c, solver="liblinear").fit(z[:, i], yi)
             coef[i], intercept[i] = model.coef_[0], model.intercept_[0]
         self._coef, self._intercept = coef, intercept
         return self
@@ -304,18 +305,21 @@ def cross_validate(
     c: float = 1.0,
     labels: Sequence[str] = CTRATE_LABELS,
     progress: bool = False,
+    features: np.ndarray | None = None,
 ) -> np.ndarray:
     """Out-of-fold probabilities ``[N, L]`` of the fitted labeller: fit on k-1 folds, score the held-out one.
 
-    This is the honest estimate of how the calibration does on unseen reports.
+    This is the honest estimate of how the calibration does on unseen reports. ``features`` may pass
+    precomputed ``ReportLabeller.features_many(reports)`` to skip parsing again.
     """
     y = np.asarray(y)
-    base = ReportLabeller(labels)
-    feats = base._features_many(list(reports), progress)
+    feats = ReportLabeller(labels).features_many(list(reports), progress) if features is None else features
+    if feats.shape[:2] != y.shape:
+        raise ValueError(f"features {feats.shape[:2]} and labels {y.shape} disagree")
     out = np.zeros(y.shape, dtype=np.float64)
     for train, test in KFold(n_splits=k, shuffle=True, random_state=seed).split(feats):
         model = ReportLabeller(labels)._fit_features(feats[train], y[train], c)
-        out[test] = model._proba_from_features(feats[test])
+        out[test] = model.proba_from_features(feats[test])
     return out
 
 

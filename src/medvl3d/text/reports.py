@@ -51,7 +51,7 @@ _SECTION_HEADERS: dict[str, str] = {
     "recommendations": "recommendation",
 }
 _HEADER_RE = re.compile(
-    r"(?:^|(?<=[\n.;\"]))[ \t]*("
+    r"(?:^|(?<=[\n.;\"?!]))[ \t]*("
     + "|".join(sorted(map(re.escape, _SECTION_HEADERS), key=len, reverse=True))
     + r")[ \t]*(?:_en)?[ \t]*:",
     re.IGNORECASE,
@@ -417,6 +417,15 @@ _STOPWORDS = frozenset(
     "the a an of in on and or no not is are was were be been with without there this that to for as at by "
     "from both right left lung lungs normal observed detected seen which it its".split()
 )
+# Common English radiology words: short phrases ("Bilateral pleural effusion.") have no stopwords.
+_RADIOLOGY_WORDS = frozenset(
+    "bilateral pleural effusion effusions pericardial nodule nodules lobe upper lower middle mass lesion "
+    "heart cardiomegaly emphysema atelectasis consolidation opacity opacities ground glass hernia hiatal "
+    "lymph node nodes lymphadenopathy calcification calcified plaque plaques aorta aortic coronary artery "
+    "arteries bronchiectasis thickening septal interlobular peribronchial fibrosis fibrotic sequelae mosaic "
+    "attenuation pattern catheter stent pacemaker small large mild minimal moderate severe enlarged "
+    "chest".split()
+)
 
 
 def english_ratio(text: str) -> float:
@@ -425,7 +434,12 @@ def english_ratio(text: str) -> float:
     Used to flag reports that are not English (a rule labeller would silently find nothing in them).
     """
     words = _WORD_RE.findall(text.lower())
-    return sum(w in _STOPWORDS for w in words) / len(words) if words else 0.0
+    if not words:
+        return 0.0
+    ratio = sum(w in _STOPWORDS for w in words) / len(words)
+    if len(words) < 8:  # too short for function words to show: count radiology vocabulary too
+        ratio = max(ratio, sum(w in _RADIOLOGY_WORDS for w in words) / len(words))
+    return ratio
 
 
 def is_english(text: str, min_ratio: float = 0.15) -> bool:

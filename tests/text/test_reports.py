@@ -1,0 +1,214 @@
+"""Report processing: sentence splitting, sections, alias table, negation/uncertainty scope."""
+
+from __future__ import annotations
+
+import pytest
+
+from medvl3d.schema import CTRATE_LABELS
+from medvl3d.text.reports import (
+    ALIASES,
+    ReportParser,
+    find_mentions,
+    is_english,
+    load_aliases,
+    load_cues,
+    normalise_finding,
+    split_sections,
+    split_sentences,
+)
+
+
+def status(text: str) -> dict[str, set[str]]:
+    """finding -> set of statuses ("affirmed"/"negated"/"uncertain") of its mentions in ``text``."""
+    out: dict[str, set[str]] = {}
+    for m in find_mentions(text):
+        out.setdefault(m.finding, set()).add(
+            "negated" if m.negated else "uncertain" if m.uncertain else "affirmed"
+        )
+    return out
+
+
+def test_split_sentences_real_punctuation():
+    text = (
+        "Nodules of 2.3 and 3 mm in diameter were observed (intrapulmonary lymph node?). "
+        "A lesion, i.e. a cyst, "
+        'vs. a hemangioma is seen. Is this a hernia? Yes.\n\n- bullet one\n- bullet two " Impression text'
+    )
+    assert split_sentences(text) == [
+        "Nodules of 2.3 and 3 mm in diameter were observed (intrapulmonary lymph node?).",
+        "A lesion, i.e. a cyst, vs. a hemangioma is seen.",
+        "Is this a hernia?",
+        "Yes.",
+        "bullet one",
+        "bullet two",
+        "Impression text",
+    ]
+
+
+@pytest.mark.parametrize("text", ["", "   ", "...;;,", '" . " \u2022 -- ?!'])
+def test_split_sentences_empty_and_punctuation(text):
+    assert split_sentences(text) == []
+
+
+def test_split_sections_headers_and_plain():
+    text = "CLINICAL INFORMATION: cough. FINDINGS: Small effusion.\nIMPRESSION: Effusion. Impressions: more."
+    assert split_sections(text) == {
+        "clinical_information": "cough.",
+        "findings": "Small effusion.",
+        "impression": "Effusion. more.",
+    }
+    assert split_sections("No headers here.") == {"findings": "No headers here."}
+    assert split_sections("") == {}
+
+
+def test_history_section_is_not_a_finding():
+    ms = find_mentions("Clinical information: pleural effusion? Findings: No pleural effusion.")
+    assert [(m.section, m.negated) for m in ms] == [("clinical_information", False), ("findings", True)]
+
+
+def test_alias_table_covers_ctrate_labels_and_more():
+    assert set(CTRATE_LABELS) <= set(ALIASES)
+    assert len(ALIASES) > len(CTRATE_LABELS)
+
+
+@pytest.mark.parametrize(
+    "phrase, finding",
+    [
+        ("LAP", "Lymphadenopathy"),
+        ("enlarged lymph nodes", "Lymphadenopathy"),
+        ("ground-glass opacity", "Lung opacity"),
+        ("hiatus hernia", "Hiatal hernia"),
+        ("bullous changes", "Emphysema"),
+        ("port catheter", "Medical material"),
+        ("sternotomy wires", "Medical material"),
+        ("atheromatous plaques in the aortic arch", "Arterial wall calcification"),
+        ("calcific plaques in the coronary arteries", "Coronary artery wall calcification"),
+        ("interlobular septal thickness increases", "Interlobular septal thickening"),
+        ("mosaic perfusion", "Mosaic attenuation pattern"),
+        ("pneumothorax", "Pneumothorax"),
+        ("the weather is nice", None),
+    ],
+)
+def test_normalise_finding(phrase, finding):
+    assert normalise_finding(phrase) == finding
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        # Scope ends at "but": the effusion is negated, the consolidation is not.
+        (
+            "No pleural effusion, but bilateral consolidations are present.",
+            {"Pleural effusion": {"negated"}, "Consolidation": {"affirmed"}},
+        ),
+        ("Pericardial effusion-thickening was not observed.", {"Pericardial effusion": {"negated"}}),
+        (
+            "No enlarged lymph nodes were detected in prevascular or hilar areas.",
+            {"Lymphadenopathy": {"negated"}},
+        ),
+        # A list under one negation.
+        (
+            "No emphysema, bronchiectasis or atelectasis was detected.",
+            {"Emphysema": {"negated"}, "Bronchiectasis": {"negated"}, "Atelectasis": {"negated"}},
+        ),
+        # A complete statement then a new one after ", and": the second is not negated by the first.
+        (
+            "No mass was detected in both lungs, and a few nonspecific nodules are observed.",
+            {"Lung nodule": {"affirmed"}},
+        ),
+        (
+            "Aeration of both lungs is normal and no nodular lesion is detected.",
+            {"Lung nodule": {"negated"}},
+        ),
+        # Semicolon ends the scope.
+        (
+            "No effusion; atelectasis in the left lower lobe.",
+            {"Pleural effusion": {"negated"}, "Atelectasis": {"affirmed"}},
+        ),
+        # Pseudo-negations.
+        ("No change in the right upper lobe nodule.", {"Lung nodule": {"affirmed"}}),
+        ("A 13 mm lymph node that did not reach pathological size.", {"Lymphadenopathy": {"affirmed"}}),
+        (
+            "Pleural effusion is observed on the right and was not detected in the previous examination.",
+            {"Pleural effusion": {"affirmed"}},
+        ),
+        # Uncertainty, pre and post.
+        ("Possible atelectasis in the left lower lobe.", {"Atelectasis": {"uncertain"}}),
+        ("Early consolidation cannot be excluded.", {"Consolidation": {"uncertain"}}),
+        (
+            "A 3 mm nodule (lymph node?) in the fissure.",
+            {"Lung nodule": {"affirmed"}, "Lymphadenopathy": {"uncertain"}},
+        ),
+        # Context rules: coronary plaques are not arterial wall calcification,
+        # thyroid nodules are not lung nodules.
+        ("Calcific plaques in the coronary arteries.", {"Coronary artery wall calcification": {"affirmed"}}),
+        (
+            "Atheromatous plaques in the aorta and coronary arteries.",
+            {"Arterial wall calcification": {"affirmed"}, "Coronary artery wall calcification": {"affirmed"}},
+        ),
+        ("A nodule in the right thyroid lobe.", {"Thyroid nodule": {"affirmed"}}),
+        ("Effusion is observed in the pericardial space.", {"Pericardial effusion": {"affirmed"}}),
+        ("Subcutaneous emphysema in the chest wall.", {}),
+    ],
+)
+def test_negation_scope_and_context(text, expected):
+    assert status(text) == expected
+
+
+def test_mention_spans_index_the_input():
+    text = "Trachea is open.  Bilateral pleural effusion-thickening is seen; no ground-glass opacity."
+    for m in find_mentions(text):
+        assert text[m.start : m.end] == m.text
+        assert m.text.lower().replace("-", " ") in m.clause.lower().replace("-", " ")
+
+
+def test_custom_alias_table(tmp_path):
+    path = tmp_path / "aliases.yaml"
+    path.write_text("Widget:\n  - 'widgets?'\n  - 'gizmo'\nPleural effusion:\n  patterns: ['effusion']\n")
+    table = load_aliases(path)
+    parser = ReportParser(aliases=table)
+    ms = parser.find_mentions("A gizmo is present. No effusion.")
+    assert [(m.finding, m.negated) for m in ms] == [("Widget", False), ("Pleural effusion", True)]
+
+
+def test_bad_tables_give_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.yaml"):
+        load_aliases(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("Widget:\n  patterns: ['(unclosed']\n")
+    with pytest.raises(ValueError, match="bad.yaml.*Widget"):
+        load_aliases(bad)
+    bad.write_text("Widget:\n  pattern: ['x']\n")
+    with pytest.raises(ValueError, match="patterns"):
+        load_aliases(bad)
+    cues = tmp_path / "cues.yaml"
+    cues.write_text("pre_negation: ['no']\n")
+    with pytest.raises(ValueError, match="missing cue lists"):
+        load_cues(cues)
+    with pytest.raises(ValueError, match="string"):
+        find_mentions(None)
+
+
+def test_language_check():
+    assert is_english("No pleural effusion was observed in both lungs. The heart size is normal.")
+    assert not is_english(
+        "Kein Pleuraerguss. Herzgröße normal, keine Lymphknotenvergrößerung im Mediastinum."
+    )
+    assert not is_english("Plevral efüzyon izlenmedi. Kalp boyutları normaldir.")
+    assert not is_english("...")
+
+
+def test_real_report_sentences(real_dir):
+    import csv
+    import re
+
+    with open(real_dir / "ctrate_reports" / "train.csv", newline="", encoding="utf-8") as fh:
+        reports = [row["report_text"] for row in csv.DictReader(fh)]
+    # The language flag never fires on real English reports.
+    assert all(is_english(text) for text in reports)
+    for text in reports[:50]:
+        sentences = split_sentences(text)
+        assert sentences, "every real report has sentences"
+        # Nothing is lost: every word of the report is in some sentence.
+        words = re.compile(r"\w+")
+        assert sum(len(words.findall(s)) for s in sentences) == len(words.findall(text))
