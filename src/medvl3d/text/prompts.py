@@ -47,8 +47,8 @@ def _fill(template: str, text: str) -> str:
 
 
 def _check_templates(templates: Sequence[str], kind: str) -> tuple[str, ...]:
-    if isinstance(templates, str) or not templates:
-        raise ValueError(f"{kind} templates must be a non-empty list of strings")
+    if isinstance(templates, str) or not isinstance(templates, Sequence) or not templates:
+        raise ValueError(f"{kind} templates must be a non-empty list of strings, got {templates!r}")
     for t in templates:
         if not isinstance(t, str) or t.count("{}") != 1 or t.replace("{}", "").count("{"):
             raise ValueError(
@@ -113,8 +113,8 @@ class PromptSet:
                 f"unknown prompt config keys: {sorted(unknown)} (allowed: positive, negative, synonyms)"
             )
         return cls(
-            positive=tuple(data.get("positive", DEFAULT_POSITIVE)),
-            negative=tuple(data.get("negative", DEFAULT_NEGATIVE)),
+            positive=data.get("positive", DEFAULT_POSITIVE),
+            negative=data.get("negative", DEFAULT_NEGATIVE),
             synonyms=dict(data.get("synonyms") or {}),
         )
 
