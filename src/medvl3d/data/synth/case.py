@@ -176,9 +176,8 @@ def make_case(plan: CasePlan, cfg: CaseConfig, out_dir: str) -> dict:
     base = f"{out_dir}/{plan.rel_dir}/{plan.volume_name}"
     aff = grid.affine()
     write_nifti(base + ".nii.gz", ct_i16, aff, compresslevel=cfg.compresslevel)
-    write_nifti(base + "_organs.nii.gz", anat.organs, aff, compresslevel=6)
-    write_nifti(base + "_lesions.nii.gz", lesion_map, aff, compresslevel=6)
-    write_nifti(base + "_vessels.nii.gz", vessels, aff, compresslevel=6)
+    for suffix, arr in (("_organs", anat.organs), ("_lesions", lesion_map), ("_vessels", vessels)):
+        write_nifti(f"{base}{suffix}.nii.gz", arr, aff, compresslevel=cfg.compresslevel)
     tick("write")
     rel = f"./{plan.rel_dir}/{plan.volume_name}"
     return {

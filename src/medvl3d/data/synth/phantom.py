@@ -169,6 +169,9 @@ def build_anatomy(
     y = ys[None, :, None] + smooth_field(rng, shape, amplitude=amp)
     z = zs[None, None, :] + smooth_field(rng, shape, amplitude=amp * 0.7)
     p = _Painter(anat, (x, y, z))
+    # Unit-variance smooth fields reused as tissue textures (saves computing new ones).
+    p.tex_a = (z - zs[None, None, :]) * np.float32(1 / (amp * 0.7))
+    p.tex_b = (x - xs[:, None, None]) * np.float32(1 / amp)
     hu = anat.hu
 
     # Body wall: elliptic cross-section, subcutaneous fat, muscle ring; visceral fat inside.
@@ -185,7 +188,8 @@ def build_anatomy(
     r_in = 1 - t_fat - t_mus
     lm["r_inner"] = r_in
 
-    zdia = diaphragm_height(x, y, lm)
+    # The diaphragm surface is a 2D height map; comparing it with the deformed z still bends it.
+    zdia = diaphragm_height(xs[:, None, None], ys[None, :, None], lm)
     _thorax(anat, p, rng, r, r_in, zdia, heart_scale)
     _spine_and_ribs(anat, p, rng, r, r_in)
     _abdomen(anat, p, rng, zdia, hiatal_hernia)
@@ -194,46 +198,45 @@ def build_anatomy(
 
 def _thorax(anat: Anatomy, p: _Painter, rng, r, r_in, zdia, heart_scale: float) -> None:
     u, lm, hu = rng.uniform, anat.landmarks, anat.hu
-    x, y, z = p.x, p.y, p.z
     apex = lm["carina"][2] + u(70, 90)
-    # Thoracic cavity narrows towards the apex.
-    taper = np.sqrt(np.clip(1 - ((z - (apex - 90)) / 90.0) ** 2, 0, 1))
-    taper = np.where(z < apex - 90, 1.0, taper)
-    cavity = (r < (r_in - 0.05) * taper) & (z > zdia + 3) & (z < apex)
     spine_y = lm["spine_y"]
-    mediast = (np.abs(x + 5) < 30 + 6 * np.clip((y - spine_y) / 60, 0, 1)) & (y > spine_y - 25)
-    lungs = cavity & ~mediast & ~((np.abs(x) < 38) & (y < spine_y + 22))
-    # Mediastinal fat fills the cavity around the heart and great vessels.
-    med = cavity & ~lungs
-    anat.ct[med] = hu("fat") + 10
-
-    # Heart: myocardial shell, blood pool, thin pericardial fat; enlarged for cardiomegaly.
     hc = np.array([u(-30, -18), u(15, 30), lm["dome_left"] + u(40, 50)], np.float32)
     hr = np.array([u(55, 65), u(45, 52), u(48, 55)], np.float32) * heart_scale
     hc[2] = max(hc[2], lm["dome_left"] + hr[2] * 0.85)
     lm["heart_centre"], lm["heart_radii"] = hc, hr
-    lungs_keep = np.ones_like(lungs)
-    sl, (hx, hy, hz) = p.sub(hc - hr - 8, hc + hr + 8)
-    if sl is not None:
-        lev = ellipsoid_level(hx, hy, hz, hc, hr)
-        above = hz > zdia[sl] - 4
-        peri = (lev < (1 + 4 / hr.mean()) ** 2) & above
-        heart = (lev < 1) & above
-        blood = (lev < (1 - 10 / hr.mean()) ** 2) & above
-        lungs_keep[sl] &= ~peri
-        p.paint(sl, peri, hu("fat"), None)
-        p.paint(sl, heart, hu("myocardium"), ORGAN_IDS["heart"])
-        p.paint(sl, blood, hu("blood"), None)
-    lungs &= lungs_keep
+    # Work on the slab above the lowest point of the diaphragm (and the heart) only.
+    g = anat.grid
+    sl_h = g.box(hc - hr - 8, hc + hr + 8)
+    k0 = int(np.clip(np.floor((float(zdia.min()) - 15 - g.origin[2]) / g.spacing[2]), 0, g.shape[2] - 1))
+    if sl_h is not None:
+        k0 = min(k0, sl_h[2].start)
+    x, y, z = p.x[..., k0:], p.y[..., k0:], p.z[..., k0:]
+    ct, org = anat.ct[..., k0:], anat.organs[..., k0:]
+    # Thoracic cavity narrows towards the apex.
+    taper = np.sqrt(np.clip(1 - ((z - (apex - 90)) / 90.0) ** 2, 0, 1))
+    taper = np.where(z < apex - 90, 1.0, taper)
+    cavity = (r[..., k0:] < (r_in - 0.05) * taper) & (z > zdia + 3) & (z < apex)
+    mediast = (np.abs(x + 5) < 30 + 6 * np.clip((y - spine_y) / 60, 0, 1)) & (y > spine_y - 25)
+    lungs = cavity & ~mediast & ~((np.abs(x) < 38) & (y < spine_y + 22))
+    # Mediastinal fat fills the cavity around the heart and great vessels.
+    ct[cavity & ~lungs] = hu("fat") + 10
 
-    lung_hu = hu("lung") + 25 * smooth_field(rng, anat.grid.shape, amplitude=1.0)
+    # Heart: myocardial shell, blood pool, thin pericardial fat; enlarged for cardiomegaly.
+    if sl_h is not None:
+        hx, hy, hz = p.x[sl_h], p.y[sl_h], p.z[sl_h]
+        lev = ellipsoid_level(hx, hy, hz, hc, hr)
+        above = hz > zdia[sl_h[0], sl_h[1]] - 4
+        peri = (lev < (1 + 4 / hr.mean()) ** 2) & above
+        p.paint(sl_h, peri, hu("fat"), None)
+        p.paint(sl_h, (lev < 1) & above, hu("myocardium"), ORGAN_IDS["heart"])
+        p.paint(sl_h, (lev < (1 - 10 / hr.mean()) ** 2) & above, hu("blood"), None)
+        lungs[sl_h[0], sl_h[1], sl_h[2].start - k0 : sl_h[2].stop - k0] &= ~peri
+
     # Dependent (posterior) lung is slightly denser, as in supine patients.
-    lung_hu = lung_hu + 30 * np.clip((spine_y + 60 - y) / 80, 0, 1)
-    right = lungs & (x >= -5)
-    left = lungs & (x < -5)
-    anat.ct[lungs] = lung_hu[lungs]
-    anat.organs[right] = ORGAN_IDS["lung_right"]
-    anat.organs[left] = ORGAN_IDS["lung_left"]
+    lung_hu = hu("lung") + 25 * p.tex_a[..., k0:] + 30 * np.clip((spine_y + 60 - y) / 80, 0, 1)
+    ct[lungs] = lung_hu[lungs]
+    org[lungs & (x >= -5)] = ORGAN_IDS["lung_right"]
+    org[lungs & (x < -5)] = ORGAN_IDS["lung_left"]
     lm["apex"] = apex
 
     # Aorta: ascending from the heart, arch, descending beside the spine into the abdomen.
@@ -259,54 +262,65 @@ def _thorax(anat: Anatomy, p: _Painter, rng, r, r_in, zdia, heart_scale: float) 
 
 def _spine_and_ribs(anat: Anatomy, p: _Painter, rng, r, r_in) -> None:
     u, lm, hu = rng.uniform, anat.landmarks, anat.hu
-    x, y, z = p.x, p.y, p.z
     vy = lm["spine_y"]
     period = u(26, 32)
     phase0 = u(0, period)
-    disc = np.mod(z + phase0, period) < 0.2 * period
-    rv = np.sqrt(x**2 + (y - vy) ** 2)
-    body = rv < 17
-    cortex = body & (rv >= 13.5)
-    # Posterior elements: lamina and spinous process; canal with CSF; paraspinal muscles.
-    lamina = (((x / 20) ** 2 + ((y - vy + 38) / 7) ** 2) < 1) | (
-        ((x / 5) ** 2 + ((y - vy + 55) / 12) ** 2) < 1
-    )
-    canal = (x**2 + (y - vy + 26) ** 2) < 9**2
-    for sgn in (-1, 1):
-        para = (((x - sgn * 34) / 25) ** 2 + ((y - vy + 40) / 21) ** 2) < 1
-        para &= r < r_in
-        anat.ct[para] = hu("muscle")
-        anat.organs[para] = ORGAN_IDS["skeletal_muscle"]
+    big = 1e4
+    # Spine, canal and paraspinal/psoas muscles only need the box around the spine.
+    sl, (x, y, z) = p.sub((-80, vy - 75, -big), (80, vy + 40, big))
+    if sl is not None:
+        ct, org = anat.ct[sl], anat.organs[sl]
+        inner = r[sl] < r_in
+        disc = np.mod(z + phase0, period) < 0.2 * period
+        rv = np.sqrt(x**2 + (y - vy) ** 2)
+        body = rv < 17
+        cortex = body & (rv >= 13.5)
+        # Posterior elements: lamina and spinous process; canal with CSF; paraspinal muscles.
+        lamina = (((x / 20) ** 2 + ((y - vy + 38) / 7) ** 2) < 1) | (
+            ((x / 5) ** 2 + ((y - vy + 55) / 12) ** 2) < 1
+        )
+        canal = (x**2 + (y - vy + 26) ** 2) < 9**2
         psoas_r = np.clip((-40 - z) / 6, 0, 24)
-        psoas = (((x - sgn * 42) / (psoas_r + 1e-3)) ** 2 + ((y - vy - 8) / (psoas_r * 0.8 + 1e-3)) ** 2) < 1
-        anat.ct[psoas] = hu("muscle")
-        anat.organs[psoas] = ORGAN_IDS["skeletal_muscle"]
-    bone = (body | lamina) & ~disc
-    anat.ct[body & disc] = hu("disc")
-    anat.ct[bone] = hu("bone_cancellous")
-    anat.ct[(cortex | lamina) & ~disc] = hu("bone_cortex")
-    anat.organs[bone] = ORGAN_IDS["vertebrae"]
-    anat.ct[canal] = hu("csf")
-    anat.organs[canal] = 0
+        for sgn in (-1, 1):
+            para = ((((x - sgn * 34) / 25) ** 2 + ((y - vy + 40) / 21) ** 2) < 1) & inner
+            psoas = (
+                ((x - sgn * 42) / (psoas_r + 1e-3)) ** 2 + ((y - vy - 8) / (psoas_r * 0.8 + 1e-3)) ** 2
+            ) < 1
+            ct[para | psoas] = hu("muscle")
+            org[para | psoas] = ORGAN_IDS["skeletal_muscle"]
+        bone = (body | lamina) & ~disc
+        ct[body & disc] = hu("disc")
+        ct[bone] = hu("bone_cancellous")
+        ct[(cortex | lamina) & ~disc] = hu("bone_cortex")
+        org[bone] = ORGAN_IDS["vertebrae"]
+        ct[canal] = hu("csf")
+        org[canal] = 0
 
     # Ribs: oblique bands just inside the muscle wall (descending anteriorly), costal cartilage
-    # gap at the front; sternum in the anterior midline.
+    # gap at the front; evaluated on the thin shell only.
     rib_period = u(24, 30)
+    rib_phase = u(0, rib_period)
+    idx = np.nonzero((r > r_in - 0.05) & (r < r_in - 0.005))
+    x, y, z = p.x[idx], p.y[idx], p.z[idx]
     zr = z + 0.35 * (y - vy)
-    band = np.mod(zr + u(0, rib_period), rib_period) < 0.32 * rib_period
-    shell = (r > r_in - 0.05) & (r < r_in - 0.005)
-    thor = (zr > -95) & (zr < lm["apex"] + 10) & (z < lm["apex"])
-    ribs = band & shell & thor & ~((np.abs(x) < 35) & (y > 0))
-    anat.ct[ribs] = hu("rib")
-    anat.organs[ribs] = ORGAN_IDS["ribs"]
-    b = lm["body_ab"][1]
-    stern = (
-        ((x / 16) ** 2 + ((y - b * (r_in - 0.06)) / 7) ** 2 < 1)
-        & (z > lm["dome_right"] - 30)
+    ribs = (
+        (np.mod(zr + rib_phase, rib_period) < 0.32 * rib_period)
+        & (zr > -95)
+        & (zr < lm["apex"] + 10)
         & (z < lm["apex"])
+        & ~((np.abs(x) < 35) & (y > 0))
     )
-    anat.ct[stern] = hu("bone_cancellous") + 80
-    anat.organs[stern] = ORGAN_IDS["ribs"]
+    sel = tuple(i[ribs] for i in idx)
+    anat.ct[sel] = hu("rib")
+    anat.organs[sel] = ORGAN_IDS["ribs"]
+    # Sternum in the anterior midline.
+    b = lm["body_ab"][1]
+    ys = b * (r_in - 0.06)
+    sl, (x, y, z) = p.sub((-25, ys - 15, lm["dome_right"] - 30), (25, ys + 15, lm["apex"]))
+    if sl is not None:
+        stern = ((x / 16) ** 2 + ((y - ys) / 7) ** 2 < 1) & (z > lm["dome_right"] - 30) & (z < lm["apex"])
+        anat.ct[sl][stern] = hu("bone_cancellous") + 80
+        anat.organs[sl][stern] = ORGAN_IDS["ribs"]
 
 
 def _abdomen(anat: Anatomy, p: _Painter, rng, zdia, hiatal_hernia: bool) -> None:
@@ -314,7 +328,7 @@ def _abdomen(anat: Anatomy, p: _Painter, rng, zdia, hiatal_hernia: bool) -> None
     grid = anat.grid
     below = p.z < zdia - 3
     spine_y = lm["spine_y"]
-    texture = smooth_field(rng, grid.shape, n_freq=4, amplitude=6.0)
+    texture = 6.0 * p.tex_b
 
     def organ(centre, radii, name: str, tissue: str, extra=None, keep=None):
         centre, radii = np.asarray(centre, np.float32), np.asarray(radii, np.float32)

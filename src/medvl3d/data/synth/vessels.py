@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .geometry import Grid, Segment, point_segment_distance, rasterise_segments
+from .geometry import Grid, Segment, point_segment_distance, rasterise_segments, segment_arrays
 from .phantom import ORGAN_IDS, Anatomy
 
 #: Label ids of the `_vessels.nii.gz` maps.
@@ -29,14 +29,15 @@ class Trees:
     trachea: list[Segment]
 
 
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / (np.sqrt(float(v @ v)) + 1e-9)
+
+
 def _rotate_towards(d: np.ndarray, rng: np.random.Generator, angle: float, bias: np.ndarray) -> np.ndarray:
     """Direction `d` turned by `angle` (rad) in a random plane, then pulled a little towards `bias`."""
     perp = rng.standard_normal(3)
-    perp -= perp @ d * d
-    perp /= np.linalg.norm(perp) + 1e-9
-    nd = np.cos(angle) * d + np.sin(angle) * perp
-    nd = nd + 0.35 * bias
-    return (nd / (np.linalg.norm(nd) + 1e-9)).astype(np.float32)
+    perp = _unit(perp - float(perp @ d) * d)
+    return _unit(np.cos(angle) * d + np.sin(angle) * perp + 0.35 * bias)
 
 
 def _inside(anat: Anatomy, p: np.ndarray, lung_id: int) -> bool:
@@ -54,7 +55,7 @@ def _grow(
     lung_id: int,
     depth: int,
     max_depth: int,
-    avoid: list[Segment] | None,
+    avoid: tuple[np.ndarray, np.ndarray] | None,
     out: list[Segment],
 ) -> None:
     """Grow one branch and recurse into two children until the radius or the lung runs out."""
@@ -66,21 +67,19 @@ def _grow(
         cand = start + direction * length
         ok = _inside(anat, cand, lung_id)
         if ok and avoid is not None and depth > 0:
-            ok = point_segment_distance(cand[None], avoid)[0] > radius + 4.0
+            ok = point_segment_distance(cand[None], avoid)[0] > radius + 8.0
         if ok:
             end = cand
             break
         to_c = lung_c - start
-        direction = _rotate_towards(
-            direction, rng, rng.uniform(0.3, 0.7), to_c / (np.linalg.norm(to_c) + 1e-9)
-        )
+        direction = _rotate_towards(direction, rng, rng.uniform(0.3, 0.7), _unit(to_c))
         length *= 0.8
     if end is None:
         return
     r1 = radius * 0.92
     out.append(Segment(start.astype(np.float32), end.astype(np.float32), radius, r1, depth))
     to_c = lung_c - end
-    bias = to_c / (np.linalg.norm(to_c) + 1e-9) * 0.5
+    bias = _unit(to_c) * 0.5
     for k in range(2):
         ang = rng.uniform(0.35, 0.7) * (1 if k == 0 else 1.1)
         child = _rotate_towards(direction, rng, ang, bias)
@@ -123,6 +122,9 @@ def build_trees(anat: Anatomy, rng: np.random.Generator, *, bronchiectasis: bool
         pts = np.argwhere(anat.organs[::2, ::2, ::2] == lid) * 2
         centre = np.asarray(anat.grid.origin) + pts.mean(0) * np.asarray(anat.grid.spacing) if len(pts) else c
         lm[f"lung_centre_{lid}"] = centre.astype(np.float32)
+        lm[f"lung_points_{lid}"] = (
+            np.asarray(anat.grid.origin) + pts * np.asarray(anat.grid.spacing)
+        ).astype(np.float32)
 
     top = np.array([c[0], c[1] + 2, lm["apex"] + 40], np.float32)
     trachea = [Segment(top, c, 9.0, 8.0)]
@@ -140,9 +142,11 @@ def build_trees(anat: Anatomy, rng: np.random.Generator, *, bronchiectasis: bool
     for lung, sgn in (("lung_right", 1.0), ("lung_left", -1.0)):
         lid = ORGAN_IDS[lung]
         lc = lm[f"lung_centre_{lid}"]
-        main_end = np.array([c[0] + sgn * 32, c[1] - 4, c[2] - 22], np.float32)
-        main = Segment(c, main_end, 7.0, 6.0)
-        airway.append(main)
+        main_mid = np.array([c[0] + sgn * 28, c[1] - 4, c[2] - 20], np.float32)
+        # The hilum: the lung point nearest to the main bronchus, so lobar branches start inside the lung.
+        main_end = _nearest_lung_point(lm, lid, main_mid, lc)
+        main = Segment(c, main_mid, 7.0, 6.5)
+        airway += [main, Segment(main_mid, main_end, 6.5, 6.0)]
         # Lobar roots fan out from the end of the main bronchus into the lung.
         sub: list[Segment] = []
         for k, target in enumerate(_lobar_targets(lc, sgn, rng)):
@@ -158,7 +162,10 @@ def build_trees(anat: Anatomy, rng: np.random.Generator, *, bronchiectasis: bool
         airway.extend(sub)
         # Arteries: main pulmonary artery to the hilum, then one companion per bronchus.
         hilum = main_end + np.array([0, 8, 4], np.float32)
-        artery.append(Segment(bif, hilum, 11.0, 9.0))
+        artery += [
+            Segment(bif, main_mid + np.array([0, 10, 4], np.float32), 11.0, 10.0),
+            Segment(main_mid + np.array([0, 10, 4], np.float32), hilum, 10.0, 9.0),
+        ]
         offsets: dict[int, np.ndarray] = {}
         base = np.array([0.0, 1.0, 0.3], np.float32)
         for i, s in enumerate(sub):
@@ -168,14 +175,26 @@ def build_trees(anat: Anatomy, rng: np.random.Generator, *, bronchiectasis: bool
         # Veins: an independent tree from the left atrium, entering the lower hilum.
         vroot = np.array([c[0] + sgn * 30, c[1] - 18, c[2] - 50], np.float32)
         vroot[2] = min(vroot[2], lc[2])
-        vein.append(Segment(la, vroot, 8.0, 7.0))
+        vroot_in = _nearest_lung_point(lm, lid, vroot, lc)
+        vein += [Segment(la, vroot, 8.0, 7.5), Segment(vroot, vroot_in, 7.5, 7.0)]
+        vroot = vroot_in
         vsub: list[Segment] = []
+        avoid = segment_arrays(sub + [main])
         for target in _lobar_targets(lc, sgn, rng, lower=True):
             d = target - vroot
             d = (d / np.linalg.norm(d)).astype(np.float32)
-            _grow(anat, rng, vroot, d, rng.uniform(30, 40), 5.0, lid, 0, 5, sub + [main], vsub)
+            _grow(anat, rng, vroot, d, rng.uniform(30, 40), 5.0, lid, 0, 5, avoid, vsub)
         vein.extend(vsub)
     return Trees(airway=airway, artery=artery, vein=vein, trachea=trachea)
+
+
+def _nearest_lung_point(lm: dict, lid: int, p: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """The lung point nearest to `p`, moved 6 mm towards the lung centre (so it is well inside)."""
+    pts = lm[f"lung_points_{lid}"]
+    if len(pts) == 0:
+        return p
+    q = pts[int(((pts - p) ** 2).sum(1).argmin())]
+    return (q + 6.0 * _unit(centre - q)).astype(np.float32)
 
 
 def _lobar_targets(lc: np.ndarray, sgn: float, rng, lower: bool = False) -> list[np.ndarray]:
@@ -205,15 +224,14 @@ def paint_trees(anat: Anatomy, trees: Trees, vessels: np.ndarray, *, peribronchi
         anat.ct[:] = anat.ct + cov * (vessel_hu - anat.ct)
         vessels[m & region & (vessels == 0)] = lab
     # Airways: soft-tissue wall then air lumen (thick walls for peribronchial thickening).
-    wall_scale = 1.9 if peribronchial else 1.35
     cov = np.zeros(shape, np.float32)
+    wall = np.zeros(shape, np.float32)
     m = np.zeros(shape, bool)
-    rasterise_segments(grid, trees.airway + trees.trachea, cov, m, scale=wall_scale)
-    cov *= region & (anat.ct < -300)
-    anat.ct[:] = anat.ct + cov * (anat.hu("airway_wall") - anat.ct)
-    cov[:] = 0
-    m[:] = False
-    rasterise_segments(grid, trees.airway + trees.trachea, cov, m)
+    rasterise_segments(
+        grid, trees.airway + trees.trachea, cov, m, wall=wall, wall_scale=1.9 if peribronchial else 1.35
+    )
+    wall *= region & (anat.ct < -300)
+    anat.ct[:] = anat.ct + wall * (anat.hu("airway_wall") - anat.ct)
     cov *= region
     anat.ct[:] = anat.ct + cov * (anat.hu("air") - anat.ct)
     vessels[m & region] = 3

@@ -67,9 +67,12 @@ def nifti_bytes(array: np.ndarray, affine: np.ndarray, *, compresslevel: int = 1
     hdr.set_data_dtype(array.dtype)
     hdr.set_slope_inter(1.0, 0.0)
     hdr.set_xyzt_units("mm", "sec")
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    raw = img.to_bytes()
+    hdr.set_qform(affine, code=1)
+    hdr.set_sform(affine, code=1)
+    hdr["vox_offset"] = 352
+    # Single-file NIfTI-1: 348-byte header, 4-byte empty extension flag, then the Fortran-ordered data.
+    # Serialising directly is several times faster than nibabel's chunked writer.
+    raw = hdr.binaryblock + b"\x00" * 4 + np.asarray(array).tobytes(order="F")
     # compresslevel 1: the noisy int16 CT barely compresses better at 6, and 6 costs ~6x the time.
     return gzip.compress(raw, compresslevel=compresslevel, mtime=0)
 
