@@ -279,6 +279,7 @@ def summarize_reports(
     backend: str = "rule",
     url: str | None = None,
     model: str | None = None,
+    cache_dir: str | Path | None = None,
     out: str | Path | None = None,
 ) -> list[dict[str, Any]]:
     """Summarise reports from a CSV and/or given texts into their high-level findings.
@@ -288,7 +289,8 @@ def summarize_reports(
 
     Args:
         backend: ``"rule"`` (built-in, deterministic) or ``"llm"`` (an OpenAI-compatible endpoint at ``url``
-            or a local model, cached on disk by the summariser).
+            serving ``model``; answers are cached in ``cache_dir``, by default
+            ``~/.cache/medvl3d/llm_summaries``, so each report is sent once).
     """
     from medvl3d.text.summariser import build_summariser
 
@@ -301,7 +303,15 @@ def summarize_reports(
     records += [{"report": t} for t in texts]
     if not records:
         raise ValueError("nothing to summarise: give a CSV file or --text")
-    cfg = {k: v for k, v in {"backend": backend, "url": url, "model": model}.items() if v is not None}
+    if backend == "llm":
+        cache = (
+            Path(cache_dir) if cache_dir is not None else Path.home() / ".cache" / "medvl3d" / "llm_summaries"
+        )
+        cfg: dict[str, Any] = {"backend": "llm", "url": url, "model": model, "cache_dir": str(cache)}
+    elif url or model:
+        raise ValueError("--url and --model only apply to --backend llm")
+    else:
+        cfg = {"backend": backend}
     summariser = build_summariser(cfg)
     for i, record in enumerate(tqdm(records, desc="summarise", disable=len(records) < 50, leave=False)):
         record["index"] = i

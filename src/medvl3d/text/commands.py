@@ -42,7 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     summ.add_argument("--text-column", default="report_text", help="column holding the report (report_text)")
     summ.add_argument("--backend", choices=("rule", "llm"), default="rule", help="summariser (rule)")
     summ.add_argument("--url", help="OpenAI-compatible endpoint for --backend llm")
-    summ.add_argument("--model", help="model name (endpoint) or local path for --backend llm")
+    summ.add_argument("--model", help="model name served at --url, for --backend llm")
+    summ.add_argument("--cache-dir", help="answer cache for --backend llm (~/.cache/medvl3d/llm_summaries)")
     summ.add_argument("--out", help="JSONL to write: one {report, summary} per line")
     summ.set_defaults(func=_summarize)
 
@@ -103,17 +104,23 @@ def _attributes(args: argparse.Namespace) -> int:
 
 
 def _summarize(args: argparse.Namespace) -> int:
+    from medvl3d.cli import CLIError
     from medvl3d.text.batch import summarize_reports
+    from medvl3d.text.summariser import LLMError
 
-    records = summarize_reports(
-        args.reports,
-        texts=args.text,
-        text_column=args.text_column,
-        backend=args.backend,
-        url=args.url,
-        model=args.model,
-        out=args.out,
-    )
+    try:
+        records = summarize_reports(
+            args.reports,
+            texts=args.text,
+            text_column=args.text_column,
+            backend=args.backend,
+            url=args.url,
+            model=args.model,
+            cache_dir=args.cache_dir,
+            out=args.out,
+        )
+    except LLMError as exc:
+        raise CLIError(f"the LLM summariser failed: {exc}") from None
     if args.out:
         print(f"summarised {len(records)} reports -> {args.out}")
     else:
