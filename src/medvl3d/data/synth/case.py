@@ -27,7 +27,7 @@ SPLIT_IDS = {"train": 0, "valid": 1}
 MANUFACTURERS = ["SIEMENS", "PHILIPS", "GE MEDICAL SYSTEMS", "TOSHIBA"]
 # Field-of-view centre (mm, body template coordinates): mid-thorax to upper abdomen.
 FOV_CENTRE = (0.0, 0.0, -10.0)
-NOISE_SIGMA_PRE_BLUR = 65.0  # ~14 HU after the reconstruction blur below (sigma 0.8 / 0.5 voxel)
+NOISE_SIGMA_PRE_BLUR = 55.0  # ~12-16 HU after the reconstruction blur below (sigma 0.8 / 0.5 voxel)
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,18 @@ class CaseConfig:
     seed: int
     types: dict[str, LesionType] = field(hash=False, compare=False, default_factory=dict)
     compresslevel: int = 1
+
+
+def reconstruct(ct: np.ndarray, grid: Grid, rng: np.random.Generator) -> np.ndarray:
+    """CT-like reconstruction of an ideal HU volume: correlated noise and blur, then int16 HU.
+
+    White noise blurred together with the image gives the spatially correlated noise of filtered
+    back-projection (~14 HU in soft tissue) and the ~0.8-voxel in-plane blur of a standard kernel.
+    """
+    ct = ct + rng.standard_normal(grid.shape, dtype=np.float32) * np.float32(NOISE_SIGMA_PRE_BLUR)
+    sig = tuple(0.8 * min(grid.spacing) / s for s in grid.spacing)
+    ct = ndimage.gaussian_filter(ct, sigma=sig, truncate=3.0)
+    return np.clip(np.rint(ct), -1024, 3071).astype(np.int16)
 
 
 def _choose_types(plan: CasePlan, cfg: CaseConfig, rng: np.random.Generator, want_lung: bool) -> list[str]:
@@ -163,11 +175,7 @@ def make_case(plan: CasePlan, cfg: CaseConfig, out_dir: str) -> dict:
     tick("lesions")
 
     # 6. Reconstruction: correlated noise and blur, then int16 HU.
-    ct = anat.ct
-    ct += rng.standard_normal(grid.shape, dtype=np.float32) * np.float32(NOISE_SIGMA_PRE_BLUR)
-    sig = tuple(0.8 * min(grid.spacing) / s for s in grid.spacing)  # ~0.8 in-plane voxel
-    ct = ndimage.gaussian_filter(ct, sigma=sig, truncate=3.0)
-    ct_i16 = np.clip(np.rint(ct), -1024, 3071).astype(np.int16)
+    ct_i16 = reconstruct(anat.ct, grid, rng)
     tick("noise_blur")
 
     report = write_report(labels, details, lesions, types, phase, rng)

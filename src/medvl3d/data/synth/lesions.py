@@ -194,17 +194,29 @@ def render_lesion(
     if ltype.organ == "lung" and a["density"] == "part-solid":
         target[lev < 0.5] = 35.0
     ct = anat.ct[box]
-    ct[:] = ct + alpha * (target - ct)
+    organ_box = np.isin(anat.organs[box], LESION_ORGAN_IDS[ltype.organ])
+    if a["neighbor_relation"] == INVADING:
+        # Crossing the organ boundary by up to half a radius into adjacent tissue (never into air).
+        d_out = ndimage.distance_transform_edt(~organ_box, sampling=grid.spacing)
+        allowed = (d_out <= max(0.5 * r, min(grid.spacing))) & ((anat.organs[box] != 0) | (ct > -500))
+    else:
+        d_out = None
+        allowed = ndimage.binary_dilation(organ_box)  # a blurred margin may fade one voxel beyond
+    ct[:] = ct + (alpha * allowed) * (target - ct)
     if ltype.organ == "lung" and a["margin"] == "spiculated":
         _spicules(anat, rng, centre, r, hu)
 
-    organ_box = np.isin(anat.organs[box], LESION_ORGAN_IDS[ltype.organ])
-    if a["neighbor_relation"] == INVADING:
-        # Crossing the organ boundary into the adjacent soft tissue (not into air or other lesions).
-        label = inside & (organ_box | (anat.organs[box] != 0) | (ct > -500))
-    else:
-        label = inside & organ_box
-    label &= lesion_map[box] == 0
+    label = inside & allowed & (lesion_map[box] == 0)
+    if a["neighbor_relation"] != INVADING:
+        label &= organ_box
+    elif label.any() and (label & organ_box).sum() < 0.55 * label.sum():
+        # On coarse grids the outside part can dominate: keep only the outside voxels nearest the organ.
+        n_in = int((label & organ_box).sum())
+        out_idx = np.flatnonzero(label & ~organ_box)
+        keep = out_idx[np.argsort(d_out.ravel()[out_idx], kind="stable")[: int(n_in * 0.8)]]
+        trimmed = label & organ_box
+        trimmed.ravel()[keep] = True
+        label = trimmed
     n = int(label.sum())
     if n == 0:
         return None

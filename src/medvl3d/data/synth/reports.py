@@ -214,7 +214,7 @@ def write_report(
             )
         )
     if "Pericardial effusion" in pos:
-        t = d["Pericardial effusion"].get("size_mm", 8)
+        t = d.get("Pericardial effusion", {}).get("size_mm", 8)
         out.append(
             pick(
                 [
@@ -235,7 +235,7 @@ def write_report(
             ],
         )
     if "Arterial wall calcification" in pos:
-        site = d["Arterial wall calcification"].get("site", "thoracic aorta")
+        site = d.get("Arterial wall calcification", {}).get("site", "thoracic aorta")
         out.append(
             pick(
                 [
@@ -255,7 +255,7 @@ def write_report(
             ],
         )
     if "Coronary artery wall calcification" in pos:
-        ves = ", ".join(d["Coronary artery wall calcification"].get("vessels", ["LAD"]))
+        ves = ", ".join(d.get("Coronary artery wall calcification", {}).get("vessels", ["LAD"]))
         out.append(
             pick(
                 [
@@ -291,7 +291,7 @@ def write_report(
             ],
         )
     if "Lymphadenopathy" in pos:
-        ln = d["Lymphadenopathy"]
+        ln = d.get("Lymphadenopathy", {})
         st = " and ".join(ln.get("stations", ["mediastinal"]))
         s = ln.get("size_mm", 15)
         out.append(
@@ -318,7 +318,7 @@ def write_report(
             ],
         )
     if "Medical material" in pos:
-        dev = d["Medical material"].get("device", "port catheter")
+        dev = d.get("Medical material", {}).get("device", "port catheter")
         if dev == "port catheter":
             out.append(
                 pick(
@@ -344,7 +344,7 @@ def write_report(
     # Lung parenchyma.
     lung: list[str] = []
     if "Emphysema" in pos:
-        e = d["Emphysema"]
+        e = d.get("Emphysema", {})
         lung.append(
             pick(
                 [
@@ -390,7 +390,7 @@ def write_report(
     lung[0] = "When examined in the lung parenchyma window; " + lung[0]
     out.extend(lung)
     if "Pleural effusion" in pos:
-        pe = d["Pleural effusion"]
+        pe = d.get("Pleural effusion", {})
         side, t = _side_words(pe.get("side", "right")), pe.get("size_mm", 20)
         where = "in both hemithoraces" if side == "bilateral" else f"on the {side}"
         out.append(
