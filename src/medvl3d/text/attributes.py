@@ -281,7 +281,12 @@ class AttributeParser:
         hits = []
         for hit in self._hits(doc, organ, "margin"):
             start, end = doc.clause(hit.start)
-            if not any(start <= a < end for a, _ in neighbours):  # not a clause about a neighbour
+            # The phrase's part of the clause, up to an "and" ("ill-defined margins and contact with the
+            # pleura" is a margin), must not name a neighbour ("indistinct borders with the duodenum").
+            before = doc.s.rfind(" and ", start, hit.start)
+            after = doc.s.find(" and ", hit.end, end)
+            start, end = (start if before < 0 else before), (end if after < 0 else after)
+            if not any(start <= a < end for a, _ in neighbours):
                 hits.append(hit)
         value = self._first(hits, doc, flip=True)
         if value == "well-defined" or value is None or organ != "lung":
