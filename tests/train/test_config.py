@@ -72,6 +72,16 @@ def test_every_shipped_config_validates():
     names = {p.name for p in paths}
     for method in ("clip", "brgsa", "gtgm"):
         assert f"{method}_synth_tiny.yaml" in names and f"{method}_synth_gpu.yaml" in names
+    from medvl3d.data.preprocess import PreprocessSpec
+    from medvl3d.models import model_config
+    from medvl3d.train.tasks import TASKS
+
     for p in paths:
         cfg = load_config(p)
         assert cfg.train.steps > 0 and cfg.data.batch_size > 0, p
+        # the sections that other parts validate: model overrides, preprocessing, task name
+        vl = model_config(cfg.model.name, **cfg.model.overrides)
+        spec = PreprocessSpec.from_dict(cfg.data.preprocess)
+        assert tuple(spec.spatial_size) == tuple(vl.vision.img_size), p
+        assert cfg.task.name in TASKS, p
+        assert (vl.bank_size > 0) == (cfg.task.name == "brgsa"), p

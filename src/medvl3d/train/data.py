@@ -10,7 +10,9 @@ number of loader workers (which prefetch ahead).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,6 +26,7 @@ __all__ = [
     "TextSourceDataset",
     "PreprocessedDataset",
     "collate_samples",
+    "open_split",
     "build_dataset",
     "build_loader",
 ]
@@ -99,8 +102,17 @@ class TextSourceDataset(Dataset):
     """Adds ``sample["text"]``: the text a volume is aligned with during pretraining.
 
     ``report`` uses the report as is; ``summary`` condenses it with the configured summariser (BrgSA);
-    ``generated`` writes text from the volume itself (GTGM); ``auto`` takes the report when it is not
-    empty and generated text otherwise. Summaries and generated texts are deterministic per sample.
+    ``generated`` describes the volume itself (GTGM's text generator, which measures *raw* intensities);
+    ``auto`` takes the report when it is not empty and generated text otherwise. Summaries and generated
+    texts are deterministic per sample and memoised per index.
+
+    Args:
+        base: the dataset whose samples get a ``text``.
+        source: report | summary | generated | auto.
+        summariser_cfg: config of ``medvl3d.text.summariser.build_summariser``.
+        generator_cfg: config of ``medvl3d.text.generator.build_text_generator``.
+        raw: the raw (unpreprocessed) dataset with the same indexing, when ``base`` is preprocessed
+            (e.g. a cache): generated text is measured on it.
     """
 
     def __init__(
@@ -109,41 +121,46 @@ class TextSourceDataset(Dataset):
         source: str = "report",
         summariser_cfg: dict | None = None,
         generator_cfg: dict | None = None,
+        raw: Dataset | None = None,
     ):
         if source not in ("report", "summary", "generated", "auto"):
             raise ValueError(f"unknown text_source {source!r}; use report, summary, generated or auto")
-        self.base, self.source = base, source
+        self.base, self.source, self.raw = base, source, raw
+        self._memo: dict[int, str] = {}
         self._summariser = None
         self._generator = None
         if source == "summary":
             from medvl3d.text.summariser import build_summariser
 
-            self._summariser = build_summariser(summariser_cfg or {})
+            self._summariser = build_summariser(summariser_cfg or None)
         if source in ("generated", "auto"):
-            from medvl3d.text.generator import build_generator
+            from medvl3d.text.generator import build_text_generator
 
-            self._generator = build_generator(generator_cfg or {})
+            self._generator = build_text_generator(generator_cfg or None)
 
     def __len__(self) -> int:
         return len(self.base)
 
-    def _generate(self, sample: dict) -> str:
-        return self._generator.generate(sample)
+    def _text(self, i: int, sample: dict) -> str:
+        report = sample.get("report") or ""
+        if self.source == "report" or (self.source == "auto" and report.strip()):
+            return report
+        if i not in self._memo:
+            if self.source == "summary":
+                self._memo[i] = self._summariser.summarise(report) if report.strip() else ""
+            else:
+                self._memo[i] = self._generator.generate(self.raw[i] if self.raw is not None else sample)
+        return self._memo[i]
 
     def __getitem__(self, i: int) -> dict:
         sample = dict(self.base[i])
-        report = sample.get("report") or ""
-        if self.source == "report":
-            text = report
-        elif self.source == "summary":
-            text = self._summariser.summarise(report) if report.strip() else ""
-        elif self.source == "generated":
-            text = self._generate(sample)
-        else:
-            text = report if report.strip() else self._generate(sample)
+        text = self._text(i, sample)
         if not text.strip():
-            case = sample.get("meta", {}).get("case_id", i)
-            raise ValueError(f"sample {case!r} has no text for text_source={self.source!r} (empty report)")
+            case = (sample.get("meta") or {}).get("case_id", i)
+            raise ValueError(
+                f"sample {case!r} has no text for text_source={self.source!r} (empty report); "
+                "use text_source 'auto' or 'generated' for volumes without reports"
+            )
         sample["text"] = text
         return sample
 
@@ -198,26 +215,45 @@ def _preprocess_spec(cfg: DataConfig) -> Any:
     return PreprocessSpec.from_dict(cfg.preprocess or {})
 
 
+def open_split(root: str | os.PathLike, split: str, format: str = "auto") -> Dataset:
+    """The raw dataset of one split.
+
+    ``format="auto"``: a folder holding ``manifest_<split>.jsonl`` (SynthCT-VL writes them beside its
+    CT-RATE and MSD layouts) is read through that manifest; anything else goes to
+    ``medvl3d.data.datasets.open_dataset``, whose detected layout must equal ``format`` when one is given.
+    """
+    from medvl3d.data.datasets import JsonlDataset, detect_layout, open_dataset
+
+    root = Path(root)
+    manifest = root / f"manifest_{split}.jsonl"
+    if format in ("auto", "jsonl") and root.is_dir() and manifest.is_file():
+        return JsonlDataset(manifest)
+    if format != "auto":
+        found = detect_layout(root)
+        if found != format:
+            raise ValueError(f"{root}: data.format is {format!r} but the folder holds a {found!r} layout")
+    return open_dataset(root, split=split)
+
+
 def build_dataset(cfg: DataConfig, split: str, with_text: bool = True) -> Dataset:
     """The preprocessed dataset of one split, with ``text`` per ``cfg.text_source`` when ``with_text``.
 
     With ``cfg.cache_dir`` set, volumes are preprocessed once into ``medvl3d.data.cache`` shards and read
     back from there; otherwise preprocessing runs on the fly in the loader workers.
     """
-    from medvl3d.data.datasets import open_dataset
-
     spec = _preprocess_spec(cfg)
-    base = open_dataset(cfg.root, format=cfg.format, split=split)
+    base = open_split(cfg.root, split, cfg.format)
     if cfg.cache_dir:
         from medvl3d.data.cache import CachedDataset, preprocess_dataset
 
         cache = preprocess_dataset(base, spec, cfg.cache_dir)
         ds: Dataset = cache if isinstance(cache, Dataset) else CachedDataset(cache)
-    else:
-        ds = PreprocessedDataset(base, spec)
-    if with_text:
-        ds = TextSourceDataset(ds, cfg.text_source, cfg.summariser, cfg.generator)
-    return ds
+        if with_text:  # generated text is measured on the raw volumes, not the cached [0, 1] ones
+            ds = TextSourceDataset(ds, cfg.text_source, cfg.summariser, cfg.generator, raw=base)
+        return ds
+    if with_text:  # text first: the generator needs raw intensities
+        base = TextSourceDataset(base, cfg.text_source, cfg.summariser, cfg.generator)
+    return PreprocessedDataset(base, spec)
 
 
 def build_loader(

@@ -1,0 +1,338 @@
+"""Zero-shot diagnosis evaluation: per-label and macro AUROC/F1/accuracy/precision with bootstrap 95%
+intervals, grouped into seen / underrepresented / unseen abnormalities, plus the modality gap.
+
+The modality gap (Liang et al., "Mind the Gap", 2022; BrgSA) is the Euclidean distance between the
+centroids of the L2-normalised image embeddings and the L2-normalised text embeddings of the same eval
+cases' reports. It is measured on the raw embeddings ("before the bank") and, for models with a BrgSA
+knowledge bank, on their bank reconstructions ("after the bank").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from medvl3d.eval.metrics import (
+    METRICS,
+    LabelMetrics,
+    binary_metrics,
+    bootstrap_label_metrics,
+    nanmean_or_none,
+    percentile_interval,
+)
+
+__all__ = ["DiagnosisReport", "evaluate_diagnosis", "modality_gap", "load_label_groups", "GROUPS"]
+
+GROUPS: tuple[str, ...] = ("seen", "underrepresented", "unseen")
+
+
+def modality_gap(image_emb: torch.Tensor, text_emb: torch.Tensor) -> float:
+    """Distance between the centroids of L2-normalised image and text embeddings (0 = no gap, max 2)."""
+    if image_emb.numel() == 0 or text_emb.numel() == 0:
+        raise ValueError("modality_gap needs at least one image and one text embedding")
+    ci = F.normalize(image_emb.float(), dim=-1).mean(dim=0)
+    ct = F.normalize(text_emb.float(), dim=-1).mean(dim=0)
+    return float(torch.linalg.vector_norm(ci - ct))
+
+
+def load_label_groups(data: str | os.PathLike) -> dict[str, list[str]]:
+    """``{"seen": [...], "underrepresented": [...], "unseen": [...]}`` from ``splits.json`` of a data root.
+
+    Returns an empty dict when the root has no ``splits.json`` (real datasets have no such split).
+    """
+    root = Path(data)
+    path = root / "splits.json" if root.is_dir() else root.parent / "splits.json"
+    if not path.is_file():
+        return {}
+    try:
+        groups = json.loads(path.read_text()).get("abnormalities", {})
+    except (json.JSONDecodeError, AttributeError) as exc:
+        raise ValueError(f"{path}: not a valid splits.json ({exc})") from exc
+    return {g: list(groups.get(g, [])) for g in GROUPS if g in groups}
+
+
+def _fmt(value: float | None, ci: Sequence[float] | None = None) -> str:
+    if value is None:
+        return "undefined"
+    text = f"{value:.3f}"
+    if ci is not None:
+        text += f" [{ci[0]:.3f}, {ci[1]:.3f}]"
+    return text
+
+
+@dataclass
+class DiagnosisReport:
+    """Result of :func:`evaluate_diagnosis`; print with :meth:`to_markdown`, save with :meth:`to_json`."""
+
+    labels: list[str]
+    per_label: dict[str, LabelMetrics]
+    macro: dict[str, Any]
+    groups: dict[str, dict[str, Any]]
+    modality_gap: dict[str, float | None]
+    n_cases: int
+    bootstrap: int
+    meta: dict[str, Any] = field(default_factory=dict)
+    probabilities: list[list[float]] | None = None
+
+    def group_of(self, label: str) -> str:
+        for g, info in self.groups.items():
+            if label in info["labels"]:
+                return g
+        return ""
+
+    def to_dict(self) -> dict:
+        return {
+            "n_cases": self.n_cases,
+            "bootstrap": self.bootstrap,
+            "threshold_rule": "Youden's J on the ROC curve (CT-CLIP protocol)",
+            "labels": self.labels,
+            "per_label": {k: v.to_dict() for k, v in self.per_label.items()},
+            "macro": self.macro,
+            "groups": self.groups,
+            "modality_gap": self.modality_gap,
+            "meta": self.meta,
+        }
+
+    def to_json(self, path: str | os.PathLike | None = None) -> str:
+        """The report as JSON; also written atomically to ``path`` when given."""
+        text = json.dumps(self.to_dict(), indent=2, default=_json_default)
+        if path is not None:
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_text(text)
+            os.replace(tmp, path)
+        return text
+
+    def to_markdown(self) -> str:
+        """Per-label table, macro and group rows, and the modality gap, as GitHub markdown."""
+        lines = [
+            f"Zero-shot diagnosis on {self.n_cases} cases (threshold: Youden's J; 95% CI from "
+            f"{self.bootstrap} bootstrap resamples)",
+            "",
+            "| label | group | positives | AUROC [95% CI] | F1 | accuracy | precision |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name in self.labels:
+            m = self.per_label[name]
+            lines.append(
+                f"| {name} | {self.group_of(name)} | {m.n_pos}/{m.n} | {_fmt(m.auroc, m.ci.get('auroc'))} | "
+                f"{_fmt(m.f1)} | {_fmt(m.accuracy)} | {_fmt(m.precision)} |"
+            )
+        rows = [("**macro**", self.macro)] + [(f"**{g}**", info) for g, info in self.groups.items()]
+        for title, info in rows:
+            lines.append(
+                f"| {title} | | {info['n_defined']} labels | "
+                f"{_fmt(info['auroc'], info['ci'].get('auroc'))} | "
+                f"{_fmt(info['f1'])} | {_fmt(info['accuracy'])} | {_fmt(info['precision'])} |"
+            )
+        undefined = [n for n in self.labels if not self.per_label[n].defined]
+        if undefined:
+            lines += ["", f"Undefined (one class only in this set, not averaged): {', '.join(undefined)}"]
+        gap = self.modality_gap
+        after = "n/a (no knowledge bank)" if gap.get("after_bank") is None else f"{gap['after_bank']:.3f}"
+        lines += [
+            "",
+            f"Modality gap (centroid distance): before bank {_fmt(gap.get('before_bank'))}, after {after}",
+        ]
+        return "\n".join(lines)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    if isinstance(obj, tuple):
+        return list(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _summary(
+    per_label: dict[str, LabelMetrics], names: Sequence[str], boot: dict[str, np.ndarray], cols: list[int]
+) -> dict[str, Any]:
+    """Macro means over the defined labels among ``names`` with bootstrap intervals of the macro mean."""
+    defined = [n for n in names if per_label[n].defined]
+    out: dict[str, Any] = {"labels": list(names), "n_defined": len(defined), "ci": {}}
+    for m in METRICS:
+        out[m] = nanmean_or_none([getattr(per_label[n], m) for n in defined])
+        if defined and boot:
+            with np.errstate(all="ignore"), _quiet():
+                per_resample = np.nanmean(boot[m][:, cols], axis=1)
+            ci = percentile_interval(per_resample)
+            out["ci"][m] = list(ci) if ci is not None else None
+    return out
+
+
+class _quiet:
+    """Silence numpy's 'Mean of empty slice' warning (all-NaN resamples are dropped on purpose)."""
+
+    def __enter__(self) -> None:
+        import warnings
+
+        self._ctx = warnings.catch_warnings()
+        self._ctx.__enter__()
+        warnings.simplefilter("ignore", RuntimeWarning)
+
+    def __exit__(self, *exc: Any) -> None:
+        self._ctx.__exit__(*exc)
+
+
+def _match_name(name: str, available: Sequence[str]) -> str | None:
+    low = name.strip().lower()
+    for a in available:
+        if a.lower() == low:
+            return a
+    return None
+
+
+def score_dataset(
+    predictor: Any, dataset: Dataset, labels: Sequence[str] | None, batch_size: int = 4, progress: bool = True
+) -> tuple[list[str], np.ndarray, np.ndarray, torch.Tensor, list[str]]:
+    """Encode every case once and score ``labels``.
+
+    Returns:
+        ``(labels, truth [N, L], probs [N, L], image_emb [N, E], reports)``.
+
+    Raises:
+        ValueError: an empty dataset, a requested label no case is annotated with, or a case lacking one.
+    """
+    from tqdm.auto import tqdm
+
+    n = len(dataset)
+    if n == 0:
+        raise ValueError("the evaluation dataset is empty")
+    images, truth_dicts, reports, embs = [], [], [], []
+    for i in tqdm(range(n), desc="encode", disable=not progress):
+        sample = dataset[i]
+        meta = sample.get("meta", {}) or {}
+        predictor.check_modality(
+            str(meta.get("modality", "unknown")), str(meta.get("path", meta.get("case_id")))
+        )
+        images.append(predictor.preprocess(sample))
+        truth_dicts.append(dict(sample.get("labels") or {}))
+        reports.append(sample.get("report") or "")
+        if len(images) == batch_size or i == n - 1:
+            embs.append(predictor.encode_images(images, batch_size))
+            images = []
+    image_emb = torch.cat(embs)
+    available = list(dict.fromkeys(k for d in truth_dicts for k in d))
+    if labels is None:
+        names = available
+    else:
+        names = []
+        for name in labels:
+            match = _match_name(name, available)
+            if match is None:
+                raise ValueError(f"label {name!r} is not annotated in this dataset; available: {available}")
+            names.append(match)
+    if not names:
+        raise ValueError("the evaluation cases carry no abnormality labels")
+    truth = np.zeros((n, len(names)), dtype=np.int64)
+    for i, d in enumerate(truth_dicts):
+        for j, name in enumerate(names):
+            if name not in d:
+                raise ValueError(f"case {i} has no annotation for label {name!r}")
+            truth[i, j] = int(d[name])
+    probs = predictor.probabilities(image_emb, names)
+    return names, truth, probs, image_emb, reports
+
+
+@torch.no_grad()
+def _gaps(model: Any, image_emb: torch.Tensor, reports: list[str]) -> dict[str, float | None]:
+    texts = [r for r in reports if r.strip()]
+    if not texts:
+        return {"before_bank": None, "after_bank": None}
+    idx = [i for i, r in enumerate(reports) if r.strip()]
+    img = image_emb[idx]
+    txt = torch.cat(
+        [model.encode_text(texts[i : i + 32], normalize=True).float() for i in range(0, len(texts), 32)]
+    )
+    txt = txt.to(img.device)
+    before = modality_gap(img, txt)
+    after = None
+    if getattr(model, "bank", None) is not None:
+        after = modality_gap(model.reconstruct(img), model.reconstruct(txt))
+    return {"before_bank": before, "after_bank": after}
+
+
+def evaluate_diagnosis(
+    checkpoint: str | os.PathLike | Any,
+    data: str | os.PathLike | Dataset,
+    split: str = "valid",
+    labels: Sequence[str] | None = None,
+    bootstrap: int = 1000,
+    *,
+    groups: dict[str, list[str]] | None = None,
+    device: str | None = None,
+    batch_size: int = 4,
+    seed: int = 0,
+    progress: bool = True,
+) -> DiagnosisReport:
+    """Zero-shot diagnosis of a checkpoint on one split of a labelled dataset.
+
+    Args:
+        checkpoint: checkpoint/run folder, or a ready :class:`~medvl3d.infer.Predictor`.
+        data: dataset root (any layout ``open_dataset`` reads) or a Dataset of raw samples.
+        split: which split of ``data``.
+        labels: abnormality names to evaluate (default: every label the cases carry).
+        bootstrap: number of case resamples for the 95% intervals (0 = none).
+        groups: label groups (default: ``splits.json`` of ``data`` when present).
+        device: where to run the model.
+        batch_size: volumes encoded per forward pass.
+        seed: seed of the bootstrap resampling.
+        progress: show a progress bar.
+    """
+    from medvl3d.infer.predictor import Predictor
+
+    predictor = (
+        checkpoint if isinstance(checkpoint, Predictor) else Predictor.from_checkpoint(checkpoint, device)
+    )
+    if isinstance(data, Dataset):
+        dataset, root = data, None
+    else:
+        from medvl3d.train.data import open_split
+
+        dataset, root = open_split(data, split), data
+    if groups is None:
+        groups = load_label_groups(root) if root is not None else {}
+    names, truth, probs, image_emb, reports = score_dataset(predictor, dataset, labels, batch_size, progress)
+
+    per_label = {name: binary_metrics(truth[:, j], probs[:, j]) for j, name in enumerate(names)}
+    boot: dict[str, np.ndarray] = {}
+    if bootstrap > 0:
+        boot = bootstrap_label_metrics(truth, probs, [per_label[n].threshold for n in names], bootstrap, seed)
+        for j, name in enumerate(names):
+            if per_label[name].defined:
+                per_label[name].ci = {m: percentile_interval(boot[m][:, j]) for m in METRICS}
+    macro = _summary(per_label, names, boot, list(range(len(names))))
+    group_out = {}
+    for g, members in groups.items():
+        in_eval = [n for n in (_match_name(m, names) for m in members) if n is not None]
+        group_out[g] = _summary(per_label, in_eval, boot, [names.index(n) for n in in_eval])
+    gap = _gaps(predictor.model, image_emb, reports)
+    meta = {
+        "checkpoint": predictor.info.get("path"),
+        "data": None if root is None else str(root),
+        "split": split,
+        "model": predictor.info.get("model", {}).get("name"),
+        "task": predictor.info.get("task"),
+    }
+    return DiagnosisReport(
+        labels=names,
+        per_label=per_label,
+        macro=macro,
+        groups=group_out,
+        modality_gap=gap,
+        n_cases=len(truth),
+        bootstrap=bootstrap,
+        meta=meta,
+        probabilities=probs.tolist(),
+    )

@@ -1,0 +1,205 @@
+"""Zero-shot diagnosis with a trained checkpoint: encode a volume once, score any abnormality names.
+
+Like segment-anything's ``SamPredictor``: :meth:`Predictor.set_volume` does the expensive part (read,
+preprocess with the checkpoint's own :class:`~medvl3d.data.preprocess.PreprocessSpec`, encode) once;
+:meth:`Predictor.diagnose` is cheap afterwards and caches the prompt embeddings of every label it sees.
+
+P(X) for an abnormality X is the two-way softmax over the similarity of the volume to a positive and a
+negative prompt ensemble (BrgSA, CT-CLIP): each ensemble is the re-normalised mean of its templates'
+text embeddings, similarities come from ``model.score`` (cosine; with a knowledge bank, also through the
+bank) and are multiplied by the model's logit scale.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medvl3d.train.checkpoint import load_model
+from medvl3d.train.distributed import resolve_device
+
+__all__ = ["Predictor", "parse_labels"]
+
+
+def parse_labels(labels: str | Sequence[str]) -> list[str]:
+    """Split a comma-separated label string (or clean a list); an empty result is a ValueError."""
+    items = labels.split(",") if isinstance(labels, str) else list(labels)
+    out = []
+    for item in items:
+        if not isinstance(item, str):
+            raise ValueError(f"labels must be strings, got {item!r}")
+        item = " ".join(item.split())
+        if item and item not in out:
+            out.append(item)
+    if not out:
+        raise ValueError("no abnormality labels given (expected e.g. 'pleural effusion, emphysema')")
+    return out
+
+
+def _prompt_templates(cfg: dict) -> Any:
+    """The checkpoint's prompt set (templates for positive/negative statements)."""
+    from medvl3d.text.prompts import PromptSet
+
+    return PromptSet.from_dict(cfg) if cfg else PromptSet()
+
+
+class Predictor:
+    """Encode one volume once, then score any list of abnormality names against it.
+
+    Args:
+        model: a vision-language model with ``encode_image``, ``encode_text``, ``score`` and ``scale``.
+        info: the checkpoint's ``config.json`` (``preprocess``, ``prompts``, ``modality``).
+        device: where to run (default: CUDA when available, else CPU).
+    """
+
+    def __init__(self, model: nn.Module, info: dict, device: str | torch.device | None = None):
+        from medvl3d.data.preprocess import PreprocessSpec
+
+        self.device = resolve_device("auto" if device is None else str(device))
+        self.model = model.to(self.device).eval()
+        self.info = info
+        self.spec = PreprocessSpec.from_dict(info.get("preprocess") or {})
+        self.prompts = _prompt_templates(info.get("prompts") or {})
+        self.modality = str(info.get("modality", "CT"))
+        self._prompt_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._image_emb: torch.Tensor | None = None
+        self.volume_path: str | None = None
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device | None = None) -> Predictor:
+        """Load a checkpoint folder (or a run folder) saved by the training loop."""
+        model, info = load_model(path)
+        return cls(model, info, device)
+
+    # -- image side -------------------------------------------------------------------------------
+    def check_modality(self, modality: str, source: str) -> None:
+        """Warn when a volume's modality differs from the one the checkpoint was trained on."""
+        if modality not in ("unknown", "", None) and modality.upper() != self.modality.upper():
+            warnings.warn(
+                f"{source}: volume modality {modality} differs from the checkpoint's training modality "
+                f"{self.modality}; zero-shot scores may be meaningless",
+                UserWarning,
+                stacklevel=3,
+            )
+
+    def preprocess(self, sample: dict) -> torch.Tensor:
+        """A dataset sample (raw ``image`` ``[1, X, Y, Z]`` + ``meta`` with ``affine``) -> model input."""
+        from medvl3d.data.preprocess import preprocess_sample
+
+        return preprocess_sample(sample, self.spec)["image"]
+
+    @torch.no_grad()
+    def encode_images(
+        self, images: Sequence[torch.Tensor] | torch.Tensor, batch_size: int = 4
+    ) -> torch.Tensor:
+        """Normalised image embeddings ``[N, E]`` of preprocessed ``[1, X, Y, Z]`` volumes."""
+        embs = []
+        for i in range(0, len(images), batch_size):
+            chunk = images[i : i + batch_size]
+            x = (
+                torch.stack([torch.as_tensor(t).float() for t in chunk])
+                if not torch.is_tensor(chunk)
+                else chunk
+            )
+            embs.append(self.model.encode_image(x.to(self.device), normalize=True).float())
+        return torch.cat(embs) if embs else torch.empty(0)
+
+    def set_volume(
+        self,
+        volume: Any,
+        *,
+        affine: np.ndarray | None = None,
+        modality: str | None = None,
+    ) -> Predictor:
+        """Read (if a path), preprocess and encode one volume; the embedding is cached for :meth:`diagnose`.
+
+        Args:
+            volume: a path (NIfTI/NRRD/MHA file or DICOM folder), a ``medvl3d.data.io.Volume``, or a 3D
+                array / ``[1, X, Y, Z]`` tensor in RAS order and raw intensities (HU for CT).
+            affine: voxel -> RAS mm map for an array input (default: identity, 1 mm voxels).
+            modality: modality of an array input (default: the checkpoint's).
+
+        Raises:
+            FileNotFoundError / ValueError: from ``read_volume`` for a missing or non-3D file.
+        """
+        from medvl3d.data.io import Volume, read_volume
+
+        if isinstance(volume, (str, os.PathLike)):
+            volume = read_volume(Path(volume))
+        if isinstance(volume, Volume):
+            array, aff, mod = np.asarray(volume.array), volume.affine, volume.modality
+            source = str(volume.path) if volume.path is not None else "volume"
+        else:
+            array = volume.detach().cpu().numpy() if torch.is_tensor(volume) else np.asarray(volume)
+            if array.ndim == 4 and array.shape[0] == 1:
+                array = array[0]
+            if array.ndim != 3:
+                raise ValueError(
+                    f"expected a 3D volume (or [1, X, Y, Z]), got an array of shape {array.shape}"
+                )
+            aff = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
+            mod, source = modality or self.modality, "array"
+        if not np.isfinite(array).all():
+            raise ValueError(f"{source}: the volume contains NaN or inf values")
+        self.check_modality(mod, source)
+        sample = {
+            "image": torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None],
+            "meta": {"affine": np.asarray(aff).tolist(), "modality": mod, "path": source},
+        }
+        self._image_emb = self.encode_images([self.preprocess(sample)])
+        self.volume_path = source
+        return self
+
+    @property
+    def image_embedding(self) -> torch.Tensor:
+        """The cached, normalised embedding ``[1, E]`` of the current volume."""
+        if self._image_emb is None:
+            raise ValueError("no volume set: call set_volume(...) first")
+        return self._image_emb
+
+    # -- text side --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _ensemble(self, texts: list[str]) -> torch.Tensor:
+        emb = self.model.encode_text(texts, normalize=True).float()
+        return F.normalize(emb.mean(dim=0), dim=-1)
+
+    def prompt_embeddings(self, label: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised (positive, negative) prompt-ensemble embeddings of ``label``, cached."""
+        if label not in self._prompt_cache:
+            pos = self.prompts.positive_prompts(label)
+            neg = self.prompts.negative_prompts(label)
+            if not pos or not neg:
+                raise ValueError(f"the prompt set gives no positive/negative prompts for {label!r}")
+            self._prompt_cache[label] = (self._ensemble(pos), self._ensemble(neg))
+        return self._prompt_cache[label]
+
+    @torch.no_grad()
+    def probabilities(self, image_emb: torch.Tensor, labels: Sequence[str]) -> np.ndarray:
+        """P(label present) ``[N, L]`` for ``N`` image embeddings: softmax over (positive, negative)."""
+        labels = parse_labels(labels)
+        scale = self.model.scale() if hasattr(self.model, "scale") else self.model.logit_scale.exp()
+        out = np.empty((image_emb.shape[0], len(labels)))
+        img = image_emb.to(self.device)
+        for j, label in enumerate(labels):
+            pos, neg = self.prompt_embeddings(label)
+            sims = self.model.score(img, torch.stack([pos, neg])).float()  # [N, 2]
+            out[:, j] = torch.softmax(float(scale) * sims, dim=-1)[:, 0].cpu().numpy()
+        return out
+
+    def diagnose(self, labels: str | Sequence[str]) -> dict[str, float]:
+        """Probability of each abnormality in the current volume, e.g. ``{"pleural effusion": 0.81}``.
+
+        Raises:
+            ValueError: an empty label list, or no volume set.
+        """
+        labels = parse_labels(labels)
+        probs = self.probabilities(self.image_embedding, labels)[0]
+        return {label: float(p) for label, p in zip(labels, probs)}
