@@ -6,6 +6,8 @@ import csv
 import json
 import re
 
+import pytest
+
 from medvl3d.cli import main
 from medvl3d.schema import ATTRIBUTES, CTRATE_LABELS
 
@@ -91,3 +93,23 @@ def test_cli_errors_are_clean(tmp_path, capsys):
     assert "only apply to --backend llm" in capsys.readouterr().err
     assert main(["text", "summarize"]) == 2
     assert "nothing to summarise" in capsys.readouterr().err
+
+
+def test_label_unreadable_reports_get_zero_probabilities_and_a_problem(tmp_path, capsys):
+    src = tmp_path / "r.csv"
+    src.write_text(
+        "id,report_text\n"
+        "1,\n"
+        "2,?!.\n"
+        "3,Sağ akciğerde plevral efüzyon izlenmektedir ve kalp boyutları artmıştır.\n"
+        "4,There is a large right pleural effusion. No lung nodule.\n",
+        encoding="utf-8",
+    )
+    out = tmp_path / "l.csv"
+    with pytest.warns(UserWarning, match="English"):
+        assert main(["text", "label", str(src), "--out", str(out)]) == 0
+    rows = _read(out)
+    assert [r["problem"] for r in rows] == ["empty", "no words", "not English", ""]
+    assert all(float(r[lab]) == 0.0 for r in rows[:3] for lab in CTRATE_LABELS)
+    assert float(rows[3]["Pleural effusion"]) > 0.5 > float(rows[3]["Lung nodule"])
+    assert "expected positives" in capsys.readouterr().out  # no label columns: no metrics table
