@@ -230,6 +230,7 @@ def paint_trees(anat: Anatomy, trees: Trees, vessels: np.ndarray, *, peribronchi
     rasterise_segments(
         grid, trees.airway + trees.trachea, cov, m, wall=wall, wall_scale=1.9 if peribronchial else 1.35
     )
+    region &= anat.organs != ORGAN_IDS["heart"]  # bronchi pass behind the heart, never through it
     wall *= region & (anat.ct < -300)
     anat.ct[:] = anat.ct + wall * (anat.hu("airway_wall") - anat.ct)
     cov *= region
