@@ -42,7 +42,8 @@ def local_label_offset(n_local: int) -> int:
 def _check_pairs(image_emb: torch.Tensor, text_emb: torch.Tensor, name: str) -> None:
     if image_emb.ndim != 2 or image_emb.shape != text_emb.shape:
         raise ValueError(
-            f"{name} expects paired [B, E] embeddings, got {tuple(image_emb.shape)} and {tuple(text_emb.shape)}"
+            f"{name} expects paired [B, E] embeddings, got {tuple(image_emb.shape)} and "
+            f"{tuple(text_emb.shape)}"
         )
 
 
@@ -98,7 +99,8 @@ def modality_gap(image_emb: torch.Tensor, text_emb: torch.Tensor) -> float:
     (Liang et al. 2022, "Mind the Gap"); 0 when the two clouds share a centre, at most 2."""
     if image_emb.ndim != 2 or text_emb.ndim != 2 or image_emb.shape[1] != text_emb.shape[1]:
         raise ValueError(
-            f"modality_gap expects [N, E] and [M, E], got {tuple(image_emb.shape)} and {tuple(text_emb.shape)}"
+            f"modality_gap expects [N, E] and [M, E], got {tuple(image_emb.shape)} and "
+            f"{tuple(text_emb.shape)}"
         )
     with torch.no_grad():
         ci = F.normalize(image_emb.float(), dim=-1).mean(dim=0)

@@ -174,7 +174,7 @@ def _coerce(value: Any, hint: Any, where: str, exc: type[Exception]) -> Any:
 
 
 def build_dataclass(cls: type, values: dict[str, Any], where: str, exc: type[Exception] = TypeError) -> Any:
-    """Instantiate config dataclass `cls` from `values`, type-checked; unknown keys raise `exc` naming them."""
+    """Config dataclass `cls` from `values`, type-checked; unknown keys raise `exc` naming them."""
     return replace_config(cls(), values, where, exc)
 
 

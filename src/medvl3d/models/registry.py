@@ -38,7 +38,7 @@ def model_config(name: str, **overrides: Any) -> VLConfig:
 
 
 def create_model(name: str, **overrides: Any) -> VLModel:
-    """Build registered model `name` with config `overrides` (e.g. `bank_size=2048`, `vision={"depth": 4}`)."""
+    """Build registered model `name` with config overrides (`bank_size=2048`, `vision={"depth": 4}`)."""
     return VLModel(model_config(name, **overrides))
 
 

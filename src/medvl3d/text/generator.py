@@ -14,6 +14,7 @@ so the same volume always gets the same text.
 
 from __future__ import annotations
 
+import inspect
 import random
 import zlib
 from collections.abc import Callable
@@ -239,7 +240,8 @@ def describe_ct(m: VolumeMeasurements, rng: random.Random, meta: dict) -> str:
         side, lm = next(iter(m.lungs.items()))
         other = "right" if side == "left" else "left"
         sentences.append(
-            f"Aerated lung is seen only on the {side} side ({lm.volume_ml:.0f} mL, mean {lm.mean_hu:.0f} HU); "
+            f"Aerated lung is seen only on the {side} side ({lm.volume_ml:.0f} mL, "
+            f"mean {lm.mean_hu:.0f} HU); "
             f"the {other} hemithorax contains no aerated lung, which may indicate collapse, effusion or "
             "consolidation."
         )
@@ -421,7 +423,9 @@ def build_text_generator(cfg: str | dict[str, Any] | Callable[[dict], str] | Non
     kind = params.pop("type", "measured")
     if kind not in _GENERATORS:
         raise ValueError(f"unknown text generator {kind!r}; available: {sorted(_GENERATORS)}")
-    try:
-        return _GENERATORS[kind](**params)
-    except TypeError as exc:
-        raise TypeError(f"text generator {kind!r}: {exc}") from None
+    cls = _GENERATORS[kind]
+    allowed = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise TypeError(f"text generator {kind!r} got unknown parameter(s) {unknown}; it takes {allowed}")
+    return cls(**params)
