@@ -34,8 +34,10 @@ def _world_ramp(affine, shape):
     return world @ np.array([3.0, -2.0, 1.5]) + 7.0
 
 
-def test_resample_affine_maps_voxel_centres_exactly():
+@pytest.mark.parametrize("order", ["C", "F"])  # F: NIfTI's memory layout, resampled without transposing
+def test_resample_affine_maps_voxel_centres_exactly(order):
     values, affine = _ramp_volume()
+    values = np.asarray(values, order=order)
     out, _, new_affine = resample(torch.from_numpy(values)[None], affine, (1.5, 1.5, 1.5))
     assert out.shape[1:] == (14, 14, 20)  # floor(n * old / new)
     np.testing.assert_allclose(np.sqrt((new_affine[:3, :3] ** 2).sum(0)), [1.5, 1.5, 1.5])
