@@ -104,3 +104,19 @@ def test_missing_root_and_split(tmp_path):
         CTRateDataset(tmp_path / "nope")
     with pytest.raises(ValueError, match=r"no 'valid/' or 'valid_fixed/'"):
         CTRateDataset(tmp_path, "valid")
+
+
+def test_label_maps_beside_volumes_are_not_cases_but_can_be_labels(ctrate, nifti):
+    root, hu = ctrate
+    folder = root / "train_fixed/train_1/train_1_a"
+    nifti(
+        folder / "train_1_a_1_lesions.nii.gz", (hu[1] > 300).astype(np.uint8), np.diag([0.7, 0.7, 1.5, 1.0])
+    )
+    with pytest.warns(UserWarning):
+        ds = CTRateDataset(root, "train", exclude=["train_2_a_1", "train_3_a_1", "train_4_a_1"])
+    assert ds.case_ids == ["train_1_a_1"] and "label" not in ds[0]
+    with pytest.warns(UserWarning):
+        labelled = CTRateDataset(
+            root, "train", exclude=["train_2_a_1", "train_3_a_1", "train_4_a_1"], label_suffix="_lesions"
+        )
+    np.testing.assert_array_equal(labelled[0]["label"][0].numpy(), (hu[1] > 300).astype(np.int64))

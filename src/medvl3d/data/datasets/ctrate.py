@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import re
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -118,6 +119,8 @@ class CTRateDataset(VolumeDataset):
         split: "train" or "valid".
         exclude: VolumeNames to drop (list or file), e.g. CT-RATE's list of non-chest volumes.
         prefer_fixed: when a volume exists in both roots, read the fixed one.
+        label_suffix: read ``<name><label_suffix>.nii.gz`` beside each volume as its ``label``
+            (e.g. "_lesions" for SynthCT-VL's maps); None: no label.
         transform: optional callable applied to each sample.
     """
 
@@ -128,6 +131,7 @@ class CTRateDataset(VolumeDataset):
         *,
         exclude: str | Path | Iterable[str] | None = None,
         prefer_fixed: bool = True,
+        label_suffix: str | None = None,
         transform: Callable[[dict], dict] | None = None,
     ) -> None:
         self.root = Path(root)
@@ -137,11 +141,15 @@ class CTRateDataset(VolumeDataset):
         roots = volume_roots(self.root, split)
         if not roots:
             raise ValueError(f"{self.root}: no '{split}/' or '{split}_fixed/' volume folder (CT-RATE layout)")
+        # Volume names are {split}_<P>_<S>_<R>; other files beside them (e.g. label maps
+        # "<name>_lesions.nii.gz" that SynthCT-VL writes) are not volumes.
+        pattern = re.compile(rf"^(?:{'|'.join(map(re.escape, _aliases(split)))})_[^_]+_[^_]+_[^_]+$")
         found: dict[str, tuple[Path, bool]] = {}
         for folder, fixed in roots if prefer_fixed else roots[::-1]:
             for path in sorted(folder.rglob("*.nii.gz")):
-                if not path.name.startswith("._"):
-                    found.setdefault(strip_nifti_suffix(path.name), (path, fixed))
+                name = strip_nifti_suffix(path.name)
+                if pattern.match(name):
+                    found.setdefault(name, (path, fixed))
         excluded = load_exclude(exclude)
         names = sorted(n for n in found if n not in excluded)
 
@@ -170,6 +178,7 @@ class CTRateDataset(VolumeDataset):
                 CaseRecord(
                     case_id=name,
                     image=found[name][0],
+                    label=self._label_path(found[name][0], name, label_suffix),
                     report=text.strip(),
                     labels={
                         k: int(float(v)) for k, v in (lab or {}).items() if k != "VolumeName" and v != ""
@@ -191,6 +200,15 @@ class CTRateDataset(VolumeDataset):
             )
         self.n_excluded = len(found) - len(names)
         super().__init__(records, transform)
+
+    @staticmethod
+    def _label_path(image: Path, name: str, suffix: str | None) -> Path | None:
+        if suffix is None:
+            return None
+        path = image.with_name(f"{name}{suffix}.nii.gz")
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: label map for {image.name} (label_suffix={suffix!r}) not found")
+        return path
 
     def load_image(self, record: CaseRecord) -> Volume:
         """Fixed volumes are read as they are; raw ones get slope/intercept and the metadata spacing."""
