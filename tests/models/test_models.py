@@ -1,0 +1,193 @@
+"""Encoders, the VL model, the knowledge bank, configs and the registry."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from medvl3d.models import (
+    KnowledgeBank,
+    ResidualEncoder3D,
+    VisionConfig,
+    VisionTransformer3D,
+    create_model,
+    list_models,
+    model_config_from_dict,
+    model_from_config,
+)
+
+TEXTS = ["a small nodule in the left lung", "no pleural effusion"]
+
+
+@pytest.fixture(scope="module")
+def vit() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return create_model("test_vit_clip").eval()
+
+
+def test_registry_lists_required_models():
+    names = list_models()
+    for required in (
+        "test_vit_clip",
+        "test_resenc_clip",
+        "vit3d_small_clip",
+        "resenc3d_clip",
+        "cpu_vit_clip",
+    ):
+        assert required in names
+    assert list_models("test_*") == ["test_resenc_clip", "test_vit_clip"]
+
+
+def test_create_model_overrides():
+    m = create_model("test_vit_clip", embed_dim=16, vision={"depth": 3}, bank_size=8)
+    assert m.config.embed_dim == 16 and m.config.vision.depth == 3 and len(m.visual.blocks) == 3
+    assert m.config.vision.width == 32  # untouched nested field keeps the builder's value
+    assert m.bank is not None and m.bank.size == 8
+    assert m.encode_image(torch.randn(1, 1, 32, 32, 32)).shape == (1, 16)
+    with pytest.raises(TypeError, match="bogus"):
+        create_model("test_vit_clip", bogus=1)
+    with pytest.raises(TypeError, match="nope"):
+        create_model("test_vit_clip", vision={"nope": 1})
+    with pytest.raises(TypeError, match="embed_dim"):
+        create_model("test_vit_clip", embed_dim="wide")
+    with pytest.raises(ValueError, match="unknown model"):
+        create_model("no_such_model")
+
+
+def test_config_round_trip_rebuilds_identical_model(vit):
+    d = json.loads(json.dumps(vit.config.to_dict()))
+    assert model_config_from_dict(d) == vit.config
+    clone = model_from_config(d).eval()
+    clone.load_state_dict(vit.state_dict(), strict=True)
+    x = torch.randn(2, 1, 32, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(clone.encode_image(x), vit.encode_image(x), rtol=0, atol=0)
+        torch.testing.assert_close(clone.encode_text(TEXTS), vit.encode_text(TEXTS), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="typo_field"):
+        model_config_from_dict({**d, "typo_field": 1})
+    with pytest.raises(ValueError, match="patch_size"):
+        model_config_from_dict({**d, "vision": {**d["vision"], "patch_size": [8, 8]}})
+
+
+def test_vit_shapes_and_intermediates(vit):
+    x = torch.randn(2, 1, 32, 32, 32)
+    v = vit.visual
+    assert v.forward_features(x).shape == (2, 1 + 4**3, 32)  # class token + 4x4x4 patches
+    assert v(x).shape == (2, v.num_features)
+    maps = v.forward_intermediates(x)
+    assert [m.shape for m in maps] == [(2, 32, 4, 4, 4)] * 2
+    # The last intermediate (with the final norm) holds the same patch tokens as forward_features.
+    last = v.forward_intermediates(x, indices=[-1], norm=True)[0]
+    tokens = v.forward_features(x)[:, 1:]
+    torch.testing.assert_close(last.flatten(2).transpose(1, 2), tokens)
+    with pytest.raises(ValueError, match="out of range"):
+        v.forward_intermediates(x, indices=[5])
+
+
+def test_vit_position_embedding_interpolates_to_other_sizes(vit):
+    v = vit.visual
+    assert v._pos_embed(v.grid) is v.pos_embed
+    x = torch.randn(1, 1, 48, 32, 16)  # grid 6x4x2 instead of 4x4x4
+    assert v.forward_features(x).shape == (1, 1 + 6 * 4 * 2, 32)
+    assert v.forward_intermediates(x, indices=1)[0].shape == (1, 32, 6, 4, 2)
+    # Trilinear resampling of a ramp along x stays a monotone ramp along x and constant along y, z.
+    with torch.no_grad():
+        saved = v.pos_embed.clone()
+        ramp = torch.arange(4.0).reshape(4, 1, 1, 1).expand(4, 4, 4, 32)
+        v.pos_embed.copy_(ramp.reshape(1, 64, 32))
+        pe = v._pos_embed((8, 4, 2)).reshape(8, 4, 2, 32)
+        v.pos_embed.copy_(saved)
+    assert torch.all(pe[1:, :, :, 0] >= pe[:-1, :, :, 0]) and pe[-1, 0, 0, 0] > pe[0, 0, 0, 0]
+    torch.testing.assert_close(pe[:, :1].expand_as(pe), pe)
+    assert pe.min() >= 0 and pe.max() <= 3
+
+
+def test_vit_mean_pooling_and_bad_inputs():
+    v = VisionTransformer3D(VisionConfig(pool="mean"))
+    x = torch.randn(2, 1, 32, 32, 32)
+    assert v.forward_features(x).shape == (2, 64, 32)
+    torch.testing.assert_close(v(x), v.forward_features(x).mean(1))
+    with pytest.raises(ValueError, match="not divisible"):
+        v(torch.randn(1, 1, 30, 32, 32))
+    with pytest.raises(ValueError, match=r"\[B, 1, X, Y, Z\]"):
+        v(torch.randn(1, 32, 32, 32))
+    with pytest.raises(ValueError, match="not divisible"):
+        VisionConfig(img_size=(30, 32, 32))
+
+
+@pytest.mark.parametrize("arch", ["vit", "resenc"])
+def test_grad_checkpointing_matches(arch):
+    torch.manual_seed(0)
+    cfg = VisionConfig(arch=arch, img_size=(16, 16, 16), width=16, patch_size=(8, 8, 8))
+    enc = VisionTransformer3D(cfg) if arch == "vit" else ResidualEncoder3D(cfg)
+    x = torch.randn(2, 1, 16, 16, 16)
+    grads = []
+    for enable in (False, True):
+        enc.set_grad_checkpointing(enable)
+        enc.zero_grad()
+        out = enc(x)
+        out.square().sum().backward()
+        grads.append((out.detach(), [p.grad.clone() for p in enc.parameters()]))
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    for a, b in zip(grads[0][1], grads[1][1]):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("norm", ["instance", "group"])
+def test_resenc_shapes(norm):
+    enc = ResidualEncoder3D(VisionConfig(arch="resenc", width=8, stage_blocks=(1, 2, 1), norm=norm))
+    x = torch.randn(2, 1, 16, 24, 16)
+    maps = enc.forward_intermediates(x)
+    assert [m.shape for m in maps] == [(2, 8, 16, 24, 16), (2, 16, 8, 12, 8), (2, 32, 4, 6, 4)]
+    assert enc.forward_features(x).shape == maps[-1].shape
+    torch.testing.assert_close(enc(x), maps[-1].mean(dim=(2, 3, 4)))
+    assert enc.num_features == 32
+    assert [m.shape[1] for m in enc.forward_intermediates(x, indices=2)] == [16, 32]
+    with pytest.raises(ValueError, match="too small"):
+        enc(torch.randn(1, 1, 2, 16, 16))
+
+
+def test_vl_model_outputs_and_logit_scale(vit):
+    x = torch.randn(2, 1, 32, 32, 32)
+    out = vit(x, TEXTS)
+    assert out["image_features"].shape == (2, 32) and out["text_features"].shape == (2, 32)
+    torch.testing.assert_close(out["image_features"].norm(dim=-1), torch.ones(2))
+    torch.testing.assert_close(out["text_features"].norm(dim=-1), torch.ones(2))
+    assert out["logit_scale"].item() == pytest.approx(1 / 0.07, rel=1e-5)
+    assert "logit_bias" not in out and "image_recon" not in out
+    m = create_model("test_vit_clip", init_logit_scale=math.log(1000.0), init_logit_bias=-10.0)
+    out = m(x, TEXTS)
+    assert out["logit_scale"].item() == pytest.approx(100.0) and out["logit_bias"].item() == -10.0
+    raw = vit.encode_image(x, normalize=False)
+    torch.testing.assert_close(F.normalize(raw, dim=-1), vit.encode_image(x))
+    with pytest.raises(ValueError, match="list of strings"):
+        vit.encode_text("one string")
+
+
+def test_score_is_cosine_without_bank_and_bridged_with_bank(vit):
+    a, b = torch.randn(3, 32), torch.randn(4, 32)
+    torch.testing.assert_close(vit.score(a, b), F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).t())
+    assert vit.reconstruct(a) is a
+    m = create_model("test_vit_clip", bank_size=16)
+    rec = m.bank.reconstruct
+    expected = 0.5 * (F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).t() + rec(a) @ rec(b).t())
+    torch.testing.assert_close(m.score(a, b), expected)
+
+
+def test_knowledge_bank_reconstruction():
+    torch.manual_seed(0)
+    bank = KnowledgeBank(8, 4, temperature=0.5)
+    emb = torch.randn(5, 4)
+    w = torch.softmax(F.normalize(emb, dim=-1) @ F.normalize(bank.entries, dim=-1).t() / 0.5, dim=-1)
+    torch.testing.assert_close(bank.reconstruct(emb), F.normalize(w @ bank.entries, dim=-1))
+    torch.testing.assert_close(bank.attention(emb).sum(-1), torch.ones(5))
+    # At a low temperature an embedding equal to an entry is rebuilt as (nearly) that entry.
+    sharp = KnowledgeBank(8, 16, temperature=0.01)
+    entry = sharp.entries[3:4].detach()
+    assert (sharp.reconstruct(entry) @ F.normalize(entry, dim=-1).t()).item() > 0.99
+    with pytest.raises(ValueError, match="width"):
+        bank.reconstruct(torch.randn(2, 5))
