@@ -113,3 +113,17 @@ def test_label_unreadable_reports_get_zero_probabilities_and_a_problem(tmp_path,
     assert all(float(r[lab]) == 0.0 for r in rows[:3] for lab in CTRATE_LABELS)
     assert float(rows[3]["Pleural effusion"]) > 0.5 > float(rows[3]["Lung nodule"])
     assert "expected positives" in capsys.readouterr().out  # no label columns: no metrics table
+
+
+def test_summarize_real_reports_scores_summaries_against_the_labels(real_dir, tmp_path, capsys):
+    src = real_dir / "ctrate_reports" / "train.csv"
+    out = tmp_path / "s.jsonl"
+    assert main(["text", "summarize", str(src), "--limit", "30", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 30 and all(r["summary"] for r in records)
+    assert records[0]["AccessionNo"] == "train_1" and "report_text" not in records[0]
+    macro = re.search(r"^macro\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$", printed, re.M)
+    assert macro, printed
+    assert float(macro.group(1)) > 0.85  # the labeller on the full reports
+    assert 0.0 <= float(macro.group(3)) <= 1.0  # ... and on the summaries

@@ -260,10 +260,7 @@ def label_reports(
         write_csv(out, out_rows, out_columns)
     metrics = None
     if all(lab in columns for lab in CTRATE_LABELS) and tuple(labels) == CTRATE_LABELS:
-        try:
-            y = np.array([[int(float(r[lab])) for lab in labels] for r in rows])
-        except ValueError:
-            raise ValueError(f"{path}: the label columns must hold 0/1 values") from None
+        y = _label_matrix(rows, path)
         metrics = evaluate_labeller(None, y, probs=probs, labels=labels, threshold=threshold)
     return LabelResult(probs, out_rows, out_columns, metrics)
 
@@ -281,11 +278,14 @@ def summarize_reports(
     model: str | None = None,
     cache_dir: str | Path | None = None,
     out: str | Path | None = None,
-) -> list[dict[str, Any]]:
+    limit: int | None = None,
+) -> SummaryResult:
     """Summarise reports from a CSV and/or given texts into their high-level findings.
 
     Returns (and writes as JSONL when ``out`` is given) one record per report: ``{"index", "report",
-    "summary"}`` plus the CSV's other columns.
+    "summary"}`` plus the CSV's other columns. When the CSV has the 18 CT-RATE label columns, the rule
+    labeller scores the full reports and the summaries against them (AUROC/F1): a summary that drops or
+    invents findings scores lower than its report.
 
     Args:
         backend: ``"rule"`` (built-in, deterministic) or ``"llm"`` (an OpenAI-compatible endpoint at ``url``
@@ -295,8 +295,10 @@ def summarize_reports(
     from medvl3d.text.summariser import build_summariser
 
     records: list[dict[str, Any]] = []
+    columns: list[str] = []
     if path is not None:
-        rows, _ = read_csv(path, [text_column])
+        rows, columns = read_csv(path, [text_column])
+        rows = rows[:limit] if limit is not None else rows
         records += [
             {**{k: v for k, v in r.items() if k != text_column}, "report": r[text_column]} for r in rows
         ]
@@ -318,4 +320,31 @@ def summarize_reports(
         record["summary"] = summariser.summarise(record["report"])
     if out is not None:
         write_jsonl(out, records)
-    return records
+    metrics = None
+    if path is not None and all(lab in columns for lab in CTRATE_LABELS):
+        from medvl3d.text.labeller import ReportLabeller, evaluate_labeller
+
+        labelled = records[: len(records) - len(texts)]
+        y = _label_matrix(labelled, path)
+        labeller = ReportLabeller()
+        metrics = {
+            name: evaluate_labeller([r[key] for r in labelled], y, labeller=labeller)
+            for name, key in (("full report", "report"), ("summary", "summary"))
+        }
+    return SummaryResult(records, metrics)
+
+
+@dataclass
+class SummaryResult:
+    """Summaries and, when the CSV has the CT-RATE label columns, labeller metrics on reports vs summaries."""
+
+    records: list[dict[str, Any]]
+    metrics: dict[str, dict[str, dict[str, float]]] | None = None
+
+
+def _label_matrix(rows: Sequence[dict[str, Any]], path: str | Path) -> np.ndarray:
+    """The ``[N, 18]`` 0/1 CT-RATE label matrix of CSV rows."""
+    try:
+        return np.array([[int(float(r[lab])) for lab in CTRATE_LABELS] for r in rows], dtype=int)
+    except ValueError:
+        raise ValueError(f"{path}: the label columns must hold 0/1 values") from None

@@ -45,11 +45,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     summ.add_argument("--model", help="model name served at --url, for --backend llm")
     summ.add_argument("--cache-dir", help="answer cache for --backend llm (~/.cache/medvl3d/llm_summaries)")
     summ.add_argument("--out", help="JSONL to write: one {report, summary} per line")
+    summ.add_argument("--limit", type=int, help="only the first N reports of the CSV")
     summ.set_defaults(func=_summarize)
 
 
 def _label(args: argparse.Namespace) -> int:
     from medvl3d.text.batch import label_reports
+    from medvl3d.text.labeller import format_table
 
     result = label_reports(
         args.reports,
@@ -65,12 +67,7 @@ def _label(args: argparse.Namespace) -> int:
         for lab, expected in zip(CTRATE_LABELS, n_pos):
             print(f"  {lab:36s} expected positives {expected:8.1f}")
         return 0
-    print(f"{'label':36s} {'n_pos':>5s} {'AUROC':>7s} {'F1':>7s}")
-    for lab in CTRATE_LABELS:
-        m = result.metrics[lab]
-        print(f"{lab:36s} {m['n_pos']:5d} {m['auroc']:7.3f} {m['f1']:7.3f}")
-    macro = result.metrics["macro"]
-    print(f"{'macro':36s} {'':5s} {macro['auroc']:7.3f} {macro['f1']:7.3f}")
+    print(format_table({"labeller": result.metrics}))
     return 0
 
 
@@ -106,10 +103,11 @@ def _attributes(args: argparse.Namespace) -> int:
 def _summarize(args: argparse.Namespace) -> int:
     from medvl3d.cli import CLIError
     from medvl3d.text.batch import summarize_reports
+    from medvl3d.text.labeller import format_table
     from medvl3d.text.summariser import LLMError
 
     try:
-        records = summarize_reports(
+        result = summarize_reports(
             args.reports,
             texts=args.text,
             text_column=args.text_column,
@@ -118,12 +116,16 @@ def _summarize(args: argparse.Namespace) -> int:
             model=args.model,
             cache_dir=args.cache_dir,
             out=args.out,
+            limit=args.limit,
         )
     except LLMError as exc:
         raise CLIError(f"the LLM summariser failed: {exc}") from None
     if args.out:
-        print(f"summarised {len(records)} reports -> {args.out}")
+        print(f"summarised {len(result.records)} reports -> {args.out}")
     else:
-        for record in records:
+        for record in result.records:
             print(json.dumps({"index": record["index"], "summary": record["summary"]}, ensure_ascii=False))
+    if result.metrics:
+        print("labeller on the full reports vs on their summaries (CT-RATE label columns as truth):")
+        print(format_table(result.metrics))
     return 0
