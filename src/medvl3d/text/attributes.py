@@ -35,6 +35,7 @@ Shape, density and location have no default: ``None`` means the text does not sa
 
 from __future__ import annotations
 
+import bisect
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -128,7 +129,7 @@ class _Text:
 
     @staticmethod
     def _span(bounds: list[int], pos: int) -> tuple[int, int]:
-        i = max(j for j, b in enumerate(bounds) if b <= pos)
+        i = bisect.bisect_right(bounds, pos) - 1
         return bounds[i], bounds[i + 1] - 1
 
     def clause(self, pos: int) -> tuple[int, int]:
@@ -181,6 +182,7 @@ class AttributeParser:
         except (KeyError, TypeError, AttributeError, yaml.YAMLError) as exc:
             raise ValueError(f"malformed attribute rules file {self.rules_path}: {exc!r}") from None
         for (organ, attr), table in self._tables.items():
+            # The common table speaks the codes shared by every organ but the lung (liver stands in).
             allowed = attribute_values(organ or "liver", attr) if attr != "location" or organ else ()
             unknown = table.values() - set(allowed)
             if unknown:
@@ -295,13 +297,12 @@ class AttributeParser:
 
     def _neighbour_spans(self, doc: _Text, organ: str | None) -> list[tuple[int, int]]:
         """Spans naming structures other than the lesion's own organ."""
-        own = self._organs.patterns if organ is None else [p for p in self._organs.patterns if p[0] == organ]
-        spans = []
-        for hit in self._neighbours.find(doc.s):
-            if organ is not None and any(regex.fullmatch(hit.phrase) for _, _, regex in own):
-                continue
-            spans.append((hit.start, hit.end))
-        return spans
+        own = [regex for name, _, regex in self._organs.patterns if name == organ]
+        return [
+            (hit.start, hit.end)
+            for hit in self._neighbours.find(doc.s)
+            if not any(regex.fullmatch(hit.phrase) for regex in own)
+        ]
 
     def _neighbour_relation(self, doc: _Text, neighbours: list[tuple[int, int]]) -> str | None:
         related = separate = False
