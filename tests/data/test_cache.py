@@ -56,8 +56,16 @@ def test_shards_partition_the_cases(msd_task, tmp_path):
         "tiny_000",
         "tiny_002",
     ]
+    with pytest.raises(ValueError, match=r"1 of 3 cases are not in the cache yet \(e\.g\. \['tiny_001'\]\)"):
+        CachedDataset(s0)
     s1 = preprocess_dataset(ds, SPEC, tmp_path / "c", shard=(1, 2), progress=False)
     assert s1["total"] == 1 and CachedDataset(tmp_path / "c").case_ids == ds.case_ids
+    # a summary selects and orders its dataset's cases (e.g. one split of a shared cache folder)
+    assert CachedDataset(s1).case_ids == ds.case_ids
+    assert CachedDataset(tmp_path / "c", case_ids=["tiny_002", "tiny_000"]).case_ids == [
+        "tiny_002",
+        "tiny_000",
+    ]
     assert parse_shard("3/4") == (3, 4)
     with pytest.raises(ValueError, match="need 0 <= i < n"):
         parse_shard("4/4")
