@@ -12,7 +12,7 @@ import numpy as np
 
 from medvl3d.schema import CTRATE_LABELS
 
-from .geometry import Segment, ellipsoid_level, rasterise_segments, smooth_field
+from .geometry import Segment, ellipsoid_level, smooth_field, tubes
 from .lesions import location_masks
 from .phantom import ORGAN_IDS, Anatomy
 
@@ -188,10 +188,10 @@ def draw_fibrotic_sequela(anat, rng, vessels) -> dict | None:
         segs.append(
             Segment((c - d * ln / 2).astype(np.float32), (c + d * ln / 2).astype(np.float32), 1.8, 1.4)
         )
-    cov = np.zeros(anat.grid.shape, np.float32)
-    rasterise_segments(anat.grid, segs, cov, np.zeros(anat.grid.shape, bool))
-    cov *= _parenchyma(anat, vessels)
-    anat.ct[:] = anat.ct + cov * (-20.0 - anat.ct)
+    box, cov, _, _ = tubes(anat.grid, segs)
+    if box is not None:
+        ct = anat.ct[box]
+        ct += (cov * _parenchyma(anat, vessels)[box]) * (-20.0 - ct)
     return {"lobe": lobe, "side": _side(lobe)}
 
 
@@ -266,7 +266,6 @@ def draw_medical_material(anat, rng, vessels) -> dict:
     lm = anat.landmarks
     c, hc, hr = lm["carina"], lm["heart_centre"], lm["heart_radii"]
     b = lm["body_ab"][1]
-    cov = np.zeros(anat.grid.shape, np.float32)
     if rng.uniform() < 0.6:
         res = np.array(
             [rng.uniform(50, 70), b * (lm["r_inner"] + 0.06), c[2] + rng.uniform(20, 40)], np.float32
@@ -284,8 +283,10 @@ def draw_medical_material(anat, rng, vessels) -> dict:
                 Segment(np.array([-12, y0, z0], np.float32), np.array([12, y0, z0], np.float32), 1.2, 1.2)
             )
         device = "sternotomy wires"
-    rasterise_segments(anat.grid, segs, cov, np.zeros(anat.grid.shape, bool))
-    anat.ct[:] = np.maximum(anat.ct, anat.ct + cov * (2500.0 - anat.ct))
+    box, cov, _, _ = tubes(anat.grid, segs)
+    if box is not None:
+        ct = anat.ct[box]
+        np.maximum(ct, ct + cov * (2500.0 - ct), out=ct)
     return {"device": device}
 
 

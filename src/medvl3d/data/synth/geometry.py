@@ -63,6 +63,14 @@ class Grid:
         xs, ys, zs = self.axes()
         return xs[sl[0], None, None], ys[None, sl[1], None], zs[None, None, sl[2]]
 
+    def sub(self, box: Index) -> Grid:
+        """The grid of the voxels inside `box` (same spacing, shifted origin)."""
+        return Grid(
+            tuple(s.stop - s.start for s in box),
+            self.spacing,
+            tuple(o + s.start * sp for o, s, sp in zip(self.origin, box, self.spacing)),
+        )
+
     def index_of(self, p) -> tuple[int, int, int] | None:
         """Nearest voxel index of world point `p`, or None outside the grid."""
         idx = tuple(int(round((p[a] - self.origin[a]) / self.spacing[a])) for a in range(3))
@@ -175,6 +183,30 @@ def rasterise_segments(
 def segment_arrays(segments: list[Segment]) -> tuple[np.ndarray, np.ndarray]:
     """Start and end points of segments as two (M, 3) arrays (for repeated distance queries)."""
     return np.stack([s.p0 for s in segments]), np.stack([s.p1 for s in segments])
+
+
+def tubes(
+    grid: Grid, segments: list[Segment], *, scale: float = 1.0, wall_scale: float | None = None
+) -> tuple[Index | None, np.ndarray, np.ndarray, np.ndarray | None]:
+    """Rasterise tubes on the joint bounding box of `segments` only (see `rasterise_segments`).
+
+    Returns:
+        (box, coverage, mask, wall) with arrays shaped like `grid[box]` (wall None without
+        `wall_scale`); box is None when the tubes miss the grid.
+    """
+    if not segments:
+        return None, np.empty(0), np.empty(0), None
+    ends = np.stack([p for s in segments for p in (s.p0, s.p1)])
+    reach = max(max(s.r0, s.r1) for s in segments) * max(scale, wall_scale or 1.0) + 2 * min(grid.spacing)
+    box = grid.box(ends.min(0) - reach, ends.max(0) + reach)
+    if box is None:
+        return None, np.empty(0), np.empty(0), None
+    sub = grid.sub(box)
+    cov = np.zeros(sub.shape, np.float32)
+    mask = np.zeros(sub.shape, bool)
+    wall = np.zeros(sub.shape, np.float32) if wall_scale else None
+    rasterise_segments(sub, segments, cov, mask, scale=scale, wall=wall, wall_scale=wall_scale or 1.35)
+    return box, cov, mask, wall
 
 
 def point_segment_distance(points: np.ndarray, segments) -> np.ndarray:

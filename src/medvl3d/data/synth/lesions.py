@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from .geometry import Grid, Segment, point_segment_distance, rasterise_segments, smooth_field
+from .geometry import Segment, point_segment_distance, smooth_field, tubes
 from .lesion_types import LesionType
 from .phantom import LESION_ORGAN_IDS, ORGAN_IDS, Anatomy
 
@@ -247,17 +247,9 @@ def _spicules(anat: Anatomy, rng: np.random.Generator, centre: np.ndarray, r: fl
                 0.4,
             )
         )
-    lo = centre - 2.2 * r - 3
-    hi = centre + 2.2 * r + 3
-    box = anat.grid.box(lo, hi)
+    box, cov, _, _ = tubes(anat.grid, segs)
     if box is None:
         return
-    # Rasterise on a sub-grid covering the box only.
-    shape = tuple(s.stop - s.start for s in box)
-    g = anat.grid
-    sub_grid = Grid(shape, g.spacing, tuple(o + s.start * sp for o, s, sp in zip(g.origin, box, g.spacing)))
-    cov = np.zeros(shape, np.float32)
-    rasterise_segments(sub_grid, segs, cov, np.zeros(shape, bool))
     sub = anat.ct[box]
     lung = np.isin(anat.organs[box], LESION_ORGAN_IDS["lung"])
-    sub[:] = np.where(lung, sub + 0.6 * cov * (hu - sub), sub)
+    sub += (0.6 * cov * lung) * (hu - sub)

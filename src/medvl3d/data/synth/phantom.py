@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .geometry import Grid, Segment, ellipsoid_level, rasterise_segments, smooth_field
+from .geometry import Grid, Segment, ellipsoid_level, rasterise_segments, smooth_field, tubes
 
 #: Organ label ids of the `_organs.nii.gz` maps (also written to `labels.json` and `dataset.json`).
 ORGAN_LABELS: dict[int, str] = {
@@ -125,7 +125,8 @@ class _Painter:
 
 def diaphragm_height(x, y, lm: dict):
     """z (mm) of the diaphragm surface under world point (x, y): two domes, lower laterally/posteriorly."""
-    side_top = np.where(x >= 0, lm["dome_right"], lm["dome_left"])
+    w_right = 1.0 / (1.0 + np.exp(-x / 25.0))  # smooth transition between the domes at the midline
+    side_top = lm["dome_left"] + (lm["dome_right"] - lm["dome_left"]) * w_right
     return side_top - ((np.abs(x) - 65.0) ** 2 + (y - 5.0) ** 2) / (2.0 * 105.0)
 
 
@@ -162,16 +163,19 @@ def build_anatomy(
     lm["spine_y"] = -62.0 * sy
     lm["body_ab"] = (158.0 * sx, 112.0 * sy)
 
-    # Smooth random deformation of all ellipsoidal organs (~4-6 mm rms).
+    # Smooth random deformation of every shape (~4-6 mm rms). Each displacement component varies
+    # smoothly over the two other axes (dx = f(y, z), ...): a smooth random warp that costs three 2D
+    # fields instead of three 3D ones.
     xs, ys, zs = grid.axes()
+    w, h, d = shape
     amp = u(3.5, 6.0)
-    x = xs[:, None, None] + smooth_field(rng, shape, amplitude=amp)
-    y = ys[None, :, None] + smooth_field(rng, shape, amplitude=amp)
-    z = zs[None, None, :] + smooth_field(rng, shape, amplitude=amp * 0.7)
+    dx = smooth_field(rng, (1, h, d), amplitude=amp)
+    dy = smooth_field(rng, (w, 1, d), amplitude=amp)
+    dz = smooth_field(rng, (w, h, 1), amplitude=amp * 0.7)
+    x, y, z = xs[:, None, None] + dx, ys[None, :, None] + dy, zs[None, None, :] + dz
     p = _Painter(anat, (x, y, z))
-    # Unit-variance smooth fields reused as tissue textures (saves computing new ones).
-    p.tex_a = (z - zs[None, None, :]) * np.float32(1 / (amp * 0.7))
-    p.tex_b = (x - xs[:, None, None]) * np.float32(1 / amp)
+    # A unit-variance smooth 3D field, reused as tissue texture.
+    p.tex = (dx + dy + dz * np.float32(1 / 0.7)) * np.float32(1 / (amp * np.sqrt(3)))
     hu = anat.hu
 
     # Body wall: elliptic cross-section, subcutaneous fat, muscle ring; visceral fat inside.
@@ -180,11 +184,11 @@ def build_anatomy(
     t_fat = u(8, 30) / b
     t_mus = u(8, 14) / b
     body = r < 1.0
-    anat.ct[body] = hu("fat")
-    anat.organs[body & (r >= 1 - t_fat)] = ORGAN_IDS["subcutaneous_fat"]
+    np.copyto(anat.ct, np.float32(hu("fat")), where=body)
+    np.copyto(anat.organs, np.uint8(ORGAN_IDS["subcutaneous_fat"]), where=body & (r >= 1 - t_fat))
     wall = body & (r < 1 - t_fat) & (r >= 1 - t_fat - t_mus)
-    anat.ct[wall] = hu("muscle")
-    anat.organs[wall] = ORGAN_IDS["skeletal_muscle"]
+    np.copyto(anat.ct, np.float32(hu("muscle")), where=wall)
+    np.copyto(anat.organs, np.uint8(ORGAN_IDS["skeletal_muscle"]), where=wall)
     r_in = 1 - t_fat - t_mus
     lm["r_inner"] = r_in
 
@@ -192,7 +196,7 @@ def build_anatomy(
     zdia = diaphragm_height(xs[:, None, None], ys[None, :, None], lm)
     _thorax(anat, p, rng, r, r_in, zdia, heart_scale)
     _spine_and_ribs(anat, p, rng, r, r_in)
-    _abdomen(anat, p, rng, zdia, hiatal_hernia)
+    _abdomen(anat, p, rng, zdia, hiatal_hernia, r)
     return anat
 
 
@@ -210,16 +214,18 @@ def _thorax(anat: Anatomy, p: _Painter, rng, r, r_in, zdia, heart_scale: float) 
     k0 = int(np.clip(np.floor((float(zdia.min()) - 15 - g.origin[2]) / g.spacing[2]), 0, g.shape[2] - 1))
     if sl_h is not None:
         k0 = min(k0, sl_h[2].start)
-    x, y, z = p.x[..., k0:], p.y[..., k0:], p.z[..., k0:]
+    xs, ys, zs = g.axes()
+    x, y, z1 = xs[:, None, None], ys[None, :, None], zs[None, None, k0:]  # undeformed, broadcast
     ct, org = anat.ct[..., k0:], anat.organs[..., k0:]
     # Thoracic cavity narrows towards the apex.
-    taper = np.sqrt(np.clip(1 - ((z - (apex - 90)) / 90.0) ** 2, 0, 1))
-    taper = np.where(z < apex - 90, 1.0, taper)
-    cavity = (r[..., k0:] < (r_in - 0.05) * taper) & (z > zdia + 3) & (z < apex)
-    mediast = (np.abs(x + 5) < 30 + 6 * np.clip((y - spine_y) / 60, 0, 1)) & (y > spine_y - 25)
-    lungs = cavity & ~mediast & ~((np.abs(x) < 38) & (y < spine_y + 22))
+    taper = np.where(z1 < apex - 90, 1.0, np.sqrt(np.clip(1 - ((z1 - (apex - 90)) / 90.0) ** 2, 0, 1)))
+    cavity = (r[..., k0:] < (r_in - 0.05) * taper) & (p.z[..., k0:] > zdia + 3) & (z1 < apex)
+    # Mediastinum: widest at the hila, narrower in front and behind; its deformed edge is wavy.
+    half_width = 20 + 16 * np.exp(-(((y - 5) / 50) ** 2))
+    mediast = (np.abs(p.x[..., k0:] + 5) < half_width) & (y > spine_y - 25)
+    lungs = cavity & ~(mediast | ((np.abs(x) < 38) & (y < spine_y + 22)))
     # Mediastinal fat fills the cavity around the heart and great vessels.
-    ct[cavity & ~lungs] = hu("fat") + 10
+    np.copyto(ct, np.float32(hu("fat") + 10), where=cavity & ~lungs)
 
     # Heart: myocardial shell, blood pool, thin pericardial fat; enlarged for cardiomegaly.
     if sl_h is not None:
@@ -233,10 +239,12 @@ def _thorax(anat: Anatomy, p: _Painter, rng, r, r_in, zdia, heart_scale: float) 
         lungs[sl_h[0], sl_h[1], sl_h[2].start - k0 : sl_h[2].stop - k0] &= ~peri
 
     # Dependent (posterior) lung is slightly denser, as in supine patients.
-    lung_hu = hu("lung") + 25 * p.tex_a[..., k0:] + 30 * np.clip((spine_y + 60 - y) / 80, 0, 1)
-    ct[lungs] = lung_hu[lungs]
-    org[lungs & (x >= -5)] = ORGAN_IDS["lung_right"]
-    org[lungs & (x < -5)] = ORGAN_IDS["lung_left"]
+    lung_hu = (hu("lung") + 30 * np.clip((spine_y + 60 - y) / 80, 0, 1)).astype(np.float32) + 25 * p.tex[
+        ..., k0:
+    ]
+    np.copyto(ct, lung_hu, where=lungs)
+    side = np.where(x >= -5, ORGAN_IDS["lung_right"], ORGAN_IDS["lung_left"]).astype(np.uint8)
+    np.copyto(org, np.broadcast_to(side, org.shape), where=lungs)
     lm["apex"] = apex
 
     # Aorta: ascending from the heart, arch, descending beside the spine into the abdomen.
@@ -253,11 +261,11 @@ def _thorax(anat: Anatomy, p: _Painter, rng, r, r_in, zdia, heart_scale: float) 
     rad = [u(14, 17), 15, 13, 12, 11, 10]
     aorta = _polyline(pts, rad)
     anat.tubes["aorta"] = aorta
-    cov = np.zeros(anat.grid.shape, np.float32)
-    mask = np.zeros(anat.grid.shape, bool)
-    rasterise_segments(anat.grid, aorta, cov, mask)
-    anat.ct[:] = anat.ct + cov * (hu("aorta") - anat.ct)
-    anat.organs[mask] = ORGAN_IDS["aorta"]
+    box, cov, mask, _ = tubes(anat.grid, aorta)
+    if box is not None:
+        ct = anat.ct[box]
+        ct += cov * (hu("aorta") - ct)
+        anat.organs[box][mask] = ORGAN_IDS["aorta"]
 
 
 def _spine_and_ribs(anat: Anatomy, p: _Painter, rng, r, r_in) -> None:
@@ -323,12 +331,12 @@ def _spine_and_ribs(anat: Anatomy, p: _Painter, rng, r, r_in) -> None:
         anat.organs[sl][stern] = ORGAN_IDS["ribs"]
 
 
-def _abdomen(anat: Anatomy, p: _Painter, rng, zdia, hiatal_hernia: bool) -> None:
+def _abdomen(anat: Anatomy, p: _Painter, rng, zdia, hiatal_hernia: bool, r: np.ndarray) -> None:
     u, lm, hu = rng.uniform, anat.landmarks, anat.hu
     grid = anat.grid
     below = p.z < zdia - 3
     spine_y = lm["spine_y"]
-    texture = 6.0 * p.tex_b
+    texture = 6.0 * p.tex
 
     def organ(centre, radii, name: str, tissue: str, extra=None, keep=None):
         centre, radii = np.asarray(centre, np.float32), np.asarray(radii, np.float32)
@@ -354,7 +362,7 @@ def _abdomen(anat: Anatomy, p: _Painter, rng, zdia, hiatal_hernia: bool) -> None
     def left_lobe(sl, ox, oy, oz):
         return ellipsoid_level(ox, oy, oz, llc, llr) < 1
 
-    body_in = p.x**2 / lm["body_ab"][0] ** 2 + p.y**2 / lm["body_ab"][1] ** 2 < (lm["r_inner"] - 0.02) ** 2
+    body_in = r < lm["r_inner"] - 0.02
     organ(lc, [lr[0], lr[1], lr[2]], "liver", "liver", extra=left_lobe, keep=lambda sl: body_in[sl])
     # Extend the liver box to the left lobe (organ() only looked at the right lobe's box).
     sl, (ox, oy, oz) = p.sub(llc - llr - 5, llc + llr + 5)
@@ -439,27 +447,27 @@ def _stomach(anat: Anatomy, p: _Painter, c, rr, region, rng) -> None:
 
 
 def _tube_organ(anat: Anatomy, segs, name: str, value: float, texture) -> None:
-    cov = np.zeros(anat.grid.shape, np.float32)
-    mask = np.zeros(anat.grid.shape, bool)
-    rasterise_segments(anat.grid, segs, cov, mask)
-    target = value + texture
-    anat.ct[:] = anat.ct + cov * (target - anat.ct)
-    anat.organs[mask & (cov > 0.5)] = ORGAN_IDS[name]
+    box, cov, mask, _ = tubes(anat.grid, segs)
+    if box is None:
+        return
+    ct = anat.ct[box]
+    ct += cov * (value + texture[box] - ct)
+    anat.organs[box][mask & (cov > 0.5)] = ORGAN_IDS[name]
 
 
 def _colon(anat: Anatomy, parts: dict, rng) -> None:
-    shape = anat.grid.shape
-    cov = np.zeros(shape, np.float32)
-    mask = np.zeros(shape, bool)
-    lumen_cov = np.zeros(shape, np.float32)
-    lumen_mask = np.zeros(shape, bool)
     segs = [s for v in parts.values() for s in v]
-    rasterise_segments(anat.grid, segs, cov, mask)
+    box, cov, mask, _ = tubes(anat.grid, segs)
+    if box is None:
+        return
     inner = [Segment(s.p0, s.p1, max(s.r0 - 3.0, 1.0), max(s.r1 - 3.0, 1.0)) for s in segs]
-    rasterise_segments(anat.grid, inner, lumen_cov, lumen_mask)
-    wall_hu = anat.hu("bowel_wall")
+    # Lumen on the same box as the wall (the inner tubes lie inside it).
+    lumen = np.zeros(cov.shape, np.float32)
+    rasterise_segments(anat.grid.sub(box), inner, lumen, np.zeros(cov.shape, bool))
     # Content: mostly gas with mottled stool, as on a typical CT.
-    content = np.where(smooth_field(rng, shape, n_freq=5) > rng.uniform(-0.3, 0.6), -1000.0, -40.0)
-    anat.ct[:] = anat.ct + cov * (wall_hu - anat.ct)
-    anat.ct[:] = anat.ct + lumen_cov * (content.astype(np.float32) - anat.ct)
-    anat.organs[mask & (cov > 0.5)] = ORGAN_IDS["colon"]
+    gas = smooth_field(rng, cov.shape, n_freq=5) > rng.uniform(-0.3, 0.6)
+    content = np.where(gas, np.float32(-1000.0), np.float32(-40.0))
+    ct = anat.ct[box]
+    ct += cov * (anat.hu("bowel_wall") - ct)
+    ct += lumen * (content - ct)
+    anat.organs[box][mask & (cov > 0.5)] = ORGAN_IDS["colon"]

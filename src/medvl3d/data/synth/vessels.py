@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .geometry import Grid, Segment, point_segment_distance, rasterise_segments, segment_arrays
+from .geometry import Grid, Segment, point_segment_distance, segment_arrays, tubes
 from .phantom import ORGAN_IDS, Anatomy
 
 #: Label ids of the `_vessels.nii.gz` maps.
@@ -212,27 +212,25 @@ def paint_trees(anat: Anatomy, trees: Trees, vessels: np.ndarray, *, peribronchi
     arteries) separates them. Labels are kept within the lungs and the mediastinum near the hilum.
     """
     grid: Grid = anat.grid
-    shape = grid.shape
     # Trees are drawn in the lungs and the unlabelled mediastinum (plus the heart, for the trunks).
     region = anat.mask("lung_right", "lung_left", "heart") | (anat.organs == 0)
     vessel_hu = anat.hu("pulmonary_vessel")
     for lab, segs in ((1, trees.artery), (2, trees.vein)):
-        cov = np.zeros(shape, np.float32)
-        m = np.zeros(shape, bool)
-        rasterise_segments(grid, segs, cov, m)
-        cov *= region
-        anat.ct[:] = anat.ct + cov * (vessel_hu - anat.ct)
-        vessels[m & region & (vessels == 0)] = lab
+        box, cov, m, _ = tubes(grid, segs)
+        if box is None:
+            continue
+        reg = region[box]
+        ct = anat.ct[box]
+        ct += (cov * reg) * (vessel_hu - ct)
+        v = vessels[box]
+        v[m & reg & (v == 0)] = lab
     # Airways: soft-tissue wall then air lumen (thick walls for peribronchial thickening).
-    cov = np.zeros(shape, np.float32)
-    wall = np.zeros(shape, np.float32)
-    m = np.zeros(shape, bool)
-    rasterise_segments(
-        grid, trees.airway + trees.trachea, cov, m, wall=wall, wall_scale=1.9 if peribronchial else 1.35
-    )
-    region &= anat.organs != ORGAN_IDS["heart"]  # bronchi pass behind the heart, never through it
-    wall *= region & (anat.ct < -300)
-    anat.ct[:] = anat.ct + wall * (anat.hu("airway_wall") - anat.ct)
-    cov *= region
-    anat.ct[:] = anat.ct + cov * (anat.hu("air") - anat.ct)
-    vessels[m & region] = 3
+    box, cov, m, wall = tubes(grid, trees.airway + trees.trachea, wall_scale=1.9 if peribronchial else 1.35)
+    if box is None:
+        return
+    # Bronchi pass behind the heart, never through it.
+    reg = region[box] & (anat.organs[box] != ORGAN_IDS["heart"])
+    ct = anat.ct[box]
+    ct += (wall * (reg & (ct < -300))) * (anat.hu("airway_wall") - ct)
+    ct += (cov * reg) * (anat.hu("air") - ct)
+    vessels[box][m & reg] = 3
