@@ -449,6 +449,10 @@ def test_bad_input_errors(tmp_path):
         parse_attributes("a lesion", organ="brain")
     with pytest.raises(ValueError, match="cannot tell the organ"):
         parse_attribute_codes("a round lesion")
+    # A shape the schema has no value for is not guessed.
+    assert (
+        AttributeParser(defaults=False).parse("A dumbbell-shaped lesion in the left kidney.")["shape"] is None
+    )
     with pytest.raises(ValueError, match="'oval' is not a value of 'shape'"):
         encode_attribute("kidney", "shape", "oval")
     rules = tmp_path / "rules.yaml"

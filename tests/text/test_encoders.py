@@ -32,8 +32,9 @@ def tiny_bert(tmp_path_factory):
         intermediate_size=32,
         max_position_embeddings=64,
     )
-    torch.manual_seed(0)
-    transformers.BertModel(config).save_pretrained(folder)
+    with torch.random.fork_rng():  # seeded weights without touching the session's RNG
+        torch.manual_seed(0)
+        transformers.BertModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 
