@@ -178,7 +178,8 @@ def preprocess_dataset(
 
     Returns:
         Summary dict: ``total`` (cases in the shard), ``written``, ``skipped``, ``failed`` (id -> error),
-        ``seconds``, ``out_dir``, ``shard``.
+        ``seconds``, ``out_dir``, ``shard``, ``case_ids`` (all cases of ``dataset``, in its order).
+        ``CachedDataset(summary)`` reads exactly these cases back, in this order.
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -206,6 +207,7 @@ def preprocess_dataset(
         "failed": {},
         "out_dir": str(out_dir),
         "shard": f"{i_shard}/{n_shard}",
+        "case_ids": ids,
     }
     start = time.perf_counter()
     bar = tqdm(total=len(todo), unit="case", desc=f"preprocess {i_shard}/{n_shard}", disable=not progress)
@@ -278,11 +280,22 @@ class CachedDataset(Dataset):
     """Read a preprocessed cache with memory mapping; yields the dict samples of docs/contracts.md.
 
     Args:
-        out_dir: the cache folder written by :func:`preprocess_dataset`.
+        out_dir: the cache folder written by :func:`preprocess_dataset`, or that function's summary
+            (then its ``case_ids`` select and order the cases: one dataset of a shared cache folder).
+        case_ids: read only these cases, in this order (default: every case in the folder, sorted).
         transform: optional callable applied to each sample (e.g. augmentation).
     """
 
-    def __init__(self, out_dir: str | Path, *, transform: Callable[[dict], dict] | None = None) -> None:
+    def __init__(
+        self,
+        out_dir: str | Path | dict,
+        *,
+        case_ids: list[str] | None = None,
+        transform: Callable[[dict], dict] | None = None,
+    ) -> None:
+        if isinstance(out_dir, dict):
+            case_ids = case_ids if case_ids is not None else out_dir.get("case_ids")
+            out_dir = out_dir["out_dir"]
         self.root = Path(out_dir)
         spec_path = self.root / "spec.json"
         if not spec_path.is_file():
@@ -290,11 +303,20 @@ class CachedDataset(Dataset):
         info = json.loads(spec_path.read_text(encoding="utf-8"))
         self.spec = PreprocessSpec.from_dict(info["spec"])
         self.transform = transform
-        self._ids = sorted(
-            p.name
-            for p in self.root.iterdir()
-            if not p.name.startswith(".") and (p / "sample.json").is_file()
-        )
+        if case_ids is None:
+            self._ids = sorted(
+                p.name
+                for p in self.root.iterdir()
+                if not p.name.startswith(".") and (p / "sample.json").is_file()
+            )
+        else:
+            self._ids = [str(c) for c in case_ids]
+            missing = [c for c in self._ids if not (self.root / c / "sample.json").is_file()]
+            if missing:
+                raise ValueError(
+                    f"{self.root}: {len(missing)} of {len(self._ids)} cases are not in the cache yet "
+                    f"(e.g. {missing[:3]}); run the remaining preprocess shards first"
+                )
 
     def __len__(self) -> int:
         return len(self._ids)
