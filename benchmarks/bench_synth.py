@@ -25,23 +25,11 @@ def main() -> None:
     size = tuple(int(v) for v in args.size.lower().split("x"))
     out = args.out or tempfile.mkdtemp(prefix="bench_synth_")
     try:
-        # Warm-up: start-up of the worker processes is not generation time.
-        generate(
-            os.path.join(out, "warm"),
-            n_train=args.workers,
-            n_test=0,
-            size=size,
-            workers=args.workers,
-            progress=False,
-        )
-        s = generate(
-            os.path.join(out, "run"),
-            n_train=args.n,
-            n_test=0,
-            size=size,
-            workers=args.workers,
-            progress=False,
-        )
+        # The first call is a warm-up: start-up of the worker processes is not generation time.
+        for name, n in (("warm", args.workers), ("run", args.n)):
+            s = generate(
+                os.path.join(out, name), n_train=n, n_test=0, size=size, workers=args.workers, progress=False
+            )
     finally:
         if args.out is None:
             shutil.rmtree(out, ignore_errors=True)

@@ -120,3 +120,24 @@ def test_cli_and_speed_smoke(tmp_path, capsys):
     )
     with pytest.raises(FileNotFoundError, match="no.yaml"):
         bad.func(bad)
+
+
+def test_organ_hu_stats_hand_computed():
+    from medvl3d.data.synth.realism import organ_hu_stats
+
+    ct = np.array([[10.0, 20.0], [30.0, -5.0]])
+    lab = np.array([[1, 1], [2, 0]])
+    s = organ_hu_stats(ct, lab, {"a": (1,), "ab": (1, 2), "none": (7,)})
+    assert s["a"] == (15.0, 5.0, 2) and s["ab"][0] == 20.0 and s["ab"][2] == 3 and s["none"] is None
+
+
+def test_compare_with_real_ct(real_dir, tmp_path):
+    """Soft-tissue and lung means stay within 35 HU of the real TotalSegmentator case (docs/synthct.md)."""
+    from medvl3d.data.synth.realism import compare_with_totalseg
+
+    table = compare_with_totalseg(real_dir, tmp_path)
+    assert (tmp_path / "synthct_vs_real.png").stat().st_size > 10_000
+    rows = {r.split("|")[1].strip(): r.split("|")[2:4] for r in table.splitlines()[2:]}
+    for organ in ("liver", "spleen", "skeletal_muscle", "vertebrae", "ribs", "lung_right", "lung_left"):
+        syn, real = (float(c.split("±")[0]) for c in rows[organ])
+        assert abs(syn - real) <= 35, (organ, syn, real)

@@ -61,9 +61,9 @@ TISSUE_HU: dict[str, tuple[float, float]] = {
     "aorta": (40, 170),
     "pulmonary_vessel": (40, 210),
     "myocardium": (45, 100),
-    "bone_cortex": (700, 700),
-    "bone_cancellous": (230, 230),
-    "rib": (450, 450),
+    "bone_cortex": (450, 450),
+    "bone_cancellous": (160, 160),
+    "rib": (520, 520),
     "disc": (80, 80),
     "csf": (10, 10),
     "bowel_wall": (40, 85),
@@ -265,7 +265,7 @@ def _thorax(anat: Anatomy, p: _Painter, rng, r, r_in, zdia, heart_scale: float) 
     if box is not None:
         ct = anat.ct[box]
         ct += cov * (hu("aorta") - ct)
-        anat.organs[box][mask] = ORGAN_IDS["aorta"]
+        anat.organs[box][mask & (cov >= 0.5)] = ORGAN_IDS["aorta"]
 
 
 def _spine_and_ribs(anat: Anatomy, p: _Painter, rng, r, r_in) -> None:
@@ -338,6 +338,23 @@ def _abdomen(anat: Anatomy, p: _Painter, rng, zdia, hiatal_hernia: bool, r: np.n
     spine_y = lm["spine_y"]
     texture = 6.0 * p.tex
 
+    # Abdominal organs never overwrite the body wall, bones, lungs or heart drawn before them.
+    walls = [
+        ORGAN_IDS[n]
+        for n in (
+            "vertebrae",
+            "ribs",
+            "skeletal_muscle",
+            "subcutaneous_fat",
+            "lung_right",
+            "lung_left",
+            "heart",
+        )
+    ]
+
+    def protected(sl):
+        return np.isin(anat.organs[sl], walls)
+
     def organ(centre, radii, name: str, tissue: str, extra=None, keep=None):
         centre, radii = np.asarray(centre, np.float32), np.asarray(radii, np.float32)
         sl, (ox, oy, oz) = p.sub(centre - radii - 10, centre + radii + 10)
@@ -348,14 +365,15 @@ def _abdomen(anat: Anatomy, p: _Painter, rng, zdia, hiatal_hernia: bool, r: np.n
             m |= extra(sl, ox, oy, oz) & below[sl]
         if keep is not None:
             m &= keep(sl)
+        m &= ~protected(sl)
         p.paint(sl, m, hu(tissue) + texture[sl], ORGAN_IDS[name])
         lm[name] = {"centre": centre, "radii": radii}
         return sl, m
 
     # Liver: right lobe under the right dome plus a left lobe across the midline.
     zr = lm["dome_right"]
-    lc = [u(55, 68), u(0, 12), zr - u(60, 72)]
-    lr = [u(80, 92), u(80, 92), u(68, 80)]
+    lc = [u(55, 68), u(5, 15), zr - u(60, 72)]
+    lr = [u(75, 85), u(65, 75), u(68, 80)]
     llc = np.array([u(-20, -5), u(30, 42), zr - u(35, 45)], np.float32)
     llr = np.array([u(45, 60), u(32, 42), u(28, 36)], np.float32)
 
@@ -367,7 +385,7 @@ def _abdomen(anat: Anatomy, p: _Painter, rng, zdia, hiatal_hernia: bool, r: np.n
     # Extend the liver box to the left lobe (organ() only looked at the right lobe's box).
     sl, (ox, oy, oz) = p.sub(llc - llr - 5, llc + llr + 5)
     if sl is not None:
-        m = left_lobe(sl, ox, oy, oz) & below[sl] & body_in[sl]
+        m = left_lobe(sl, ox, oy, oz) & below[sl] & body_in[sl] & ~protected(sl)
         p.paint(sl, m, hu("liver") + texture[sl], ORGAN_IDS["liver"])
     lm["liver_split_x"] = float(llc[0] + llr[0] * 0.55)  # falciform ligament: left vs right lobe
 
@@ -465,7 +483,7 @@ def _colon(anat: Anatomy, parts: dict, rng) -> None:
     lumen = np.zeros(cov.shape, np.float32)
     rasterise_segments(anat.grid.sub(box), inner, lumen, np.zeros(cov.shape, bool))
     # Content: mostly gas with mottled stool, as on a typical CT.
-    gas = smooth_field(rng, cov.shape, n_freq=5) > rng.uniform(-0.3, 0.6)
+    gas = smooth_field(rng, cov.shape, n_freq=5) > rng.uniform(-0.9, 0.1)
     content = np.where(gas, np.float32(-1000.0), np.float32(-40.0))
     ct = anat.ct[box]
     ct += cov * (anat.hu("bowel_wall") - ct)
