@@ -75,7 +75,8 @@ def test_reports_labels_and_missing_entries(ctrate):
     root, _ = ctrate
     with pytest.warns(UserWarning, match="without report"):
         ds = CTRateDataset(root, "train", exclude=["train_4_a_1"])
-    s1, s3 = ds[0], ds[2]
+    with pytest.warns(UserWarning, match="already in HU"):
+        s1, s3 = ds[0], ds[2]
     assert s1["report"] == "Small left effusion.\nEffusion."
     assert s1["labels"]["Pleural effusion"] == 1 and sum(s1["labels"].values()) == 1
     assert list(s1["labels"]) == list(CTRATE_LABELS)

@@ -16,6 +16,12 @@ def ts(real_dir):
     return real_dir / "totalseg"
 
 
+@pytest.fixture(scope="module")
+def dicom(ts):
+    """The JPEG 2000 DICOM series, decoded once for the module (about 1 s)."""
+    return read_volume(ts / "dicom_series")
+
+
 def test_ct_crop_geometry_and_hu(ts):
     vol = read_volume(ts / "example_ct_sm.nii.gz")
     assert vol.shape == (122, 101, 30)
@@ -39,8 +45,8 @@ def test_mr_geometry(ts):
     np.testing.assert_allclose(vol.affine @ [0, 0, 5, 1], src.affine @ [116, 90, 5, 1])
 
 
-def test_dicom_series_geometry_matches_its_segmentation(ts):
-    vol = read_volume(ts / "dicom_series")
+def test_dicom_series_geometry_matches_its_segmentation(ts, dicom):
+    vol = dicom
     seg = read_volume(ts / "example_seg_dicom.nii.gz")
     assert vol.shape == (512, 512, 20)
     assert vol.spacing == pytest.approx((0.9765625, 0.9765625, 2.0))
@@ -106,8 +112,8 @@ def test_mask_written_back_overlays_the_label_file(ts, tmp_path):
     np.testing.assert_array_equal(written.affine, src.affine)
 
 
-def test_dicom_mask_written_back_in_source_geometry(ts, tmp_path):
-    vol = read_volume(ts / "dicom_series")
+def test_dicom_mask_written_back_in_source_geometry(ts, dicom, tmp_path):
+    vol = dicom
     seg = read_volume(ts / "example_seg_dicom.nii.gz")
     out = write_like(seg.array, vol, tmp_path / "seg.nii.gz")
     back = read_volume(out)
