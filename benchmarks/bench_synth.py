@@ -44,6 +44,11 @@ def main() -> None:
     ]
     rows += [(f"{k} ms/vol", f"{1000 * v / n:.0f}") for k, v in s["stage_seconds"].items()]
     rows.append(("sum ms/vol", f"{1000 * sum(s['stage_seconds'].values()) / n:.0f}"))
+    cpu = s["cpu_seconds_per_volume"]
+    rows.append(("cpu ms/vol", f"{1000 * cpu:.0f}"))
+    # What the same work gives when each worker has a core to itself (the wall figure above includes
+    # whatever else the machine is running).
+    rows.append(("volumes/s if cores idle", f"{s['workers'] / cpu:.2f}"))
     w = max(len(k) for k, _ in rows)
     print(f"| {'metric'.ljust(w)} | value |\n|{'-' * (w + 2)}|-------|")
     for k, v in rows:

@@ -103,6 +103,7 @@ def _choose_types(plan: CasePlan, cfg: CaseConfig, rng: np.random.Generator, wan
 def make_case(plan: CasePlan, cfg: CaseConfig, out_dir: str) -> dict:
     """Draw one case, write its four NIfTI files under `out_dir`, return its table rows and timings."""
     t0 = time.perf_counter()
+    cpu0 = time.process_time()
     times: dict[str, float] = {}
 
     def tick(stage: str) -> None:
@@ -206,4 +207,5 @@ def make_case(plan: CasePlan, cfg: CaseConfig, out_dir: str) -> dict:
         "age": age,
         "manufacturer": manufacturer,
         "times": times,
+        "cpu_seconds": time.process_time() - cpu0,
     }

@@ -347,6 +347,8 @@ def _summary(out: Path, rows: list[dict], wall: float, workers: int) -> dict:
         "seconds": wall,
         "volumes_per_s": len(rows) / wall if wall > 0 else float("inf"),
         "stage_seconds": stages,
+        # CPU time of the case work itself: robust to other load on the machine (wall time is not).
+        "cpu_seconds_per_volume": sum(r["cpu_seconds"] for r in rows) / max(len(rows), 1),
         "prevalence": prevalence,
         "lesions": lesion_counts,
     }

@@ -133,22 +133,6 @@ class Segment:
         return d / (np.linalg.norm(d) + 1e-9)
 
 
-def segment_distance(grid: Grid, seg: Segment, pad: float) -> tuple[Index | None, np.ndarray, np.ndarray]:
-    """Distance (mm) from the voxel centres in a segment's padded box to its axis, and the local radius."""
-    lo = np.minimum(seg.p0, seg.p1) - max(seg.r0, seg.r1) - pad
-    hi = np.maximum(seg.p0, seg.p1) + max(seg.r0, seg.r1) + pad
-    sl = grid.box(lo, hi)
-    if sl is None:
-        return None, np.empty(0), np.empty(0)
-    x, y, z = grid.box_coords(sl)
-    d = seg.p1 - seg.p0
-    l2 = float(d @ d) + 1e-9
-    rx, ry, rz = x - seg.p0[0], y - seg.p0[1], z - seg.p0[2]
-    t = np.clip((rx * d[0] + ry * d[1] + rz * d[2]) / l2, 0.0, 1.0)
-    dist = np.sqrt((rx - t * d[0]) ** 2 + (ry - t * d[1]) ** 2 + (rz - t * d[2]) ** 2)
-    return sl, dist, seg.r0 + (seg.r1 - seg.r0) * t
-
-
 def rasterise_segments(
     grid: Grid,
     segments: list[Segment],
@@ -165,18 +149,33 @@ def rasterise_segments(
     voxels within max(r, 0.45 voxel) of the axis, so thin branches stay connected in the label map.
     With `wall`, a second coverage map of the same tubes widened by `wall_scale` is filled from the
     same distances (airway walls around their lumen) at no extra distance computation.
+    Bounding boxes of all segments are computed at once; only the distance to each segment's axis is
+    evaluated per segment, on its own box.
     """
+    if not segments:
+        return
     vox = min(grid.spacing)
-    for seg in segments:
-        pad = vox + (max(seg.r0, seg.r1) * (wall_scale - 1) if wall is not None else 0.0)
-        sl, dist, r = segment_distance(grid, seg, pad=pad)
-        if sl is None:
-            continue
+    a, b = segment_arrays(segments)
+    r0 = np.array([s.r0 for s in segments])
+    r1 = np.array([s.r1 for s in segments])
+    reach = np.maximum(r0, r1) * max(scale, wall_scale if wall is not None else 1.0) + vox
+    org, sp = np.asarray(grid.origin), np.asarray(grid.spacing)
+    i0 = np.maximum(np.ceil((np.minimum(a, b) - reach[:, None] - org) / sp).astype(int), 0)
+    i1 = np.minimum(np.floor((np.maximum(a, b) + reach[:, None] - org) / sp).astype(int) + 1, grid.shape)
+    xs, ys, zs = grid.axes()
+    for k in np.flatnonzero((i1 > i0).all(1)):
+        sl = (slice(i0[k, 0], i1[k, 0]), slice(i0[k, 1], i1[k, 1]), slice(i0[k, 2], i1[k, 2]))
+        (ax, ay, az), (dx, dy, dz) = a[k].tolist(), (b[k] - a[k]).tolist()
+        l2 = dx * dx + dy * dy + dz * dz + 1e-9
+        rx, ry, rz = xs[sl[0], None, None] - ax, ys[None, sl[1], None] - ay, zs[None, None, sl[2]] - az
+        t = np.clip((rx * dx + ry * dy + rz * dz) * (1.0 / l2), 0.0, 1.0)
+        dist = np.sqrt((rx - t * dx) ** 2 + (ry - t * dy) ** 2 + (rz - t * dz) ** 2)
+        r = float(r0[k]) + float(r1[k] - r0[k]) * t
         if wall is not None:
             np.maximum(wall[sl], np.clip((r * wall_scale + 0.5 * vox - dist) / vox, 0.0, 1.0), out=wall[sl])
-        r = r * scale
-        cov = np.clip((r + 0.5 * vox - dist) / vox, 0.0, 1.0)
-        np.maximum(coverage[sl], cov, out=coverage[sl])
+        if scale != 1.0:
+            r = r * scale
+        np.maximum(coverage[sl], np.clip((r + 0.5 * vox - dist) / vox, 0.0, 1.0), out=coverage[sl])
         mask[sl] |= dist <= np.maximum(r, 0.45 * vox)
 
 
