@@ -162,3 +162,16 @@ def test_cli_errors_are_clean(tmp_path, capsys):
     (tmp_path / "odd").mkdir()
     assert main(["preprocess", str(tmp_path / "odd"), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
     assert "unknown dataset layout" in capsys.readouterr().err
+
+
+def test_stale_temp_folder_of_a_killed_run_is_removed(msd_task, tmp_path):
+    out = tmp_path / "c"
+    ds = MSDDataset(msd_task)
+    preprocess_dataset(ds, SPEC, out, shard=(0, 2), progress=False)
+    # what a SIGKILL in the middle of writing tiny_001 (shard 1/2) leaves behind
+    stale = out / ".tmp-tiny_001-k1ll3d"
+    stale.mkdir()
+    (stale / "image.npy").write_bytes(b"half")
+    assert CachedDataset(out).case_ids == ["tiny_000", "tiny_002"]  # never read as a case
+    preprocess_dataset(ds, SPEC, out, shard=(1, 2), progress=False)
+    assert not stale.exists() and CachedDataset(out).case_ids == ds.case_ids
