@@ -7,6 +7,7 @@ label maps against their image and building the samples of docs/contracts.md hap
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,7 +150,7 @@ class VolumeDataset(Dataset):
         self, records: Sequence[CaseRecord], transform: Callable[[dict], dict] | None = None
     ) -> None:
         ids = [r.case_id for r in records]
-        dup = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) != len(ids) else []
+        dup = sorted(i for i, n in Counter(ids).items() if n > 1)
         if dup:
             raise ValueError(f"duplicate case ids: {dup[:5]}")
         bad = [i for i in ids if not _SAFE_ID.match(i)]
