@@ -16,6 +16,7 @@ from medvl3d.text.labeller import (
     format_table,
     report_problem,
 )
+from medvl3d.text.reports import join_report
 
 # Measured (quiet machine not needed; deterministic): rules macro AUROC 0.978, F1 0.944;
 # 5-fold cross-validated calibration macro AUROC 0.973, F1 0.944. Thresholds keep a 0.02 margin.
@@ -184,3 +185,44 @@ def test_evaluate_labeller_hand_computed():
 def test_unknown_label_is_an_error():
     with pytest.raises(ValueError, match="Unicorn"):
         ReportLabeller(labels=("Unicorn",))
+
+
+def _synth_reports(out, n_train: int, n_test: int) -> tuple[list[str], np.ndarray]:
+    """Generate SynthCT-VL (small volumes, so it is quick); read its report texts and ground-truth labels."""
+    synth = pytest.importorskip("medvl3d.data.synth")
+    synth.generate(out, n_train=n_train, n_test=n_test, size=(48, 64, 64), seed=0, workers=1, progress=False)
+    texts, y = [], []
+    for split in ("train", "valid"):
+        with open(
+            out / "radiology_text_reports" / f"{split}_reports.csv", newline="", encoding="utf-8"
+        ) as fh:
+            reports = {r["VolumeName"]: r for r in csv.DictReader(fh)}
+        with open(out / "multi_abnormality_labels" / f"{split}_predicted_labels.csv", newline="") as fh:
+            for row in csv.DictReader(fh):
+                rep = reports[row["VolumeName"]]
+                texts.append(join_report(rep["Findings_EN"], rep["Impressions_EN"]))
+                y.append([int(row[k]) for k in CTRATE_LABELS])
+    return texts, np.array(y)
+
+
+def _check_synth(labeller: ReportLabeller, texts: list[str], y: np.ndarray, min_present: int) -> None:
+    pred = (labeller.predict_many(texts, progress=False) >= 0.5).astype(int)
+    present = [i for i in range(len(CTRATE_LABELS)) if y[:, i].any()]
+    assert len(present) >= min_present, "the generated set should show most abnormalities"
+    names = [CTRATE_LABELS[i] for i in present]
+    table = evaluate_labeller(None, y[:, present], probs=pred[:, present], labels=names)
+    assert table["macro"]["f1"] >= 0.98, format_table({"synth": table})
+    # Labels absent from the set are never predicted either.
+    absent = [i for i in range(len(CTRATE_LABELS)) if i not in present]
+    assert pred[:, absent].sum() == 0
+
+
+def test_synthct_reports_are_labelled_exactly(labeller, tmp_path):
+    texts, y = _synth_reports(tmp_path, n_train=6, n_test=2)
+    _check_synth(labeller, texts, y, min_present=6)
+
+
+@pytest.mark.slow
+def test_synthct_reports_are_labelled_exactly_many(labeller, tmp_path):
+    texts, y = _synth_reports(tmp_path, n_train=48, n_test=12)
+    _check_synth(labeller, texts, y, min_present=14)

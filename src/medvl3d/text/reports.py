@@ -370,6 +370,20 @@ def split_sections(text: str) -> dict[str, str]:
     return out
 
 
+def join_report(findings: str | None = "", impression: str | None = "") -> str:
+    """One report string from CT-RATE's ``Findings_EN``/``Impressions_EN`` columns, with headers.
+
+    The headers let ``split_sections`` (and the labeller's section weighting) see which part is which;
+    missing (None/NaN-like empty) columns are left out.
+    """
+    parts = []
+    for header, body in (("FINDINGS", findings), ("IMPRESSION", impression)):
+        body = "" if body is None else str(body).strip()
+        if body and body.lower() != "nan":
+            parts.append(f"{header}: {body}")
+    return "\n".join(parts)
+
+
 def _sentence_spans(text: str, start: int = 0, end: int | None = None) -> list[tuple[int, int]]:
     end = len(text) if end is None else end
     spans, pos = [], start
