@@ -120,6 +120,14 @@ def _side_words(side: str) -> str:
     return {"right": "right", "left": "left", "bilateral": "bilateral"}.get(side, side)
 
 
+def _article(next_word: str) -> str:
+    """ "a" or "an" before a word or a number as it is read ("an 11 mm", "an 8 mm", "a 12 mm")."""
+    w = next_word.lower()
+    if w[:1].isdigit():
+        return "an" if w.startswith(("8", "11", "18")) and not w.startswith(("110", "111", "180")) else "a"
+    return "an" if w[:1] in "aeio" else "a"
+
+
 def lesion_sentence(les: Lesion, ltype: LesionType, pick: _Pick) -> str:
     """One sentence describing a lesion with all of its attribute values."""
     a = les.attributes
@@ -138,12 +146,13 @@ def lesion_sentence(les: Lesion, ltype: LesionType, pick: _Pick) -> str:
     )
     phase = "contrast-enhanced" if a["contrast"] == "contrast-enhanced" else "non-contrast"
     name = pick([ltype.report_name, *ltype.synonyms]) if ltype.synonyms else ltype.report_name
+    a_size, a_shape, a_dens = _article(str(size)).capitalize(), _article(shape), _article(dens)
     templates = [
-        f"A {size} mm {shape} {dens} {noun} {homog} and {margin} is seen in the {loc}, {nb}.",
-        f"In the {loc}, there is a {shape} {dens} {noun} measuring approximately {size} mm, {homog}, "
-        f"with {margin}, {nb}.",
-        f"On {phase} images, a {dens} {noun} of {size} mm with {shape} contour, {homog} and {margin} is "
-        f"observed in the {loc}; it is {nb}.",
+        f"{a_size} {size} mm {shape} {dens} {noun} {homog} and {margin} is seen in the {loc}, {nb}.",
+        f"In the {loc}, there is {a_shape} {shape} {dens} {noun} measuring approximately {size} mm, "
+        f"{homog}, with {margin}, {nb}.",
+        f"On {phase} images, {a_dens} {dens} {noun} of {size} mm with {shape} contour, {homog} and "
+        f"{margin} is observed in the {loc}; it is {nb}.",
     ]
     s = pick(templates)
     if pick.maybe(0.75):
