@@ -135,3 +135,11 @@ def test_missing_image_file_names_it(tmp_path):
     manifest.write_text(json.dumps({"image": "gone.nii.gz"}) + "\n")
     with pytest.raises(FileNotFoundError, match=r"gone\.nii\.gz"):
         JsonlDataset(manifest)[0]
+
+
+def test_duplicate_case_ids(tmp_path, phantom, nifti):
+    nifti(tmp_path / "a.nii.gz", phantom())
+    manifest = tmp_path / "dup.jsonl"
+    manifest.write_text('{"image": "a.nii.gz", "case_id": "x"}\n{"image": "a.nii.gz", "case_id": "x"}\n')
+    with pytest.raises(ValueError, match=r"duplicate case ids: \['x'\]"):
+        JsonlDataset(manifest)
