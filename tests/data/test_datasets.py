@@ -141,5 +141,5 @@ def test_duplicate_case_ids(tmp_path, phantom, nifti):
     nifti(tmp_path / "a.nii.gz", phantom())
     manifest = tmp_path / "dup.jsonl"
     manifest.write_text('{"image": "a.nii.gz", "case_id": "x"}\n{"image": "a.nii.gz", "case_id": "x"}\n')
-    with pytest.raises(ValueError, match=r"duplicate case ids: \['x'\]"):
+    with pytest.raises(ValueError, match=r"dup\.jsonl: duplicate case ids: \['x'\]"):
         JsonlDataset(manifest)

@@ -144,18 +144,23 @@ class VolumeDataset(Dataset):
     Args:
         records: the cases, in a stable order (sharding relies on it).
         transform: optional callable applied to each sample (e.g. a PreprocessSpec).
+        source: the dataset's file or folder, named in error messages.
     """
 
     def __init__(
-        self, records: Sequence[CaseRecord], transform: Callable[[dict], dict] | None = None
+        self,
+        records: Sequence[CaseRecord],
+        transform: Callable[[dict], dict] | None = None,
+        *,
+        source: str | Path = "dataset",
     ) -> None:
         ids = [r.case_id for r in records]
         dup = sorted(i for i, n in Counter(ids).items() if n > 1)
         if dup:
-            raise ValueError(f"duplicate case ids: {dup[:5]}")
+            raise ValueError(f"{source}: duplicate case ids: {dup[:5]}")
         bad = [i for i in ids if not _SAFE_ID.match(i)]
         if bad:
-            raise ValueError(f"case ids must be file-name safe ([A-Za-z0-9._+-]), got {bad[:5]}")
+            raise ValueError(f"{source}: case ids must be file-name safe ([A-Za-z0-9._+-]), got {bad[:5]}")
         self.records = list(records)
         self.transform = transform
 

@@ -199,7 +199,7 @@ class CTRateDataset(VolumeDataset):
                 stacklevel=2,
             )
         self.n_excluded = len(found) - len(names)
-        super().__init__(records, transform)
+        super().__init__(records, transform, source=self.root)
 
     @staticmethod
     def _label_path(image: Path, name: str, suffix: str | None) -> Path | None:

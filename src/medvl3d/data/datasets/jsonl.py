@@ -45,4 +45,4 @@ class JsonlDataset(VolumeDataset):
                     records.append(rec)
         if not records:
             raise ValueError(f"{self.manifest}: no cases" + (f" with split {split!r}" if split else ""))
-        super().__init__(records, transform)
+        super().__init__(records, transform, source=self.manifest)

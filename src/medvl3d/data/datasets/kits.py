@@ -36,4 +36,4 @@ class KiTSDataset(VolumeDataset):
             )
         if not records:
             raise ValueError(f"{self.root}: no case_*/imaging.nii.gz found (KiTS23 layout)")
-        super().__init__(records, transform)
+        super().__init__(records, transform, source=self.root)

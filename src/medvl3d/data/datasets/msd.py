@@ -77,7 +77,7 @@ class MSDDataset(VolumeDataset):
                 records.append(rec)
         if not records:
             raise ValueError(f"{json_path}: no cases for split {split!r}")
-        super().__init__(records, transform)
+        super().__init__(records, transform, source=json_path)
 
     def _scan_folders(self) -> list[dict[str, Any]]:
         """Entries from ``imagesTr/`` + ``labelsTr/`` when the json lists none."""
