@@ -1,19 +1,19 @@
 """Atomic, byte-reproducible writers for the SynthCT-VL file layouts.
 
-NIfTI files are serialised by nibabel in memory and gzipped here with mtime 0 (nibabel's own gzip
-writer stamps the current time, which would make two identical runs differ). Every file is written
-to a temporary name in the target folder and moved into place with `os.replace`, so an interrupted
-run never leaves a half-written file under its final name.
+NIfTI files are serialised in memory (nibabel header + raw data) and gzipped here with mtime 0
+(nibabel's own gzip writer stamps the current time, which would make two identical runs differ).
+Every file is written to a temporary name in the target folder and moved into place with
+`os.replace`, so an interrupted run never leaves a half-written file under its final name.
 """
 
 from __future__ import annotations
 
 import csv
-import gzip
 import io
 import json
 import os
 import tempfile
+import zlib
 from pathlib import Path
 
 import nibabel as nib
@@ -73,8 +73,12 @@ def nifti_bytes(array: np.ndarray, affine: np.ndarray, *, compresslevel: int = 1
     # Single-file NIfTI-1: 348-byte header, 4-byte empty extension flag, then the Fortran-ordered data.
     # Serialising directly is several times faster than nibabel's chunked writer.
     raw = hdr.binaryblock + b"\x00" * 4 + np.asarray(array).tobytes(order="F")
-    # compresslevel 1: the noisy int16 CT barely compresses better at 6, and 6 costs ~6x the time.
-    return gzip.compress(raw, compresslevel=compresslevel, mtime=0)
+    # Noisy int16 CT gains little from LZ matching: Huffman-only deflate is ~40% faster than
+    # gzip level 1 for ~12% larger files. Label maps are long runs: run-length deflate is as fast as
+    # level 1 and smaller (measured on 64x128x128 volumes). wbits=31 writes a gzip header with mtime 0.
+    strategy = zlib.Z_RLE if array.dtype.itemsize == 1 else zlib.Z_HUFFMAN_ONLY
+    comp = zlib.compressobj(compresslevel, zlib.DEFLATED, 31, 9, strategy)
+    return comp.compress(raw) + comp.flush()
 
 
 def write_nifti(path: str | Path, array: np.ndarray, affine: np.ndarray, *, compresslevel: int = 1) -> None:
