@@ -235,19 +235,33 @@ def open_split(root: str | os.PathLike, split: str, format: str = "auto") -> Dat
     return open_dataset(root, split=split)
 
 
-def build_dataset(cfg: DataConfig, split: str, with_text: bool = True) -> Dataset:
+def build_dataset(
+    cfg: DataConfig, split: str, with_text: bool = True, rank: int = 0, world_size: int = 1
+) -> Dataset:
     """The preprocessed dataset of one split, with ``text`` per ``cfg.text_source`` when ``with_text``.
 
-    With ``cfg.cache_dir`` set, volumes are preprocessed once into ``medvl3d.data.cache`` shards and read
-    back from there; otherwise preprocessing runs on the fly in the loader workers.
+    With ``cfg.cache_dir`` set, volumes are preprocessed once into ``medvl3d.data.cache`` shards (each
+    rank writes its share, then all ranks wait for each other) and read back from there; otherwise
+    preprocessing runs on the fly in the loader workers.
     """
     spec = _preprocess_spec(cfg)
     base = open_split(cfg.root, split, cfg.format)
     if cfg.cache_dir:
         from medvl3d.data.cache import CachedDataset, preprocess_dataset
 
-        cache = preprocess_dataset(base, spec, cfg.cache_dir)
-        ds: Dataset = cache if isinstance(cache, Dataset) else CachedDataset(cache)
+        summary = preprocess_dataset(
+            base,
+            spec,
+            cfg.cache_dir,
+            shard=(rank, world_size),
+            workers=max(1, cfg.num_workers),
+            progress=rank == 0,
+        )
+        if world_size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+        ds: Dataset = CachedDataset(summary)
         if with_text:  # generated text is measured on the raw volumes, not the cached [0, 1] ones
             ds = TextSourceDataset(ds, cfg.text_source, cfg.summariser, cfg.generator, raw=base)
         return ds

@@ -256,13 +256,13 @@ def _run(
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
 
+    if dataset is None:  # first: bad data paths fail before any model is built
+        dataset = build_dataset(cfg.data, cfg.data.train_split, rank=dinfo.rank, world_size=dinfo.world_size)
+    modality, labels = _dataset_facts(dataset)
     _seed_all(tc.seed)  # same initial weights on every rank
     if model is None:
         model, task = _build_model_and_task(cfg)
     assert task is not None
-    if dataset is None:
-        dataset = build_dataset(cfg.data, cfg.data.train_split)
-    modality, labels = _dataset_facts(dataset)
     task.to(device)
     optimizer = build_optimizer(task, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, tc.steps)
@@ -334,6 +334,10 @@ def _run(
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}")
+            if log is not None and tc.eval_every > 0 and (step % tc.eval_every == 0 or step == tc.steps):
+                val = _zero_shot_eval(cfg, model, modality, labels)
+                log.write({"step": step, **val})
+                task.train()
             if (tc.ckpt_every > 0 and step % tc.ckpt_every == 0) or step == tc.steps:
                 _checkpoint(
                     cfg, dinfo, ckpt_dir, step, consumed, model, task, optimizer, scheduler, modality, labels
@@ -346,6 +350,23 @@ def _run(
         if log is not None:
             log.close()
     return run_dir
+
+
+def _zero_shot_eval(cfg: ExperimentConfig, model: nn.Module, modality: str, labels: Sequence[str]) -> dict:
+    """Zero-shot macro AUROC on the validation split (no bootstrap), for ``train.eval_every``."""
+    from medvl3d.eval.diagnosis import evaluate_diagnosis
+    from medvl3d.infer.predictor import Predictor
+
+    model = ckpt.unwrap_model(model)
+    predictor = Predictor(
+        model, make_info(cfg, model, modality, labels), device=next(model.parameters()).device
+    )
+    report = evaluate_diagnosis(
+        predictor, cfg.data.root, split=cfg.data.valid_split, bootstrap=0, progress=False
+    )
+    out = {"val_macro_auroc": report.macro["auroc"], "val_gap": report.modality_gap["before_bank"]}
+    out.update({f"val_{g}_auroc": info["auroc"] for g, info in report.groups.items()})
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def _checkpoint(
