@@ -155,6 +155,13 @@ def test_negation_scope_and_context(text, expected):
     assert status(text) == expected
 
 
+def test_historical_mentions():
+    (old,) = find_mentions("The consolidation seen in the previous examination has regressed.")
+    assert old.historical and not old.affirmed and not old.negated
+    (now,) = find_mentions("The nodule seen in the previous examination is stable.")
+    assert now.affirmed and not now.historical
+
+
 def test_mention_spans_index_the_input():
     text = "Trachea is open.  Bilateral pleural effusion-thickening is seen; no ground-glass opacity."
     for m in find_mentions(text):

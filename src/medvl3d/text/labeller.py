@@ -132,7 +132,7 @@ class ReportLabeller:
                     continue
                 if m.negated:
                     feats[i, 3] += 1
-                elif m.uncertain:
+                elif m.uncertain or m.historical:  # hedged, or only about an earlier examination
                     feats[i, 2] += 1
                     miss[i] *= 1 - w.p_uncertain
                 elif m.section == "impression":

@@ -90,6 +90,8 @@ class Mention:
         uncertain: the finding is hedged ("possible X", "X?", "X cannot be excluded").
         section: the report section the mention is in ("findings", "impression", ...).
         clause: the clause around the mention (used for locations and context).
+        historical: the clause is about an earlier examination and does not say the finding is there now
+            ("the consolidation seen in the previous examination has regressed").
     """
 
     finding: str
@@ -100,11 +102,12 @@ class Mention:
     uncertain: bool
     section: str
     clause: str
+    historical: bool = False
 
     @property
     def affirmed(self) -> bool:
-        """True when the finding is stated as present without hedging."""
-        return not self.negated and not self.uncertain
+        """True when the finding is stated as present now, without hedging."""
+        return not self.negated and not self.uncertain and not self.historical
 
 
 @dataclass(frozen=True)
@@ -175,7 +178,7 @@ def load_aliases(path: str | Path | None = None) -> AliasTable:
 
 
 def load_cues(path: str | Path | None = None) -> dict[str, list[str]]:
-    """Read the NegEx cue lists (pre/post negation, pseudo-negation, uncertainty, terminators)."""
+    """Read the NegEx cue lists (negation, pseudo-negation, uncertainty, terminators, temporality)."""
     path = DATA_DIR / "cues.yaml" if path is None else Path(path)
     raw = _read_yaml(path)
     keys = (
@@ -189,7 +192,8 @@ def load_cues(path: str | Path | None = None) -> dict[str, list[str]]:
     missing = [k for k in keys if k not in raw]
     if missing:
         raise ValueError(f"{path}: missing cue lists {missing}")
-    return {k: [str(p) for p in raw[k] or []] for k in keys}
+    # Temporality cues are optional (older cue files lack them).
+    return {k: [str(p) for p in raw.get(k) or []] for k in (*keys, "historical", "current")}
 
 
 #: The built-in alias table (canonical finding -> pattern lists).
@@ -238,6 +242,8 @@ class ReportParser:
         self._question = r"\?" in cues["post_uncertainty"]
         splits = [_word_alternation(cues["terminators"])] + _CLAUSE_SPLIT_EXTRA
         self._clause_split = re.compile("|".join(f"(?:{s})" for s in splits))
+        self._historical = _compile_list(cues.get("historical", []), "historical")
+        self._current = _compile_list(cues.get("current", []), "current")
 
     # ----------------------------------------------------------------------------------------------
     def clause_spans(self, norm: str, start: int, end: int) -> list[tuple[int, int]]:
@@ -289,6 +295,11 @@ class ReportParser:
         post_unc += pseudo_unc
         if self._question:
             post_unc += [(s + m.start(), s + m.end()) for m in re.finditer(r"\?", clause)]
+        historical = (
+            self._historical is not None
+            and self._historical.search(clause) is not None
+            and (self._current is None or self._current.search(clause) is None)
+        )
         out = []
         for ms, me, name, alias in hits:
             # Context may sit anywhere in the sentence ("plaques are seen, which involve the aorta").
@@ -303,7 +314,15 @@ class ReportParser:
             )
             out.append(
                 Mention(
-                    name, text[ms:me], ms, me, negated, uncertain and not negated, section, text[s:e].strip()
+                    name,
+                    text[ms:me],
+                    ms,
+                    me,
+                    negated,
+                    uncertain and not negated,
+                    section,
+                    text[s:e].strip(),
+                    historical and not negated,
                 )
             )
         return _drop_nested(out)
