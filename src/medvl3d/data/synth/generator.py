@@ -166,6 +166,8 @@ def generate(
         raise ValueError("'Lung nodule' follows the lung lesion types; make lung lesion types unseen instead")
 
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output path {out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     plans = plan_cases(
         n_train,

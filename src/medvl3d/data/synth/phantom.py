@@ -333,7 +333,6 @@ def _spine_and_ribs(anat: Anatomy, p: _Painter, rng, r, r_in) -> None:
 
 def _abdomen(anat: Anatomy, p: _Painter, rng, zdia, hiatal_hernia: bool, r: np.ndarray) -> None:
     u, lm, hu = rng.uniform, anat.landmarks, anat.hu
-    grid = anat.grid
     below = p.z < zdia - 3
     spine_y = lm["spine_y"]
     texture = 6.0 * p.tex
@@ -352,8 +351,10 @@ def _abdomen(anat: Anatomy, p: _Painter, rng, zdia, hiatal_hernia: bool, r: np.n
         )
     ]
 
+    wall_mask = np.isin(anat.organs, walls)  # these labels do not change while the abdomen is drawn
+
     def protected(sl):
-        return np.isin(anat.organs[sl], walls)
+        return wall_mask[sl]
 
     def organ(centre, radii, name: str, tissue: str, extra=None, keep=None):
         centre, radii = np.asarray(centre, np.float32), np.asarray(radii, np.float32)
@@ -400,12 +401,14 @@ def _abdomen(anat: Anatomy, p: _Painter, rng, zdia, hiatal_hernia: bool, r: np.n
     # Stomach: wall, fluid and an air cap anteriorly; a hernia pulls its fundus above the diaphragm.
     sc = np.array([-u(35, 50), u(30, 42), zl - u(35, 45)], np.float32)
     sr = np.array([u(38, 48), u(28, 36), u(32, 40)], np.float32)
-    _stomach(anat, p, sc, sr, below, rng)
+    _stomach(anat, p, sc, sr, below & ~wall_mask, rng)
     lm["stomach"] = {"centre": sc, "radii": sr}
     if hiatal_hernia:
         hc = np.array([-8, spine_y + u(38, 45), zl + u(18, 28)], np.float32)
         hr = np.array([u(20, 26), u(16, 20), u(18, 24)], np.float32)
-        _stomach(anat, p, hc, hr, np.ones(grid.shape, bool), rng)
+        # Above the diaphragm, beside the aorta: it may displace lung but never bone, aorta or heart.
+        hernia_ok = ~np.isin(anat.organs, [*walls[:4], ORGAN_IDS["aorta"], ORGAN_IDS["heart"]])
+        _stomach(anat, p, hc, hr, hernia_ok, rng)
         lm["hernia"] = {"centre": hc, "radii": hr}
 
     # Kidneys: cortex enhances more than medulla in the contrast phase.
