@@ -22,8 +22,6 @@ import nibabel as nib
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.transforms import ScaleIntensityRangePercentiles
-from monai.transforms.utils import generate_spatial_bounding_box
 
 from medvl3d.data.io import Volume, reorient_array, spacing_from_affine
 
@@ -227,6 +225,9 @@ def normalise_intensity(image: torch.Tensor, modality: str, spec: IntensitySpec)
         out = torch.sub(image.float(), lo)
         return out.mul_(1.0 / (hi - lo)).clamp_(0.0, 1.0)
     plo, phi = spec.mr_percentiles
+    # MONAI is imported where used: importing it costs seconds, which every CLI call would pay.
+    from monai.transforms import ScaleIntensityRangePercentiles
+
     tr = ScaleIntensityRangePercentiles(lower=plo, upper=phi, b_min=0.0, b_max=1.0, clip=True)
     return torch.as_tensor(tr(image.float())).float()
 
@@ -295,6 +296,8 @@ def preprocess_sample(sample: dict, spec: PreprocessSpec) -> dict:
     image = normalise_intensity(image, str(meta.get("modality", "unknown")), spec.intensity)
 
     if spec.foreground_crop:
+        from monai.transforms.utils import generate_spatial_bounding_box
+
         lo, hi = generate_spatial_bounding_box(
             image,
             select_fn=lambda x: x > spec.foreground_threshold,
