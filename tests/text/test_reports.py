@@ -202,7 +202,12 @@ def test_language_check():
         "Kein Pleuraerguss. Herzgröße normal, keine Lymphknotenvergrößerung im Mediastinum."
     )
     assert not is_english("Plevral efüzyon izlenmedi. Kalp boyutları normaldir.")
+    assert not is_english("Épanchement pleural bilatéral. Pas de nodule pulmonaire.")
     assert not is_english("...")
+    # Terse finding lists (summaries) are English too.
+    assert is_english(
+        "pleural effusion (bilateral). lung nodule (right upper lobe). degenerative spine changes."
+    )
 
 
 def test_real_report_sentences(real_dir):

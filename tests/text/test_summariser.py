@@ -8,6 +8,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
+from medvl3d.text.reports import is_english
 from medvl3d.text.summariser import (
     NO_FINDINGS,
     LLMError,
@@ -75,6 +76,7 @@ def test_real_reports_summaries(real_dir):
         summary = s.summarise(row["report_text"])
         assert summary == summary.lower() and summary.endswith(".")
     # The summary names pleural effusion exactly when the manual label says so, in nearly all reports.
+    assert all(is_english(s.summarise(r["report_text"])) for r in rows)
     hits = [
         ("pleural effusion" in s.summarise(r["report_text"])) == (r["Pleural effusion"] == "1") for r in rows
     ]

@@ -457,7 +457,11 @@ _RADIOLOGY_WORDS = frozenset(
     "lymph node nodes lymphadenopathy calcification calcified plaque plaques aorta aortic coronary artery "
     "arteries bronchiectasis thickening septal interlobular peribronchial fibrosis fibrotic sequelae mosaic "
     "attenuation pattern catheter stent pacemaker small large mild minimal moderate severe enlarged "
-    "chest".split()
+    "chest possible apical basal subpleural paratracheal subcarinal hilar axillary mediastinal lingula "
+    "pulmonary".split()
+)
+_VOCABULARY = (
+    _STOPWORDS | _RADIOLOGY_WORDS | frozenset(w for name in ALIASES for w in _WORD_RE.findall(name.lower()))
 )
 
 
@@ -469,18 +473,24 @@ def english_ratio(text: str) -> float:
     words = _WORD_RE.findall(text.lower())
     if not words:
         return 0.0
-    ratio = sum(w in _STOPWORDS for w in words) / len(words)
-    if len(words) < 8:  # too short for function words to show: count radiology vocabulary too
-        ratio = max(ratio, sum(w in _RADIOLOGY_WORDS for w in words) / len(words))
-    return ratio
+    return sum(w in _STOPWORDS for w in words) / len(words)
+
+
+def _vocabulary_ratio(text: str) -> float:
+    """Fraction of words that are English function words, radiology words or canonical finding words."""
+    words = _WORD_RE.findall(text.lower())
+    return sum(w in _VOCABULARY for w in words) / len(words) if words else 0.0
 
 
 def is_english(text: str, min_ratio: float = 0.15) -> bool:
-    """Whether ``text`` reads as English: at least ``min_ratio`` of its words are common English words.
+    """Whether ``text`` reads as English.
 
-    Real English reports score 0.3-0.5; German/French/Turkish reports score below 0.05.
+    Either at least ``min_ratio`` of its words are English function words (real English reports score
+    0.3-0.5, German/French/Turkish ones below 0.12), or it is a terse finding list ("pleural effusion
+    (bilateral). cardiomegaly.") of which at least half the words are radiology/canonical finding words;
+    a French list shares some Latin terms ("nodule") but not half its words.
     """
-    return english_ratio(text) >= min_ratio
+    return english_ratio(text) >= min_ratio or _vocabulary_ratio(text) >= 0.5
 
 
 @lru_cache(maxsize=1)
