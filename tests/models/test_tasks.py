@@ -46,28 +46,32 @@ def _train(task, batch, steps: int, lr: float = 2e-3) -> list[float]:
     ],
 )
 def test_few_steps_reduce_each_task_loss(task, model_kw, task_kw):
+    """Six AdamW steps on a fixed batch of 4 distinguishable volumes (residual CNN, 16^3). Over seeds 0-3
+    the loss ratio after/before was 0.01-0.47 (GTGM highest, its views are random); the bound is 0.6."""
     torch.manual_seed(0)
-    model = create_model("test_vit_clip", **model_kw)
+    model = create_model("test_resenc_clip", vision={"img_size": (16, 16, 16)}, **model_kw)
     t = build_task(task, model, **task_kw)
-    batch = _batch()
+    batch = _batch(size=16)
     before = t(batch)
     assert set(before) >= {"loss", "logit_scale", "gap"}
     assert all(not v.requires_grad for k, v in before.items() if k != "loss")
-    losses = _train(t, batch, steps=8)
+    losses = _train(t, batch, steps=6)
     with torch.no_grad():
         after = t(batch)["loss"].item()
-    assert after < 0.8 * before["loss"].item(), (task, losses)
+    assert after < 0.6 * before["loss"].item(), (task, losses)
 
 
-def test_clip_on_residual_cnn_learns_below_chance():
+def test_vit_clip_loss_falls():
+    """The tiny ViT learns more slowly (its embeddings start nearly parallel): 8 steps gave ratios
+    0.54-0.75 over seeds 0-3; the bound is 0.9."""
     torch.manual_seed(0)
-    model = create_model("test_resenc_clip", vision={"img_size": (16, 16, 16)})
-    t = build_task("clip", model)
-    batch = _batch(size=16)
-    _train(t, batch, steps=10)
+    t = build_task("clip", create_model("test_vit_clip"))
+    batch = _batch()
     with torch.no_grad():
-        loss = t(batch)["loss"].item()
-    assert loss < 0.5 * math.log(4), loss  # chance is log(B)
+        before = t(batch)["loss"].item()
+    _train(t, batch, steps=8)
+    with torch.no_grad():
+        assert t(batch)["loss"].item() < 0.9 * before
 
 
 def test_brgsa_parts_and_weights():
