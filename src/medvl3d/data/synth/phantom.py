@@ -415,6 +415,13 @@ def _abdomen(anat: Anatomy, p: _Painter, rng, zdia, hiatal_hernia: bool, r: np.n
     for side, sgn, ztop in (("right", 1, zr), ("left", -1, zl)):
         kc = [sgn * u(62, 72), spine_y + u(12, 20), ztop - u(95, 110)]
         kr = [u(24, 30), u(24, 30), u(48, 58)]
+        # Perirenal fat: a fat capsule that separates the kidney from liver, spleen and bowel.
+        fat_r = np.asarray(kr, np.float32) + u(5, 9)
+        fsl, (fx, fy, fz) = p.sub(np.asarray(kc) - fat_r, np.asarray(kc) + fat_r)
+        if fsl is not None:
+            capsule = (ellipsoid_level(fx, fy, fz, np.asarray(kc, np.float32), fat_r) < 1) & below[fsl]
+            capsule &= ~protected(fsl)
+            p.paint(fsl, capsule, hu("fat") + texture[fsl], 0)
         sl, m = organ(kc, kr, f"kidney_{side}", "kidney")
         if sl is not None:
             lev = ellipsoid_level(p.x[sl], p.y[sl], p.z[sl], np.asarray(kc), np.asarray(kr))

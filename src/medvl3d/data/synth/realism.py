@@ -90,8 +90,8 @@ def compare_with_totalseg(real_dir: str | Path, png_dir: str | Path, *, seed: in
 
     # Slices through liver, spleen and both kidneys (and a vertebral body, not a disc) in each volume.
     def level(seg, ids):
-        present = np.stack([np.isin(seg, [i]).any((0, 1)) for i in ids])
-        return int(np.argmax(present.sum(0) * 1000 + np.isin(seg, ids).sum((0, 1)) / 1e6))
+        # The slice where the smallest of these organs is largest: all of them well in view.
+        return int(np.argmax(np.stack([(seg == i).sum((0, 1)) for i in ids]).min(0)))
 
     k_real = level(real_seg, [names["liver"], names["spleen"], names["kidney_right"], names["kidney_left"]])
     k_syn = level(
