@@ -42,7 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n-test", type=int, default=64)
     p.add_argument("--size", type=int, default=32, help="cubic volume size (must match the tiny configs)")
     p.add_argument("--data-seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=120, help="optimiser steps per run")
+    p.add_argument("--steps", type=int, default=200, help="optimiser steps per run")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
