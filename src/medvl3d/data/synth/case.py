@@ -132,7 +132,7 @@ def make_case(plan: CasePlan, cfg: CaseConfig, out_dir: str) -> dict:
 
     # 2. Anatomy (cardiomegaly and hiatal hernia change it directly).
     grid = Grid.centred(cfg.shape_xyz, cfg.spacing_xyz, FOV_CENTRE)
-    heart_scale = rng.uniform(1.22, 1.35) if labels["Cardiomegaly"] else rng.uniform(0.93, 1.05)
+    heart_scale = rng.uniform(1.2, 1.3) if labels["Cardiomegaly"] else rng.uniform(0.93, 1.05)
     anat = build_anatomy(
         grid, rng, phase, heart_scale=heart_scale, hiatal_hernia=bool(labels["Hiatal hernia"])
     )

@@ -49,7 +49,7 @@ LESION_ORGAN_IDS: dict[str, tuple[int, ...]] = {
 #: texts; the docs page compares the rendered organ means with a real CT.
 TISSUE_HU: dict[str, tuple[float, float]] = {
     "air": (-1000, -1000),
-    "lung": (-850, -840),
+    "lung": (-865, -855),
     "fat": (-100, -100),
     "muscle": (50, 60),
     "liver": (55, 110),
@@ -205,8 +205,8 @@ def _thorax(anat: Anatomy, p: _Painter, rng, r, r_in, zdia, heart_scale: float) 
     apex = lm["carina"][2] + u(70, 90)
     spine_y = lm["spine_y"]
     hc = np.array([u(-30, -18), u(15, 30), lm["dome_left"] + u(40, 50)], np.float32)
-    hr = np.array([u(55, 65), u(45, 52), u(48, 55)], np.float32) * heart_scale
-    hc[2] = max(hc[2], lm["dome_left"] + hr[2] * 0.85)
+    hr = np.array([u(48, 56), u(40, 46), u(45, 52)], np.float32) * heart_scale
+    hc[2] = lm["dome_left"] + hr[2] * u(0.7, 0.8)  # resting on the left dome, top below the carina
     lm["heart_centre"], lm["heart_radii"] = hc, hr
     # Work on the slab above the lowest point of the diaphragm (and the heart) only.
     g = anat.grid
