@@ -69,34 +69,29 @@ def cpu_vit_clip() -> VLConfig:
     return VLConfig(vision=vision, text=TextTowerConfig(name="all-MiniLM-L6-v2"), embed_dim=128)
 
 
+def _gpu_vit(img_size: tuple[int, int, int], patch: tuple[int, int, int], width: int, heads: int) -> VLConfig:
+    """A depth-12 ViT with MiniLM text (top 2 layers trained) and a 512-d joint space."""
+    vision = VisionConfig(arch="vit", img_size=img_size, patch_size=patch, width=width, depth=12, heads=heads)
+    text = TextTowerConfig(name="all-MiniLM-L6-v2", trainable_layers=2)
+    return VLConfig(vision=vision, text=text, embed_dim=512)
+
+
 @register_model
 def vit3d_small_clip() -> VLConfig:
     """GPU size: 160x160x96 input, patch 16 (600 tokens), ViT-S (width 384, depth 12, 6 heads)."""
-    vision = VisionConfig(
-        arch="vit", img_size=(160, 160, 96), patch_size=(16, 16, 16), width=384, depth=12, heads=6
-    )
-    text = TextTowerConfig(name="all-MiniLM-L6-v2", trainable_layers=2)
-    return VLConfig(vision=vision, text=text, embed_dim=512)
+    return _gpu_vit((160, 160, 96), (16, 16, 16), 384, 6)
 
 
 @register_model
 def vit3d_small_aniso_clip() -> VLConfig:
     """ViT-S for thick-slice volumes: 160x160x48 input with patch (16, 16, 8) (600 tokens)."""
-    vision = VisionConfig(
-        arch="vit", img_size=(160, 160, 48), patch_size=(16, 16, 8), width=384, depth=12, heads=6
-    )
-    text = TextTowerConfig(name="all-MiniLM-L6-v2", trainable_layers=2)
-    return VLConfig(vision=vision, text=text, embed_dim=512)
+    return _gpu_vit((160, 160, 48), (16, 16, 8), 384, 6)
 
 
 @register_model
 def vit3d_base_clip() -> VLConfig:
     """GPU size: 160x160x96 input, patch 16, ViT-B (width 768, depth 12, 12 heads)."""
-    vision = VisionConfig(
-        arch="vit", img_size=(160, 160, 96), patch_size=(16, 16, 16), width=768, depth=12, heads=12
-    )
-    text = TextTowerConfig(name="all-MiniLM-L6-v2", trainable_layers=2)
-    return VLConfig(vision=vision, text=text, embed_dim=512)
+    return _gpu_vit((160, 160, 96), (16, 16, 16), 768, 12)
 
 
 @register_model
