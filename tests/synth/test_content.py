@@ -180,3 +180,20 @@ def test_bad_split_arguments(tmp_path):
         )
     with pytest.raises(ValueError, match="size"):
         generate(tmp_path, n_train=1, n_test=0, size=(4, 4, 4), progress=False)
+
+
+def test_make_case_honours_forced_and_forbidden(tmp_path, report_checker):
+    """A forced abnormality is drawn and reported; a forbidden one never is, whatever the draws."""
+    from medvl3d.data.synth.case import CaseConfig, CasePlan, make_case
+
+    types = load_lesion_types()
+    seen = tuple(n for n, t in types.items() if not t.unseen)
+    cfg = CaseConfig((48, 48, 32), (7.5, 7.5, 10.0), 4, types)
+    drawable = frozenset(n for n in DRAWN if n != "Lung nodule")
+    row = make_case(CasePlan("train", 0, seen, (), forced=drawable), cfg, str(tmp_path))
+    on = {n for n, v in row["labels"].items() if v}
+    assert len(on & drawable) >= 14  # a drawer may skip when its region is out of view at this size
+    assert on <= report_checker(row["report"]["Findings_EN"] + " " + row["report"]["Impressions_EN"])
+    row = make_case(CasePlan("train", 1, (), (), forbidden=frozenset(CTRATE_LABELS)), cfg, str(tmp_path))
+    assert not any(row["labels"].values()) and row["lesions"] == {}
+    assert row["report"]["Impressions_EN"] == "Thoracic CT examination within normal limits."
