@@ -197,3 +197,12 @@ def test_make_case_honours_forced_and_forbidden(tmp_path, report_checker):
     row = make_case(CasePlan("train", 1, (), (), forbidden=frozenset(CTRATE_LABELS)), cfg, str(tmp_path))
     assert not any(row["labels"].values()) and row["lesions"] == {}
     assert row["report"]["Impressions_EN"] == "Thoracic CT examination within normal limits."
+
+
+def test_rerun_with_fewer_cases_warns_about_stale_folders(tmp_path):
+    from medvl3d.data.synth import generate
+
+    kw = dict(size=(16, 24, 24), spacing=(20.0, 15.0, 15.0), workers=1, progress=False)
+    generate(tmp_path, n_train=2, n_test=0, **kw)
+    with pytest.warns(UserWarning, match="earlier run"):
+        generate(tmp_path, n_train=1, n_test=0, **kw)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import time
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -202,6 +203,7 @@ def generate(
     bar.close()
     wall = time.perf_counter() - t_start
 
+    _warn_stale(out, n_train, n_test)
     _write_tables(out, rows, spacing)
     _write_msd(out, rows)
     args = {
@@ -237,6 +239,22 @@ def generate(
         },
     )
     return _summary(out, rows, wall, workers)
+
+
+def _warn_stale(out: Path, n_train: int, n_test: int) -> None:
+    """Warn about case folders of an earlier, larger run in OUT (they are not in the new tables)."""
+    stale = []
+    for split, n in (("train", n_train), ("valid", n_test)):
+        for folder in sorted((out / split).glob(f"{split}_*")) if (out / split).is_dir() else []:
+            suffix = folder.name[len(split) + 1 :]
+            if suffix.isdigit() and int(suffix) > n:
+                stale.append(folder)
+    if stale:
+        warnings.warn(
+            f"{out}: {len(stale)} case folder(s) from an earlier run are not part of this one "
+            f"(e.g. {stale[0]}); generate into an empty folder to avoid mixing runs",
+            stacklevel=3,
+        )
 
 
 def _write_tables(out: Path, rows: list[dict], spacing) -> None:
