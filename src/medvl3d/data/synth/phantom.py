@@ -112,7 +112,7 @@ class _Painter:
     def sub(self, lo, hi):
         sl = self.a.grid.box(lo, hi)
         if sl is None:
-            return None, None
+            return None, (None, None, None)
         return sl, (self.x[sl], self.y[sl], self.z[sl])
 
     def paint(self, sl, mask, hu: float | np.ndarray | None, label: int | None) -> None:
