@@ -70,11 +70,13 @@ class ResidualEncoder3D(nn.Module):
 
     def _stage_outputs(self, x: torch.Tensor, upto: int) -> list[torch.Tensor]:
         check_volume_batch(x, self.cfg.in_chans, type(self).__name__)
-        min_size = 2 ** (len(self.stages) - 1)
-        if min(x.shape[2:]) < min_size:
+        factor = 2 ** (len(self.stages) - 1)
+        last = [-(-s // factor) for s in x.shape[2:]]  # each stride-2 stage maps s to ceil(s / 2)
+        if min(x.shape[2:]) < factor or last[0] * last[1] * last[2] < 2:
             raise ValueError(
                 f"{type(self).__name__}: input size {tuple(x.shape[2:])} is too small for "
-                f"{len(self.stages)} stages (needs >= {min_size} voxels per axis)"
+                f"{len(self.stages)} stages (needs >= {factor} voxels per axis and a last feature map of "
+                "more than one voxel)"
             )
         x = self.stem(x)
         outs = []
