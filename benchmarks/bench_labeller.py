@@ -48,14 +48,15 @@ def minilm_baseline(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     from medvl3d.text.encoders import build_text_encoder
 
     torch.set_grad_enabled(False)
-    enc = build_text_encoder("all-MiniLM-L6-v2", max_length=128, cache_size=0)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    enc = build_text_encoder("all-MiniLM-L6-v2", max_length=128, cache_size=0, device=device)
     names = [lab.lower() for lab in CTRATE_LABELS]
     prompts = enc.encode(names + [f"no {n}" for n in names], batch_size=64)
     pos, neg = prompts[:18], prompts[18:]
 
     def probs(emb: torch.Tensor) -> torch.Tensor:
         logits = torch.stack([emb @ pos.T, emb @ neg.T], dim=-1) / TAU
-        return logits.softmax(-1)[..., 0]
+        return logits.softmax(-1)[..., 0].cpu()
 
     sentences = [split_sentences(t) or [t] for t in texts]
     flat = [s for sents in sentences for s in sents]
@@ -89,7 +90,7 @@ def main() -> None:
         tables["minilm-report"] = evaluate_labeller(None, y, probs=whole)
     tables["rules"] = evaluate_labeller(None, y, probs=labeller.proba_from_features(feats))
     cv = cross_validate(texts, y, k=args.folds, seed=0, features=feats)
-    tables[f"rules+LR ({args.folds}-fold cv)"] = evaluate_labeller(None, y, probs=cv)
+    tables[f"rules+LR {args.folds}-fold cv"] = evaluate_labeller(None, y, probs=cv)
 
     print(f"{len(texts)} reports from {args.csv}")
     print(format_table(tables))
@@ -97,7 +98,8 @@ def main() -> None:
     print(f"\nrule labeller: {rate:.0f} reports/s ({seconds:.2f} s for {len(texts)}, one CPU process)")
     if not args.no_baseline:
         threads = torch.get_num_threads()
-        print(f"MiniLM baseline: {base_seconds:.1f} s for {len(texts)} reports on {threads} threads")
+        where = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{threads} CPU threads"
+        print(f"MiniLM baseline: {base_seconds:.1f} s for {len(texts)} reports on {where}")
 
 
 if __name__ == "__main__":

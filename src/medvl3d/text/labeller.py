@@ -370,11 +370,16 @@ def format_table(tables: dict[str, dict[str, dict[str, float]]]) -> str:
     """Side-by-side text table of several ``evaluate_labeller`` results (name -> table)."""
     names = list(tables)
     labels = [k for k in next(iter(tables.values())) if k != "macro"] + ["macro"]
-    head = f"{'label':34s} {'n_pos':>5s} " + " ".join(f"{n[:14] + ' AUROC':>20s} {'F1':>6s}" for n in names)
-    lines = [head, "-" * len(head)]
+    widths = [max(len(n), 12) for n in names]
+    head = f"{'label':34s} {'n_pos':>5s} " + " | ".join(f"{n:>{w}s}" for n, w in zip(names, widths))
+    sub = f"{'':34s} {'':5s} " + " | ".join(f"{'AUROC    F1':>{w}s}" for w in widths)
+    lines = [head, sub, "-" * len(head)]
     for lab in labels:
         first = tables[names[0]][lab]
         n_pos = str(first.get("n_pos", "")) if lab != "macro" else ""
-        cells = " ".join(f"{tables[n][lab]['auroc']:20.3f} {tables[n][lab]['f1']:6.3f}" for n in names)
+        cells = " | ".join(
+            f"{tables[n][lab]['auroc']:>{w - 7}.3f} {tables[n][lab]['f1']:6.3f}"
+            for n, w in zip(names, widths)
+        )
         lines.append(f"{lab:34s} {n_pos:>5s} {cells}")
     return "\n".join(lines)
