@@ -73,7 +73,9 @@ class Grid:
 
     def index_of(self, p) -> tuple[int, int, int] | None:
         """Nearest voxel index of world point `p`, or None outside the grid."""
-        idx = tuple(int(round((c - o) / sp)) for c, o, sp in zip(np.asarray(p).tolist(), self.origin, self.spacing))
+        idx = tuple(
+            int(round((c - o) / sp)) for c, o, sp in zip(np.asarray(p).tolist(), self.origin, self.spacing)
+        )
         if all(0 <= i < n for i, n in zip(idx, self.shape)):
             return idx
         return None
