@@ -182,6 +182,13 @@ def test_evaluate_labeller_hand_computed():
         evaluate_labeller(None, y, probs=probs[:, :1], labels=labels)
 
 
+def test_non_string_report_is_an_error(labeller):
+    with pytest.raises(ValueError, match="string"):
+        labeller.predict_proba(None)
+    with pytest.raises(ValueError, match="report 1 must be a string"):
+        labeller.predict_many(["No effusion.", float("nan")], progress=False)
+
+
 def test_unknown_label_is_an_error():
     with pytest.raises(ValueError, match="Unicorn"):
         ReportLabeller(labels=("Unicorn",))

@@ -174,6 +174,8 @@ class ReportLabeller:
     def predict_proba(self, report: str) -> dict[str, float]:
         """Probability per label for one report; unreadable reports give zeros (see ``report_problem``)."""
         problem = report_problem(report)
+        if problem == "not a string":
+            raise ValueError(f"report must be a string, got {type(report).__name__}")
         if problem is not None:
             if problem == "not English":
                 warnings.warn(
@@ -192,6 +194,9 @@ class ReportLabeller:
     def predict_many(self, reports: Sequence[str], progress: bool = True) -> np.ndarray:
         """Probabilities ``[N, len(labels)]`` for many reports (unreadable ones give zero rows)."""
         reports = list(reports)
+        for i, r in enumerate(reports):
+            if not isinstance(r, str):
+                raise ValueError(f"report {i} must be a string, got {type(r).__name__}")
         probs = self.proba_from_features(self.features_many(reports, progress))
         bad = [i for i, r in enumerate(reports) if report_problem(r) is not None]
         probs[bad] = 0.0
