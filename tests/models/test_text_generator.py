@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +14,7 @@ from medvl3d.text.generator import (
     TextGenerator,
     build_text_generator,
     measure_ct,
+    report_or_generated,
 )
 
 SPACING = (10.0, 10.0, 10.0)  # 32^3 voxels of 1 mL: a 32 cm field of view
@@ -133,3 +136,35 @@ def test_build_text_generator_and_wrappers():
         build_text_generator({"type": "measured", "temperature": 1.0})
     with pytest.raises(FileNotFoundError, match="not found"):
         build_text_generator({"type": "transformers", "path": "/nonexistent/llm"})
+
+
+def test_report_or_generated_prefers_the_report():
+    gen = CallableTextGenerator(lambda s: "generated")
+    assert report_or_generated({"report": " Findings: none. "}, gen) == "Findings: none."
+    assert report_or_generated({"report": "  "}, gen) == "generated"
+    assert report_or_generated({}, gen) == "generated"
+
+
+def test_transformers_generator_with_a_tiny_local_lm(tmp_path):
+    """A random 1-layer GPT-2 saved locally with the MiniLM tokenizer: the wrapper loads it offline and
+    returns only the continuation, deterministically (greedy)."""
+    transformers = pytest.importorskip("transformers")
+    from medvl3d.text.encoders import minilm_path
+
+    try:
+        src = minilm_path()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (src / name).exists():
+            shutil.copy(src / name, tmp_path / name)
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(
+        vocab_size=30522, n_positions=512, n_embd=16, n_layer=1, n_head=2, bos_token_id=101, eos_token_id=102
+    )
+    transformers.GPT2LMHeadModel(cfg).save_pretrained(tmp_path)
+    gen = build_text_generator({"type": "transformers", "path": str(tmp_path), "max_new_tokens": 6})
+    sample = _sample(_phantom())
+    text = gen.generate(sample)
+    assert text and text == gen.generate(sample)
+    assert "Measurements:" not in text  # the prompt is not echoed

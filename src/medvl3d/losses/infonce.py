@@ -39,7 +39,7 @@ def local_label_offset(n_local: int) -> int:
     return rank * n_local
 
 
-def _check_pairs(image_emb: torch.Tensor, text_emb: torch.Tensor, name: str) -> None:
+def check_pairs(image_emb: torch.Tensor, text_emb: torch.Tensor, name: str) -> None:
     if image_emb.ndim != 2 or image_emb.shape != text_emb.shape:
         raise ValueError(
             f"{name} expects paired [B, E] embeddings, got {tuple(image_emb.shape)} and "
@@ -58,7 +58,7 @@ def clip_loss(
         logit_scale: the multiplier of the cosine logits (already exponentiated and clamped).
         gather: score local rows against the embeddings of all ranks.
     """
-    _check_pairs(image_emb, text_emb, "clip_loss")
+    check_pairs(image_emb, text_emb, "clip_loss")
     all_img = gather_with_grad(image_emb) if gather else image_emb
     all_txt = gather_with_grad(text_emb) if gather else text_emb
     offset = local_label_offset(image_emb.shape[0]) if gather else 0

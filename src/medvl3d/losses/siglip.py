@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from medvl3d.losses.infonce import _check_pairs, gather_with_grad, local_label_offset
+from medvl3d.losses.infonce import check_pairs, gather_with_grad, local_label_offset
 
 
 def siglip_loss(
@@ -28,7 +28,7 @@ def siglip_loss(
         logit_bias: bias (SigLIP initialises it at -10).
         gather: include the texts of all ranks as negatives.
     """
-    _check_pairs(image_emb, text_emb, "siglip_loss")
+    check_pairs(image_emb, text_emb, "siglip_loss")
     all_txt = gather_with_grad(text_emb) if gather else text_emb
     offset = local_label_offset(image_emb.shape[0]) if gather else 0
     logits = (logit_scale * image_emb @ all_txt.t() + logit_bias).float()

@@ -394,6 +394,12 @@ class TransformersTextGenerator:
         return text
 
 
+def report_or_generated(sample: dict, generator: TextGenerator) -> str:
+    """The sample's report when it has one, else text from `generator` (GTGM: every volume gets text)."""
+    report = sample.get("report") or ""
+    return report.strip() if report.strip() else generator.generate(sample)
+
+
 _GENERATORS: dict[str, type] = {"measured": MeasuredTextGenerator, "transformers": TransformersTextGenerator}
 
 

@@ -12,7 +12,6 @@ import inspect
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from medvl3d.losses import barlow_twins_loss, clip_loss, modality_gap, siglip_loss
@@ -177,7 +176,8 @@ class GTGMTask(nn.Module):
     z are the normalised image embeddings of the two views, passed through a projector MLP
     (Linear-BatchNorm-ReLU-Linear, as in Barlow Twins) when `projector_dim > 0`. The default is no
     projector, so the view-view term acts on the joint embedding itself and the task has no parameters
-    outside the model (a checkpoint of the model is then the whole state).
+    outside the model (a checkpoint of the model is then the whole state). The projector's BatchNorm uses
+    per-rank statistics under DDP (the Barlow Twins loss itself uses the gathered batch).
 
     Args:
         model: the vision-language model.
@@ -239,5 +239,5 @@ class GTGMTask(nn.Module):
         loss = clip + self.barlow_weight * barlow
         return {
             "loss": loss,
-            **_log(clip=clip, barlow=barlow, logit_scale=s, gap=modality_gap(F.normalize(v1, dim=-1), t)),
+            **_log(clip=clip, barlow=barlow, logit_scale=s, gap=modality_gap(v1, t)),
         }
