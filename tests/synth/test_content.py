@@ -206,3 +206,31 @@ def test_rerun_with_fewer_cases_warns_about_stale_folders(tmp_path):
     generate(tmp_path, n_train=2, n_test=0, **kw)
     with pytest.warns(UserWarning, match="earlier run"):
         generate(tmp_path, n_train=1, n_test=0, **kw)
+
+
+@pytest.mark.slow
+def test_underrepresented_prevalence_end_to_end(tmp_path):
+    """100 small training cases: each underrepresented abnormality in exactly 2, unseen ones in none."""
+    import csv
+
+    from medvl3d.data.synth import generate
+
+    generate(
+        tmp_path,
+        n_train=100,
+        n_test=0,
+        size=(16, 32, 32),
+        spacing=(20.0, 11.0, 11.0),
+        seed=5,
+        workers=2,
+        progress=False,
+    )
+    splits = json.loads((tmp_path / "splits.json").read_text())
+    with open(tmp_path / "multi_abnormality_labels" / "train_predicted_labels.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 100
+    for name in splits["abnormalities"]["underrepresented"]:
+        assert sum(int(r[name]) for r in rows) <= 2
+    for name in splits["abnormalities"]["unseen"]:
+        assert sum(int(r[name]) for r in rows) == 0
+    assert sum(int(r["Lung nodule"]) for r in rows) > 10  # seen findings keep their usual prevalence
