@@ -265,7 +265,7 @@ def _gaps(model: Any, image_emb: torch.Tensor, reports: list[str]) -> dict[str, 
 
 def evaluate_diagnosis(
     checkpoint: str | os.PathLike | Any,
-    data: str | os.PathLike | Dataset,
+    data: str | os.PathLike | Dataset | Sequence[dict],
     split: str = "valid",
     labels: Sequence[str] | None = None,
     bootstrap: int = 1000,
@@ -280,7 +280,7 @@ def evaluate_diagnosis(
 
     Args:
         checkpoint: checkpoint/run folder, or a ready :class:`~medvl3d.infer.Predictor`.
-        data: dataset root (any layout ``open_dataset`` reads) or a Dataset of raw samples.
+        data: dataset root (any layout ``open_dataset`` reads), or a Dataset / list of raw samples.
         split: which split of ``data``.
         labels: abnormality names to evaluate (default: every label the cases carry).
         bootstrap: number of case resamples for the 95% intervals (0 = none).
@@ -295,12 +295,12 @@ def evaluate_diagnosis(
     predictor = (
         checkpoint if isinstance(checkpoint, Predictor) else Predictor.from_checkpoint(checkpoint, device)
     )
-    if isinstance(data, Dataset):
-        dataset, root = data, None
-    else:
+    if isinstance(data, (str, os.PathLike)):
         from medvl3d.train.data import open_split
 
         dataset, root = open_split(data, split), data
+    else:  # a Dataset or any sequence of raw samples
+        dataset, root = data, None
     if groups is None:
         groups = load_label_groups(root) if root is not None else {}
     names, truth, probs, image_emb, reports = score_dataset(predictor, dataset, labels, batch_size, progress)
