@@ -259,7 +259,7 @@ def load_config(path: str | os.PathLike | dict, overrides: typing.Iterable[str] 
         if not p.is_file():
             raise FileNotFoundError(f"config file not found: {p}")
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
             raise ValueError(f"{p}: not valid YAML: {exc}") from exc
         source = str(p)

@@ -148,7 +148,10 @@ def test_cli_preprocess_and_info(msd_task, tmp_path, capsys):
     assert "3 written, 0 already done, 0 failed of 3 cases" in capsys.readouterr().out
     ds = open_dataset(out)
     assert isinstance(ds, CachedDataset) and ds[0]["image"].shape == (1, 8, 8, 8)
-    assert json.loads((out / "spec.json").read_text())["spec"]["intensity"]["ct_window"] == [-500.0, 500.0]
+    assert json.loads((out / "spec.json").read_text(encoding="utf-8"))["spec"]["intensity"]["ct_window"] == [
+        -500.0,
+        500.0,
+    ]
 
     assert main(["info", str(msd_task / "imagesTr" / "tiny_000.nii.gz"), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)

@@ -50,7 +50,7 @@ def ctrate(tmp_path, phantom, nifti):
         ["VolumeName", "XYSpacing", "ZSpacing", "RescaleSlope", "RescaleIntercept"],
         [[f"train_{n}_a_1.nii.gz", "[0.75, 0.75]", "2.5", "1", "-1024"] for n in range(1, 5)],
     )
-    (root / "exclude.txt").write_text("train_4_a_1.nii.gz\n")
+    (root / "exclude.txt").write_text("train_4_a_1.nii.gz\n", encoding="utf-8")
     return root, hu
 
 

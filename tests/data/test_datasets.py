@@ -59,9 +59,9 @@ def test_label_affine_mismatch(msd_task, nifti):
 
 
 def test_msd_split_key_and_transform(msd_task):
-    info = json.loads((msd_task / "dataset.json").read_text())
+    info = json.loads((msd_task / "dataset.json").read_text(encoding="utf-8"))
     info["training"][2]["split"] = "val"
-    (msd_task / "dataset_split.json").write_text(json.dumps(info))
+    (msd_task / "dataset_split.json").write_text(json.dumps(info), encoding="utf-8")
     val = MSDDataset(
         msd_task / "dataset_split.json", split="val", transform=PreprocessSpec(spacing=(2, 2, 2))
     )
@@ -114,10 +114,10 @@ def test_jsonl_manifest(tmp_path, phantom, nifti):
 
 def test_jsonl_errors_name_the_line(tmp_path):
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"image": "a.nii.gz"}\n{"image": oops}\n')
+    bad.write_text('{"image": "a.nii.gz"}\n{"image": oops}\n', encoding="utf-8")
     with pytest.raises(ValueError, match=r"bad\.jsonl:2: invalid JSON"):
         JsonlDataset(bad)
-    bad.write_text('{"image": "a.nii.gz"}\n{"report": "x"}\n')
+    bad.write_text('{"image": "a.nii.gz"}\n{"report": "x"}\n', encoding="utf-8")
     with pytest.raises(ValueError, match=r"bad\.jsonl:2: each entry needs an 'image' path"):
         JsonlDataset(bad)
 
@@ -132,7 +132,7 @@ def test_unknown_layout(tmp_path):
 
 def test_missing_image_file_names_it(tmp_path):
     manifest = tmp_path / "m.jsonl"
-    manifest.write_text(json.dumps({"image": "gone.nii.gz"}) + "\n")
+    manifest.write_text(json.dumps({"image": "gone.nii.gz"}) + "\n", encoding="utf-8")
     with pytest.raises(FileNotFoundError, match=r"gone\.nii\.gz"):
         JsonlDataset(manifest)[0]
 
@@ -140,6 +140,8 @@ def test_missing_image_file_names_it(tmp_path):
 def test_duplicate_case_ids(tmp_path, phantom, nifti):
     nifti(tmp_path / "a.nii.gz", phantom())
     manifest = tmp_path / "dup.jsonl"
-    manifest.write_text('{"image": "a.nii.gz", "case_id": "x"}\n{"image": "a.nii.gz", "case_id": "x"}\n')
+    manifest.write_text(
+        '{"image": "a.nii.gz", "case_id": "x"}\n{"image": "a.nii.gz", "case_id": "x"}\n', encoding="utf-8"
+    )
     with pytest.raises(ValueError, match=r"dup\.jsonl: duplicate case ids: \['x'\]"):
         JsonlDataset(manifest)

@@ -61,7 +61,7 @@ def test_dicom_series_geometry_matches_its_segmentation(ts, dicom):
 
 
 def _ids(ts, prefixes: tuple[str, ...]) -> list[int]:
-    cmap = json.loads((ts / "ts_class_map.json").read_text())["total"]
+    cmap = json.loads((ts / "ts_class_map.json").read_text(encoding="utf-8"))["total"]
     return [int(k) for k, v in cmap.items() if v.startswith(prefixes)]
 
 

@@ -55,7 +55,9 @@ def pretrained(tmp_path_factory):
 
 def test_pretraining_loss_falls(pretrained):
     _, run = pretrained
-    losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    losses = [
+        json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
     first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
     assert last < first - 0.3, f"loss did not fall: {first:.3f} -> {last:.3f}"
 

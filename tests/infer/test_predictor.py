@@ -158,7 +158,7 @@ def test_diagnose_cli_errors(ckpt, volume, tmp_path, capsys):
     (broken / "config.json").unlink()
     assert main(["diagnose", vol, "--checkpoint", str(broken), "--labels", "emphysema"]) == 2
     assert "missing config.json" in capsys.readouterr().err
-    (broken / "config.json").write_text((ckpt / "config.json").read_text())
+    (broken / "config.json").write_text((ckpt / "config.json").read_text(encoding="utf-8"))
     (broken / "model.safetensors").unlink()
     assert main(["diagnose", vol, "--checkpoint", str(broken), "--labels", "emphysema"]) == 2
     assert "missing model.safetensors" in capsys.readouterr().err

@@ -20,7 +20,10 @@ SIDE_IDS = {"left kidney": ORGAN_IDS["kidney_left"], "right kidney": ORGAN_IDS["
 
 
 def _manifest(out, split):
-    return [json.loads(line) for line in (out / f"manifest_{split}.jsonl").read_text().splitlines()]
+    return [
+        json.loads(line)
+        for line in (out / f"manifest_{split}.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
 
 
 def test_every_lesion_has_a_mask_inside_its_organ(tiny_set):
@@ -151,7 +154,7 @@ def test_plan_enforces_unseen_and_underrepresented():
 
 def test_generated_splits_respect_the_plan(tiny_set):
     out, _ = tiny_set
-    splits = json.loads((out / "splits.json").read_text())
+    splits = json.loads((out / "splits.json").read_text(encoding="utf-8"))
     unseen_t = set(splits["lesion_types"]["unseen"])
     unseen_a = splits["abnormalities"]["unseen"]
     under = splits["abnormalities"]["underrepresented"]
@@ -225,7 +228,7 @@ def test_underrepresented_prevalence_end_to_end(tmp_path):
         workers=2,
         progress=False,
     )
-    splits = json.loads((tmp_path / "splits.json").read_text())
+    splits = json.loads((tmp_path / "splits.json").read_text(encoding="utf-8"))
     with open(tmp_path / "multi_abnormality_labels" / "train_predicted_labels.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 100

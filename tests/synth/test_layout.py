@@ -74,7 +74,7 @@ def test_nifti_geometry_and_dtype(tiny_set):
 
 def test_msd_manifest_and_split_files(tiny_set):
     out, _ = tiny_set
-    ds = json.loads((out / "dataset.json").read_text())
+    ds = json.loads((out / "dataset.json").read_text(encoding="utf-8"))
     assert (
         ds["modality"] == {"0": "CT"} and ds["labels"]["1"] == "liver" and ds["labels"]["0"] == "background"
     )
@@ -84,11 +84,11 @@ def test_msd_manifest_and_split_files(tiny_set):
         ("dataset_lesions.json", "_lesions"),
         ("dataset_vessels.json", "_vessels"),
     ):
-        doc = json.loads((out / name).read_text())
+        doc = json.loads((out / name).read_text(encoding="utf-8"))
         for entry in doc["training"] + doc["test"]:
             assert entry["image"].startswith("./") and entry["label"].endswith(f"{suffix}.nii.gz")
             assert (out / entry["image"]).is_file() and (out / entry["label"]).is_file()
-    vessels = json.loads((out / "dataset_vessels.json").read_text())["labels"]
+    vessels = json.loads((out / "dataset_vessels.json").read_text(encoding="utf-8"))["labels"]
     assert vessels == {"0": "background", "1": "pulmonary_artery", "2": "pulmonary_vein", "3": "airway"}
     keys = {
         "case_id",
@@ -104,16 +104,16 @@ def test_msd_manifest_and_split_files(tiny_set):
         "phase",
     }
     for split in ("train", "valid"):
-        lines = (out / f"manifest_{split}.jsonl").read_text().splitlines()
+        lines = (out / f"manifest_{split}.jsonl").read_text(encoding="utf-8").splitlines()
         assert len(lines) == 4
         for line in lines:
             row = json.loads(line)
             assert set(row) == keys and row["split"] == split and row["modality"] == "CT"
             assert set(row["labels"]) == set(CTRATE_LABELS)
-    splits = json.loads((out / "splits.json").read_text())
+    splits = json.loads((out / "splits.json").read_text(encoding="utf-8"))
     assert set(splits) >= {"lesion_types", "abnormalities", "seed", "args"}
     assert splits["seed"] == 3 and splits["args"]["size"] == [32, 48, 48]
-    labels = json.loads((out / "labels.json").read_text())
+    labels = json.loads((out / "labels.json").read_text(encoding="utf-8"))
     assert labels["organs"]["1"] == "liver" and labels["vessels"]["3"] == "airway"
 
 

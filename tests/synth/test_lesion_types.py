@@ -114,7 +114,7 @@ def test_yaml_validation_errors(tmp_path, mutate, message):
     spec = _spec()
     mutate(spec)
     path = tmp_path / "types.yaml"
-    path.write_text(yaml.safe_dump({"types": {"bad_type": spec}}))
+    path.write_text(yaml.safe_dump({"types": {"bad_type": spec}}), encoding="utf-8")
     with pytest.raises(ValueError) as exc:
         load_lesion_types(path)
     assert str(path) in str(exc.value) and "bad_type" in str(exc.value) and message in str(exc.value)
@@ -124,11 +124,11 @@ def test_yaml_file_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
         load_lesion_types(tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
-    bad.write_text("types: [unclosed")
+    bad.write_text("types: [unclosed", encoding="utf-8")
     with pytest.raises(ValueError, match="not valid YAML"):
         load_lesion_types(bad)
     empty = tmp_path / "empty.yaml"
-    empty.write_text("version: 1\n")
+    empty.write_text("version: 1\n", encoding="utf-8")
     with pytest.raises(ValueError, match="non-empty 'types'"):
         load_lesion_types(empty)
 
@@ -153,7 +153,7 @@ def test_custom_types_render_with_their_density(tmp_path):
         unseen_lesion_types=[],
     )
     seen_types = set()
-    for line in (out / "manifest_train.jsonl").read_text().splitlines():
+    for line in (out / "manifest_train.jsonl").read_text(encoding="utf-8").splitlines():
         row = json.loads(line)
         ct = np.asarray(nib.load(out / row["image"]).dataobj).astype(float)
         les = np.asarray(nib.load(out / row["label"]).dataobj)

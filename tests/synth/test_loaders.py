@@ -13,7 +13,8 @@ datasets = pytest.importorskip("medvl3d.data.datasets")
 
 def _manifest(out, split):
     return {
-        r["case_id"]: r for r in map(json.loads, (out / f"manifest_{split}.jsonl").read_text().splitlines())
+        r["case_id"]: r
+        for r in map(json.loads, (out / f"manifest_{split}.jsonl").read_text(encoding="utf-8").splitlines())
     }
 
 

@@ -457,7 +457,9 @@ def test_bad_input_errors(tmp_path):
         encode_attribute("kidney", "shape", "oval")
     rules = tmp_path / "rules.yaml"
     rules.write_text(
-        (AttributeParser().rules_path.read_text()).replace("    round-like:\n", "    oval-ish:\n", 1)
+        (AttributeParser().rules_path.read_text(encoding="utf-8")).replace(
+            "    round-like:\n", "    oval-ish:\n", 1
+        )
     )
     with pytest.raises(ValueError, match=r"rules.yaml: \['oval-ish'\] are not values of 'shape'"):
         AttributeParser(rules)
@@ -467,9 +469,11 @@ def test_bad_input_errors(tmp_path):
 
 def test_unknown_code_in_a_descriptions_csv_is_named(tmp_path):
     path = tmp_path / "d.csv"
-    path.write_text("case,organ,shape,report\nc1,kidney,7,A round lesion in the left kidney.\n")
+    path.write_text(
+        "case,organ,shape,report\nc1,kidney,7,A round lesion in the left kidney.\n", encoding="utf-8"
+    )
     with pytest.raises(ValueError, match=r"d.csv, row 2: unknown shape code 7 for kidney"):
         parse_descriptions(path)
-    path.write_text("case,organ,report\nc1,kidney,A round lesion in the left kidney.\n")
+    path.write_text("case,organ,report\nc1,kidney,A round lesion in the left kidney.\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"no column 'text'; the columns are: case, organ, report"):
         parse_descriptions(path, text_column="text")

@@ -81,7 +81,7 @@ def test_summarize_inline_and_csv(tmp_path, capsys):
     src.write_text('id,report_text\n1,"Cardiomegaly. No effusion."\n2,""\n', encoding="utf-8")
     out = tmp_path / "s.jsonl"
     assert main(["text", "summarize", str(src), "--out", str(out)]) == 0
-    records = [json.loads(line) for line in out.read_text().splitlines()]
+    records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert [r["id"] for r in records] == ["1", "2"]
     assert "cardiomegaly" in records[0]["summary"].lower()
 
@@ -115,18 +115,17 @@ def test_label_unreadable_reports_get_zero_probabilities_and_a_problem(tmp_path,
     assert "expected positives" in capsys.readouterr().out  # no label columns: no metrics table
 
 
-# The labeller's English check rejects some telegraphic summaries ("cardiomegaly. pleural effusion
-# (bilateral)."), scoring them zero: the table shows it; reported to the labeller's owner.
+# The summaries keep the positive findings: the labeller scores them almost as well as the full reports.
 @pytest.mark.filterwarnings("ignore:.*not look like English:UserWarning")
 def test_summarize_real_reports_scores_summaries_against_the_labels(real_dir, tmp_path, capsys):
     src = real_dir / "ctrate_reports" / "train.csv"
     out = tmp_path / "s.jsonl"
     assert main(["text", "summarize", str(src), "--limit", "30", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    records = [json.loads(line) for line in out.read_text().splitlines()]
+    records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert len(records) == 30 and all(r["summary"] for r in records)
     assert records[0]["AccessionNo"] == "train_1" and "report_text" not in records[0]
-    macro = re.search(r"^macro\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$", printed, re.M)
+    macro = re.search(r"^macro\s+([\d.]+)\s+([\d.]+)\s+\|?\s*([\d.]+)\s+([\d.]+)$", printed, re.M)
     assert macro, printed
     assert float(macro.group(1)) > 0.85  # the labeller on the full reports
-    assert 0.0 <= float(macro.group(3)) <= 1.0  # ... and on the summaries
+    assert float(macro.group(3)) > 0.85  # ... and on the summaries: they keep the findings

@@ -47,7 +47,7 @@ def test_round_trip_dict_and_yaml(tmp_path):
     assert PromptSet.from_dict(ps.to_dict()) == ps
     assert PromptSet.from_dict({}) == DEFAULT_PROMPTS
     path = tmp_path / "prompts.yaml"
-    path.write_text("positive: ['{} is present.']\nnegative: ['{} is absent.']\n")
+    path.write_text("positive: ['{} is present.']\nnegative: ['{} is absent.']\n", encoding="utf-8")
     loaded = PromptSet.from_yaml(path)
     assert loaded.negative_prompts("Atelectasis") == ["Atelectasis is absent."]
 
@@ -71,7 +71,7 @@ def test_bad_prompt_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.yaml"):
         PromptSet.from_yaml(tmp_path / "missing.yaml")
     path = tmp_path / "bad.yaml"
-    path.write_text("positive: ['nothing to fill']\n")
+    path.write_text("positive: ['nothing to fill']\n", encoding="utf-8")
     with pytest.raises(ValueError, match="bad.yaml"):
         PromptSet.from_yaml(path)
     with pytest.raises(ValueError, match="finding"):

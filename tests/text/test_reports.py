@@ -171,7 +171,10 @@ def test_mention_spans_index_the_input():
 
 def test_custom_alias_table(tmp_path):
     path = tmp_path / "aliases.yaml"
-    path.write_text("Widget:\n  - 'widgets?'\n  - 'gizmo'\nPleural effusion:\n  patterns: ['effusion']\n")
+    path.write_text(
+        "Widget:\n  - 'widgets?'\n  - 'gizmo'\nPleural effusion:\n  patterns: ['effusion']\n",
+        encoding="utf-8",
+    )
     table = load_aliases(path)
     parser = ReportParser(aliases=table)
     ms = parser.find_mentions("A gizmo is present. No effusion.")
@@ -185,11 +188,11 @@ def test_bad_tables_give_clear_errors(tmp_path):
     bad.write_text("Widget:\n  patterns: ['(unclosed']\n")
     with pytest.raises(ValueError, match="bad.yaml.*Widget"):
         load_aliases(bad)
-    bad.write_text("Widget:\n  pattern: ['x']\n")
+    bad.write_text("Widget:\n  pattern: ['x']\n", encoding="utf-8")
     with pytest.raises(ValueError, match="patterns"):
         load_aliases(bad)
     cues = tmp_path / "cues.yaml"
-    cues.write_text("pre_negation: ['no']\n")
+    cues.write_text("pre_negation: ['no']\n", encoding="utf-8")
     with pytest.raises(ValueError, match="missing cue lists"):
         load_cues(cues)
     with pytest.raises(ValueError, match="string"):

@@ -48,19 +48,19 @@ def test_round_trip_gives_identical_embeddings(tmp_path, model):
 
 def test_mismatched_config_is_an_error_naming_keys(tmp_path, model):
     folder = ckpt.save_checkpoint(tmp_path, 1, model, _info(model))
-    cfg = json.loads((folder / "config.json").read_text())
+    cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     cfg["model"]["config"]["embed_dim"] = 48  # weights were saved for 32
-    (folder / "config.json").write_text(json.dumps(cfg))
+    (folder / "config.json").write_text(json.dumps(cfg), encoding="utf-8")
     with pytest.raises(ValueError, match=r"does not match.*shape mismatches.*image_proj"):
         ckpt.load_model(folder)
     cfg["model"]["config"]["embed_dim"] = 32
     cfg["model"]["config"]["bank_size"] = 8  # a bank the weights do not have
-    (folder / "config.json").write_text(json.dumps(cfg))
+    (folder / "config.json").write_text(json.dumps(cfg), encoding="utf-8")
     with pytest.raises(ValueError, match=r"missing keys \['bank"):
         ckpt.load_model(folder)
     cfg["model"]["config"]["bank_size"] = 0
     cfg["model"]["config"]["no_such_field"] = 1
-    (folder / "config.json").write_text(json.dumps(cfg))
+    (folder / "config.json").write_text(json.dumps(cfg), encoding="utf-8")
     with pytest.raises(ValueError, match="invalid model config.*no_such_field"):
         ckpt.load_model(folder)
 

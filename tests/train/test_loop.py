@@ -97,7 +97,7 @@ def test_loss_falls_and_logs_are_written(tmp_path):
     cfg = _cfg(tmp_path, steps=30, ckpt_every=10)
     cfg.optim.lr = 3e-2
     run = _run(cfg, task_cls=ClipTask)
-    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [r["step"] for r in recs] == list(range(1, 31))
     assert {"loss", "lr", "grad_norm", "samples_per_s"} <= set(recs[0])
     first, last = sum(r["loss"] for r in recs[:3]) / 3, sum(r["loss"] for r in recs[-3:]) / 3
@@ -105,7 +105,9 @@ def test_loss_falls_and_logs_are_written(tmp_path):
     assert (run / "config.yaml").is_file() and any((run / "tb").iterdir())
     kept = sorted(p.name for p in (run / "checkpoints").glob("step-*"))
     assert kept == ["step-00000020", "step-00000030"]  # keep=2 newest
-    info = json.loads((ckpt.latest_checkpoint(run / "checkpoints") / "config.json").read_text())
+    info = json.loads(
+        (ckpt.latest_checkpoint(run / "checkpoints") / "config.json").read_text(encoding="utf-8")
+    )
     assert info["step"] == 30 and info["modality"] == "CT" and info["labels"] == ["Lesion"]
     assert info["model"]["config"] == ToyVL().config.to_dict()
 
@@ -129,7 +131,10 @@ def test_killed_run_resumes_exactly(tmp_path):
     ws, wr = _weights(straight), _weights(resumed)
     for k in ws:  # same weights, optimiser moments, data order and dropout stream
         torch.testing.assert_close(wr[k], ws[k], rtol=0, atol=1e-6)
-    steps = [json.loads(line)["step"] for line in (resumed / "metrics.jsonl").read_text().splitlines()]
+    steps = [
+        json.loads(line)["step"]
+        for line in (resumed / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
     assert steps == [1, 2, 3, 4, 5, 6]  # the logged step 4 of the crashed run was dropped, then re-done
     s1 = torch.load(ckpt.latest_checkpoint(straight / "checkpoints") / ckpt.STATE_NAME, weights_only=False)
     s2 = torch.load(ckpt.latest_checkpoint(resumed / "checkpoints") / ckpt.STATE_NAME, weights_only=False)

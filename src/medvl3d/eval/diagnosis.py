@@ -54,7 +54,7 @@ def load_label_groups(data: str | os.PathLike) -> dict[str, list[str]]:
     if not path.is_file():
         return {}
     try:
-        groups = json.loads(path.read_text()).get("abnormalities", {})
+        groups = json.loads(path.read_text(encoding="utf-8")).get("abnormalities", {})
     except (json.JSONDecodeError, AttributeError) as exc:
         raise ValueError(f"{path}: not a valid splits.json ({exc})") from exc
     return {g: list(groups.get(g, [])) for g in GROUPS if g in groups}
@@ -109,7 +109,7 @@ class DiagnosisReport:
             path = Path(path)
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text(text)
+            tmp.write_text(text, encoding="utf-8")
             os.replace(tmp, path)
         return text
 

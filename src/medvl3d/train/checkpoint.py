@@ -85,7 +85,7 @@ def _write_weights(model: nn.Module, folder: Path) -> None:
 
 
 def _write_config(info: dict, folder: Path) -> None:
-    (folder / CONFIG_NAME).write_text(json.dumps(info, indent=2, sort_keys=False))
+    (folder / CONFIG_NAME).write_text(json.dumps(info, indent=2, sort_keys=False), encoding="utf-8")
     _fsync_file(folder / CONFIG_NAME)
 
 
@@ -167,7 +167,7 @@ def latest_checkpoint(root: str | os.PathLike) -> Path | None:
     pointer = root / _POINTER
     if not pointer.is_file():
         return None
-    target = root / pointer.read_text().strip()
+    target = root / pointer.read_text(encoding="utf-8").strip()
     if not (target / WEIGHTS_NAME).is_file():
         raise FileNotFoundError(f"{pointer} points at {target}, which has no {WEIGHTS_NAME}")
     return target
@@ -203,7 +203,7 @@ def read_info(path: str | os.PathLike) -> dict:
     """The parsed ``config.json`` of a checkpoint (see :func:`resolve_checkpoint` for accepted paths)."""
     folder = resolve_checkpoint(path)
     try:
-        info = json.loads((folder / CONFIG_NAME).read_text())
+        info = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{folder / CONFIG_NAME}: not valid JSON: {exc}") from exc
     if not isinstance(info, dict) or "model" not in info or "name" not in info.get("model", {}):

@@ -159,13 +159,13 @@ class _MetricsLog:
         if self.path.exists():  # drop records of steps after the checkpoint we resume from
             kept = [
                 line
-                for line in self.path.read_text().splitlines()
+                for line in self.path.read_text(encoding="utf-8").splitlines()
                 if line.strip() and json.loads(line).get("step", 0) <= resume_step
             ]
             tmp = self.path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
+            tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
             os.replace(tmp, self.path)
-        self.file = open(self.path, "a")
+        self.file = open(self.path, "a", encoding="utf-8")
         self.tb = None
         try:
             from torch.utils.tensorboard import SummaryWriter

@@ -73,7 +73,7 @@ def compare_with_totalseg(real_dir: str | Path, png_dir: str | Path, *, seed: in
     real = nib.as_closest_canonical(nib.load(paths[0]))
     real_ct = np.asarray(real.dataobj).astype(np.float32)
     real_seg = np.asarray(nib.as_closest_canonical(nib.load(paths[1])).dataobj).astype(np.int32)
-    names = {v: int(k) for k, v in json.loads(paths[2].read_text())["total"].items()}
+    names = {v: int(k) for k, v in json.loads(paths[2].read_text(encoding="utf-8"))["total"].items()}
     real_groups = {o: tuple(names[n] for n in ns if n in names) for o, ns in TOTALSEG_MAP.items()}
 
     # A non-contrast phantom at the real case's 3 mm spacing over a whole-torso field of view.
