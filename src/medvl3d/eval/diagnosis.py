@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from medvl3d.eval.metrics import (
@@ -29,19 +28,11 @@ from medvl3d.eval.metrics import (
     nanmean_or_none,
     percentile_interval,
 )
+from medvl3d.losses import modality_gap
 
 __all__ = ["DiagnosisReport", "evaluate_diagnosis", "modality_gap", "load_label_groups", "GROUPS"]
 
 GROUPS: tuple[str, ...] = ("seen", "underrepresented", "unseen")
-
-
-def modality_gap(image_emb: torch.Tensor, text_emb: torch.Tensor) -> float:
-    """Distance between the centroids of L2-normalised image and text embeddings (0 = no gap, max 2)."""
-    if image_emb.numel() == 0 or text_emb.numel() == 0:
-        raise ValueError("modality_gap needs at least one image and one text embedding")
-    ci = F.normalize(image_emb.float(), dim=-1).mean(dim=0)
-    ct = F.normalize(text_emb.float(), dim=-1).mean(dim=0)
-    return float(torch.linalg.vector_norm(ci - ct))
 
 
 def load_label_groups(data: str | os.PathLike) -> dict[str, list[str]]:
