@@ -117,3 +117,25 @@ def test_gz_that_is_not_gzip(tmp_path):
     path.write_bytes(gzip.compress(b"")[:5])
     with pytest.raises(ValueError, match=r"plain\.nii\.gz"):
         read_volume(path)
+
+
+def test_int64_mask_is_written_compactly_and_reads_back(tmp_path):
+    # Masks from torch argmax are int64: nibabel refuses those without a header, so they are narrowed.
+    import numpy as np
+
+    from medvl3d.data.io import Volume, read_volume, write_volume
+
+    mask = np.zeros((4, 5, 6), dtype=np.int64)
+    mask[1:3, 2:4, 3:5] = 300
+    vol = Volume(
+        array=mask,
+        affine=np.diag([2.0, 2.0, 3.0, 1.0]),
+        spacing=(2.0, 2.0, 3.0),
+        orientation="RAS",
+        modality="unknown",
+        path=None,
+    )
+    out = write_volume(vol, tmp_path / "mask.nii.gz")
+    back = read_volume(out)
+    assert back.array.dtype == np.uint16
+    assert np.array_equal(back.array, mask)

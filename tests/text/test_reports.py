@@ -227,3 +227,11 @@ def test_real_report_sentences(real_dir):
         # Nothing is lost: every word of the report is in some sentence.
         words = re.compile(r"\w+")
         assert sum(len(words.findall(s)) for s in sentences) == len(words.findall(text))
+
+
+def test_characters_that_lengthen_when_lower_cased_do_not_shift_spans():
+    # 'İ'.lower() is two characters; spans must still line up so later findings are not lost.
+    from medvl3d.text.reports import find_mentions
+
+    found = [m.finding for m in find_mentions("İİ hospital. There is pleural effusion.")]
+    assert found == ["Pleural effusion"]

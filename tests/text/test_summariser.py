@@ -228,3 +228,13 @@ def test_build_summariser(tmp_path):
         build_summariser({"backend": "llm", "url": "http://x"})
     with pytest.raises(ValueError, match="http"):
         LLMSummariser("localhost:8000", "m")
+
+
+def test_include_uncertain_keeps_hedged_but_not_historical_findings():
+    from medvl3d.text.summariser import RuleSummariser
+
+    s = RuleSummariser(include_uncertain=True)
+    assert "consolidation" not in s.summarise(
+        "The consolidation seen in the previous examination has regressed."
+    )
+    assert "possible consolidation" in s.summarise("Possible consolidation in the right lower lobe.")

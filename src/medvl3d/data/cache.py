@@ -33,6 +33,7 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from medvl3d.data.io import smallest_int_dtype
 from medvl3d.data.preprocess import PreprocessSpec, preprocess_sample
 
 CACHE_VERSION = 1
@@ -64,15 +65,6 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _smallest_int_dtype(label: np.ndarray) -> np.dtype:
-    lo, hi = (int(label.min()), int(label.max())) if label.size else (0, 0)
-    for dtype in (np.uint8, np.int8, np.uint16, np.int16, np.int32):
-        info = np.iinfo(dtype)
-        if info.min <= lo and hi <= info.max:
-            return np.dtype(dtype)
-    return np.dtype(np.int64)
-
-
 def _write_json_atomic(path: Path, data: Any) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
@@ -93,7 +85,7 @@ def write_case(sample: dict, out_dir: Path, case_id: str) -> Path:
         np.save(tmp / "image.npy", image.astype(np.float16))
         if sample.get("label") is not None:
             label = torch.as_tensor(sample["label"]).numpy()
-            np.save(tmp / "label.npy", label.astype(_smallest_int_dtype(label)))
+            np.save(tmp / "label.npy", label.astype(smallest_int_dtype(label)))
         record = {
             "case_id": case_id,
             "report": sample.get("report", ""),

@@ -322,12 +322,25 @@ def _atomic_target(path: Path) -> tuple[Path, str]:
     return Path(tmp), suffix
 
 
+def smallest_int_dtype(label: np.ndarray) -> np.dtype:
+    """The smallest integer dtype holding every value of ``label`` (label maps are stored compactly)."""
+    lo, hi = (int(label.min()), int(label.max())) if label.size else (0, 0)
+    for dtype in (np.uint8, np.int8, np.uint16, np.int16, np.int32):
+        info = np.iinfo(dtype)
+        if info.min <= lo and hi <= info.max:
+            return np.dtype(dtype)
+    return np.dtype(np.int64)
+
+
 def _write_array(array: np.ndarray, affine: np.ndarray, path: Path, header: Any = None) -> None:
     """Write (x, y, z) ``array`` with its voxel -> RAS affine, atomically, in the format of the suffix."""
     if array.dtype == np.bool_:
         array = array.astype(np.uint8)
     if array.dtype == np.float64:
         array = array.astype(np.float32)
+    if array.dtype.kind in "iu" and array.itemsize == 8:
+        # int64 masks (torch argmax, label loaders): nibabel refuses them and viewers reject int64 NIfTI.
+        array = array.astype(smallest_int_dtype(array))
     path.parent.mkdir(parents=True, exist_ok=True)
     if not (_is_nifti(path) or _is_itk(path)):
         raise ValueError(

@@ -200,9 +200,17 @@ def load_cues(path: str | Path | None = None) -> dict[str, list[str]]:
 ALIASES: AliasTable = load_aliases()
 
 
+_DASHES = str.maketrans({"-": " ", "\u2013": " ", "\u2014": " ", "/": " ", "_": " "})
+
+
 def _normalise(text: str) -> str:
     """Lower-case and read hyphens/dashes/slashes as spaces, keeping the string length (spans stay valid)."""
-    return text.lower().translate(str.maketrans({"-": " ", "\u2013": " ", "\u2014": " ", "/": " ", "_": " "}))
+    low = text.lower()
+    if len(low) != len(text):
+        # A few characters lower-case to two (Turkish dotted 'İ' -> 'i̇'): keep those as they are, or
+        # every span after them would shift.
+        low = "".join(c.lower() if len(c.lower()) == 1 else c for c in text)
+    return low.translate(_DASHES)
 
 
 class ReportParser:

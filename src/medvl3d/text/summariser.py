@@ -141,7 +141,7 @@ class RuleSummariser:
     def _keep(self, m: Mention) -> bool:
         if m.section not in FINDING_SECTIONS or m.negated:
             return False
-        return m.affirmed or self.include_uncertain
+        return m.affirmed or (self.include_uncertain and m.uncertain and not m.historical)
 
     def summarise(self, report: str) -> str:
         """``"finding (loc, loc). finding."`` in order of first mention, or ``"no acute findings."``."""

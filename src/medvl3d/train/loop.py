@@ -89,9 +89,10 @@ def forward_backward(
     """
     n = len(batches)
     sums: dict[str, float] = {}
+    ddp = getattr(task, "_orig_mod", task)  # torch.compile wraps the DDP module
     for i, batch in enumerate(batches):
-        sync = i == n - 1 or not isinstance(task, nn.parallel.DistributedDataParallel)
-        with contextlib.nullcontext() if sync else task.no_sync():
+        sync = i == n - 1 or not isinstance(ddp, nn.parallel.DistributedDataParallel)
+        with contextlib.nullcontext() if sync else ddp.no_sync():
             with _autocast(device, amp):
                 out = task(_to_device(batch, device))
             if not isinstance(out, dict) or "loss" not in out:

@@ -48,7 +48,7 @@ def find_csv(root: Path, split: str, kind: str) -> Path | None:
 
 
 def _read_csv(path: Path) -> dict[str, dict[str, str]]:
-    with open(path, newline="", encoding="utf-8") as fh:
+    with open(path, newline="", encoding="utf-8-sig") as fh:  # tolerate a byte-order mark
         reader = csv.DictReader(fh)
         if reader.fieldnames is None or "VolumeName" not in reader.fieldnames:
             raise ValueError(f"{path}: CSV has no 'VolumeName' column (columns: {reader.fieldnames})")
