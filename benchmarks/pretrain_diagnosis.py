@@ -5,7 +5,11 @@ method with its tiny CPU config (``configs/<method>_synth_tiny.yaml``) for every
 zero-shot diagnosis on the ``valid`` split and prints macro AUROC per abnormality group and the modality
 gap (before / after the knowledge bank) as mean ± std over seeds.
 
-    python benchmarks/pretrain_diagnosis.py                     # defaults: <= ~20 min on 2 CPU cores
+Besides the three methods, ``clip_summary`` is plain CLIP trained on the same summarised reports as
+BrgSA: BrgSA differs from CLIP in two ways (summaries and the knowledge bank), and this row tells them
+apart.
+
+    python benchmarks/pretrain_diagnosis.py                     # defaults: ~40 min on 2 CPU cores
     python benchmarks/pretrain_diagnosis.py --steps 60 --seeds 0   # a quick look
 
 Every run folder, each evaluation JSON and ``results.json`` are kept under ``--out``.
@@ -21,7 +25,13 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-METHODS = ("clip", "brgsa", "gtgm")
+# Row name -> (config under configs/, extra overrides).
+METHODS = {
+    "clip": ("clip_synth_tiny.yaml", []),
+    "clip_summary": ("clip_synth_tiny.yaml", ["data.text_source=summary"]),
+    "brgsa": ("brgsa_synth_tiny.yaml", []),
+    "gtgm": ("gtgm_synth_tiny.yaml", []),
+}
 COLUMNS = (
     ("seen", "AUROC seen"),
     ("underrepresented", "AUROC underrepresented"),
@@ -38,14 +48,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--data", default=None, help="SynthCT-VL folder (default: OUT/synthct; generated if absent)"
     )
-    p.add_argument("--n-train", type=int, default=160)
-    p.add_argument("--n-test", type=int, default=64)
+    p.add_argument("--n-train", type=int, default=600)
+    p.add_argument("--n-test", type=int, default=150)
     p.add_argument("--size", type=int, default=32, help="cubic volume size (must match the tiny configs)")
     p.add_argument("--data-seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=200, help="optimiser steps per run")
+    p.add_argument("--steps", type=int, default=400, help="optimiser steps per run")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples per evaluation")
     p.add_argument("--workers", type=int, default=2, help="processes for data generation")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="extra config overrides")
@@ -82,7 +92,9 @@ def run_one(method: str, seed: int, data: Path, out: Path, args: argparse.Namesp
     from medvl3d.train import train
 
     run_dir = out / f"{method}_seed{seed}"
+    config, extra = METHODS[method]
     overrides = [
+        *extra,
         f"data.root={data}",
         f"data.batch_size={args.batch_size}",
         f"output={run_dir}",
@@ -92,7 +104,7 @@ def run_one(method: str, seed: int, data: Path, out: Path, args: argparse.Namesp
         *args.overrides,
     ]
     t0 = time.time()
-    train(REPO / "configs" / f"{method}_synth_tiny.yaml", overrides)
+    train(REPO / "configs" / config, overrides)
     t_train = time.time() - t0
     report = evaluate_diagnosis(
         run_dir, data, split="valid", bootstrap=args.bootstrap, seed=seed, progress=False
@@ -105,6 +117,7 @@ def run_one(method: str, seed: int, data: Path, out: Path, args: argparse.Namesp
         **{g: report.groups.get(g, {}).get("auroc") for g in ("seen", "underrepresented", "unseen")},
         "gap_before": report.modality_gap.get("before_bank"),
         "gap_after": report.modality_gap.get("after_bank"),
+        "per_label": {name: m.auroc for name, m in report.per_label.items() if m.auroc is not None},
         "train_s": t_train,
         "total_s": time.time() - t0,
     }
@@ -140,6 +153,19 @@ def table(results: list[dict], methods: list[str], seeds: list[int]) -> str:
     return "\n".join(lines)
 
 
+def label_table(results: list[dict], methods: list[str]) -> str:
+    """Per-label AUROC (mean over seeds): which findings each method learned at all."""
+    labels = list(dict.fromkeys(name for r in results for name in r["per_label"]))
+    lines = ["| abnormality | " + " | ".join(methods) + " |", "|" + "---|" * (len(methods) + 1)]
+    for name in labels:
+        cells = [
+            _mean_std([r["per_label"].get(name) for r in results if r["method"] == m]).split(" ± ")[0]
+            for m in methods
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
@@ -149,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     results = [run_one(m, s, data, out, args) for s in args.seeds for m in args.methods]
     (out / "results.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
     print(table(results, args.methods, args.seeds))
+    print("\nPer-label AUROC, mean over seeds\n")
+    print(label_table(results, args.methods))
     print(f"\n(total {time.time() - t0:.0f} s; per-run JSON under {out})")
     return 0
 

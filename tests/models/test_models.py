@@ -137,7 +137,7 @@ def test_grad_checkpointing_matches(arch):
         torch.testing.assert_close(a, b)
 
 
-@pytest.mark.parametrize("norm", ["instance", "group"])
+@pytest.mark.parametrize("norm", ["batch", "instance", "group"])
 def test_resenc_shapes(norm):
     enc = ResidualEncoder3D(VisionConfig(arch="resenc", width=8, stage_blocks=(1, 2, 1), norm=norm))
     x = torch.randn(2, 1, 16, 24, 16)
@@ -149,6 +149,28 @@ def test_resenc_shapes(norm):
     assert [m.shape[1] for m in enc.forward_intermediates(x, indices=2)] == [16, 32]
     with pytest.raises(ValueError, match="too small"):
         enc(torch.randn(1, 1, 2, 16, 16))
+
+
+def test_resenc_stem_stride_halves_every_map():
+    cfg = VisionConfig(arch="resenc", width=8, stage_blocks=(1, 1, 1), norm="batch", stem_stride=2)
+    maps = ResidualEncoder3D(cfg).forward_intermediates(torch.randn(2, 1, 32, 32, 16))
+    assert [tuple(m.shape[2:]) for m in maps] == [(16, 16, 8), (8, 8, 4), (4, 4, 2)]
+    with pytest.raises(ValueError, match="too small"):  # 8 / (2 * 4) leaves a single voxel
+        ResidualEncoder3D(cfg)(torch.randn(2, 1, 8, 8, 8))
+    with pytest.raises(ValueError, match="stem_stride"):
+        VisionConfig(arch="resenc", stem_stride=3)
+
+
+@pytest.mark.parametrize("norm, keeps_level", [("batch", True), ("instance", False), ("group", False)])
+def test_resenc_norm_and_absolute_intensity(norm, keeps_level):
+    """Per-sample norms map a volume and a 1.5x brighter copy of it to the same features (the level,
+    which findings such as effusions or a large heart change, is lost); batch norm in eval does not."""
+    torch.manual_seed(0)
+    enc = ResidualEncoder3D(VisionConfig(arch="resenc", width=8, stage_blocks=(1, 1), norm=norm)).eval()
+    x = torch.rand(2, 1, 16, 16, 16)
+    with torch.no_grad():
+        same = torch.allclose(enc(x), enc(x * 1.5), atol=1e-4)
+    assert same is not keeps_level
 
 
 def test_vl_model_outputs_and_logit_scale(vit):

@@ -14,6 +14,8 @@ from medvl3d.models.config import VisionConfig
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm3d(channels)
     if kind == "instance":
         return nn.InstanceNorm3d(channels, affine=True)
     return nn.GroupNorm(min(8, channels), channels)
@@ -41,7 +43,7 @@ class ResidualBlock(nn.Module):
 
 class ResidualEncoder3D(nn.Module):
     """Residual CNN encoder for `[B, C, X, Y, Z]`; stage i has width `min(width * 2**i, max_width)`
-    and stride `2**i` relative to the input."""
+    and stride `stem_stride * 2**i` relative to the input."""
 
     def __init__(self, cfg: VisionConfig) -> None:
         super().__init__()
@@ -49,7 +51,7 @@ class ResidualEncoder3D(nn.Module):
         widths = [min(cfg.width * 2**i, cfg.max_width) for i in range(len(cfg.stage_blocks))]
         self.widths = widths
         self.stem = nn.Sequential(
-            nn.Conv3d(cfg.in_chans, widths[0], 3, padding=1, bias=False),
+            nn.Conv3d(cfg.in_chans, widths[0], 3, stride=cfg.stem_stride, padding=1, bias=False),
             _norm(cfg.norm, widths[0]),
             nn.LeakyReLU(0.01, inplace=True),
         )
@@ -70,8 +72,8 @@ class ResidualEncoder3D(nn.Module):
 
     def _stage_outputs(self, x: torch.Tensor, upto: int) -> list[torch.Tensor]:
         check_volume_batch(x, self.cfg.in_chans, type(self).__name__)
-        factor = 2 ** (len(self.stages) - 1)
-        last = [-(-s // factor) for s in x.shape[2:]]  # each stride-2 stage maps s to ceil(s / 2)
+        factor = self.cfg.stem_stride * 2 ** (len(self.stages) - 1)
+        last = [-(-s // factor) for s in x.shape[2:]]  # each stride-2 conv maps s to ceil(s / 2)
         if min(x.shape[2:]) < factor or last[0] * last[1] * last[2] < 2:
             raise ValueError(
                 f"{type(self).__name__}: input size {tuple(x.shape[2:])} is too small for "
@@ -89,7 +91,7 @@ class ResidualEncoder3D(nn.Module):
         return outs
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The last feature map `[B, num_features, X/2^(S-1), ...]`."""
+        """The last feature map `[B, num_features, X / (stem_stride * 2^(S-1)), ...]`."""
         return self._stage_outputs(x, len(self.stages) - 1)[-1]
 
     def forward_intermediates(

@@ -295,6 +295,11 @@ def _run(
     runner: nn.Module = task
     if dinfo.distributed:
         ids = [device.index] if device.type == "cuda" else None
+        if device.type == "cuda":
+            # Batch statistics over the global batch, as the contrastive loss sees it (SimCLR's global
+            # BN); the converted layers keep the same parameters, so the optimiser is unaffected.
+            # torch implements SyncBatchNorm for GPUs only; on CPU each rank normalises its own batch.
+            task = nn.SyncBatchNorm.convert_sync_batchnorm(task)
         runner = nn.parallel.DistributedDataParallel(task, device_ids=ids)
     if tc.compile:
         runner = torch.compile(runner)
