@@ -1,5 +1,7 @@
 """Run by test_distributed.py under `torchrun --nproc_per_node 2`: one DDP step's loss and gradients,
-then a short run of the real training loop. Rank 0 writes the results into the folder given as argv[1]."""
+then a short run of the real training loop. Rank 0 writes the results into the folder given as argv[1].
+
+With `nan` as argv[2], rank 1 alone produces a non-finite loss: every rank must raise, none may hang."""
 
 from __future__ import annotations
 
@@ -29,7 +31,23 @@ def run_cfg(out: Path, batch_size: int) -> dict:
     }
 
 
+def nan_on_rank_one() -> None:
+    info = init_distributed("cpu")
+    model = create_model("test_vit_clip")
+    task = torch.nn.parallel.DistributedDataParallel(build_task("clip", model))
+    batch = collate_samples([PairDataset(4)[i] for i in range(2)])
+    if info.rank == 1:
+        batch["image"] = batch["image"] * float("nan")
+    try:
+        forward_backward(task, [batch], info.device)
+    except FloatingPointError:
+        print(f"rank {info.rank}: FloatingPointError", flush=True)
+        raise
+
+
 def main() -> None:
+    if sys.argv[2:] == ["nan"]:
+        return nan_on_rank_one()
     out = Path(sys.argv[1])
     info = init_distributed("cpu")
     torch.manual_seed(0)
@@ -39,7 +57,7 @@ def main() -> None:
     shard = collate_samples([ds[i] for i in range(2 * info.rank, 2 * info.rank + 2)])
     ddp = torch.nn.parallel.DistributedDataParallel(task)
     parts = forward_backward(ddp, [shard], info.device)
-    loss = float(all_reduce_mean(torch.tensor(parts["loss"])))
+    loss = float(all_reduce_mean(parts["loss"]))
     if info.is_main:
         grads = {n: p.grad.clone() for n, p in task.named_parameters() if p.grad is not None}
         torch.save({"loss": loss, "grads": grads, "world": info.world_size}, out / "step.pt")

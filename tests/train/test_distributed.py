@@ -46,7 +46,8 @@ def test_two_process_torchrun_matches_single_process(tmp_path):
     task = tasks.build_task("clip", model)
     ds = PairDataset(4)
     ref = forward_backward(task, [collate_samples([ds[i] for i in range(4)])], torch.device("cpu"))
-    assert got["loss"] == pytest.approx(ref["loss"], rel=RTOL)  # CLIP loss over all 4 pairs, all-gathered
+    # the CLIP loss over all 4 pairs, all-gathered
+    assert got["loss"] == pytest.approx(float(ref["loss"]), rel=RTOL)
     ref_grads = {n: p.grad for n, p in task.named_parameters() if p.grad is not None}
     assert set(got["grads"]) == set(ref_grads) and "model.visual.patch_embed.weight" in ref_grads
     for n, g in ref_grads.items():
@@ -64,3 +65,17 @@ def test_two_process_torchrun_matches_single_process(tmp_path):
     b = load_file(str(next((single / "checkpoints").glob("step-*")) / "model.safetensors"))
     for k in b:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_non_finite_loss_on_one_rank_stops_every_rank(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    proc = subprocess.run(
+        [*cmd, str(HERE / "ddp_worker.py"), str(tmp_path), "nan"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,  # a rank left waiting in a collective would hang until the gloo timeout (30 min)
+    )
+    assert proc.returncode != 0
+    assert "rank 0: FloatingPointError" in proc.stdout and "rank 1: FloatingPointError" in proc.stdout

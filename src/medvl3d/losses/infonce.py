@@ -48,7 +48,13 @@ def check_pairs(image_emb: torch.Tensor, text_emb: torch.Tensor, name: str) -> N
 
 
 def clip_loss(
-    image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor | float, gather: bool = True
+    image_emb: torch.Tensor,
+    text_emb: torch.Tensor,
+    logit_scale: torch.Tensor | float,
+    gather: bool = True,
+    *,
+    all_image: torch.Tensor | None = None,
+    all_text: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Symmetric InfoNCE: mean of image->text and text->image cross-entropy over the (gathered) batch.
 
@@ -57,10 +63,15 @@ def clip_loss(
         text_emb: L2-normalised text embeddings `[B, E]`.
         logit_scale: the multiplier of the cosine logits (already exponentiated and clamped).
         gather: score local rows against the embeddings of all ranks.
+        all_image, all_text: `gather_with_grad` of the embeddings when the caller already has them (a loss
+            that pairs the same embeddings several ways gathers each once).
     """
     check_pairs(image_emb, text_emb, "clip_loss")
-    all_img = gather_with_grad(image_emb) if gather else image_emb
-    all_txt = gather_with_grad(text_emb) if gather else text_emb
+    if gather:
+        all_img = gather_with_grad(image_emb) if all_image is None else all_image
+        all_txt = gather_with_grad(text_emb) if all_text is None else all_text
+    else:
+        all_img, all_txt = image_emb, text_emb
     offset = local_label_offset(image_emb.shape[0]) if gather else 0
     labels = torch.arange(image_emb.shape[0], device=image_emb.device) + offset
     logits_img = logit_scale * image_emb @ all_txt.t()

@@ -40,19 +40,23 @@ __all__ = ["train", "forward_backward", "make_info", "Callback"]
 Callback = Callable[[int, dict], None]
 
 
-def _rng_state() -> dict:
+def _rng_state(task: nn.Module) -> dict:
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
+    if hasattr(task, "rng_state"):  # a task's private generator (GTGM's views)
+        state["task"] = task.rng_state()
     return state
 
 
-def _set_rng_state(state: dict) -> None:
+def _set_rng_state(state: dict, task: nn.Module) -> None:
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+    if state.get("task") is not None and hasattr(task, "set_rng_state"):
+        task.set_rng_state(state["task"])
 
 
 def _seed_all(seed: int) -> None:
@@ -75,20 +79,33 @@ def _autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManag
     return contextlib.nullcontext()
 
 
+def _check_finite(finite: torch.Tensor) -> None:
+    """Raise on every rank when the loss was non-finite on any rank (raising on one rank alone would
+    leave the others waiting in the next collective until the process-group timeout)."""
+    flag = finite.float()
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    if not bool(flag):  # the one host sync of a training step
+        raise FloatingPointError("non-finite loss (lower optim.lr or check the data)")
+
+
 def forward_backward(
     task: nn.Module, batches: Sequence[dict], device: torch.device, amp: str = "none"
-) -> dict[str, float]:
+) -> dict[str, torch.Tensor]:
     """Forward and backward over ``len(batches)`` micro-batches, accumulating gradients.
 
     Each micro-batch loss is divided by the number of micro-batches, so the accumulated gradient is that
     of the mean loss over the combined batch. Under DDP, gradient all-reduce only happens on the last
-    micro-batch (``no_sync`` before it).
+    micro-batch (``no_sync`` before it). The step waits for the device once, to check that the loss is
+    finite on every rank; the parts stay on the device until they are logged.
 
     Returns:
-        The mean of each scalar output (``loss`` and named parts) over the micro-batches, on this rank.
+        The mean of each scalar output (``loss`` and named parts) over the micro-batches, on this rank,
+        as 0-dim float tensors.
     """
     n = len(batches)
-    sums: dict[str, float] = {}
+    sums: dict[str, torch.Tensor] = {}
+    finite = torch.ones((), dtype=torch.bool, device=device)
     ddp = getattr(task, "_orig_mod", task)  # torch.compile wraps the DDP module
     for i, batch in enumerate(batches):
         sync = i == n - 1 or not isinstance(ddp, nn.parallel.DistributedDataParallel)
@@ -100,15 +117,25 @@ def forward_backward(
                     f"task {type(task).__name__} must return a dict with 'loss', got {type(out)}"
                 )
             loss = out["loss"]
-            if not torch.isfinite(loss.detach()):
-                raise FloatingPointError(f"non-finite loss {loss.item()} (lower optim.lr or check the data)")
+            finite &= torch.isfinite(loss.detach()).all()
             (loss.float() / n).backward()
         for k, v in out.items():
             if isinstance(v, torch.Tensor) and v.numel() == 1:
-                sums[k] = sums.get(k, 0.0) + float(v.detach().float())
+                v = v.detach().float().reshape(()).to(device)
             elif isinstance(v, (int, float)):
-                sums[k] = sums.get(k, 0.0) + float(v)
+                v = torch.tensor(float(v), device=device)
+            else:
+                continue
+            sums[k] = sums[k] + v if k in sums else v
+    _check_finite(finite)
     return {k: v / n for k, v in sums.items()}
+
+
+def _reduce_metrics(parts: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Rank means of a step's 0-dim tensors as floats: one collective and one device-to-host copy."""
+    if not parts:
+        return {}
+    return dict(zip(parts, all_reduce_mean(torch.stack(list(parts.values()))).tolist()))
 
 
 def make_info(cfg: ExperimentConfig, model: nn.Module, modality: str, labels: Sequence[str]) -> dict:
@@ -286,7 +313,7 @@ def _run(
                 f"batch_size={state.get('batch_size')}; resuming with {dinfo.world_size}, "
                 f"{cfg.data.batch_size} would change the data order"
             )
-        _set_rng_state(state["rng"][min(dinfo.rank, len(state["rng"]) - 1)])
+        _set_rng_state(state["rng"][min(dinfo.rank, len(state["rng"]) - 1)], task)
         if dinfo.is_main:
             print(f"medvl3d train: resuming from {last} (step {step})", file=sys.stderr)
     else:
@@ -318,32 +345,42 @@ def _run(
         bar = tqdm(total=tc.steps, initial=step, desc="train", dynamic_ncols=True)
     task.train()
     samples_per_step = cfg.data.batch_size * tc.accum_steps * dinfo.world_size
+    t_last, step_last = time.perf_counter(), step
     try:
         while step < tc.steps:
-            t0 = time.perf_counter()
             parts = forward_backward(runner, _batches(it, tc.accum_steps), device, tc.amp)
             consumed += tc.accum_steps
-            grad_norm = None
             if tc.grad_clip > 0:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(task.parameters(), tc.grad_clip))
+                parts["grad_norm"] = torch.nn.utils.clip_grad_norm_(task.parameters(), tc.grad_clip).float()
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            metrics = {k: float(all_reduce_mean(torch.tensor(v, device=device))) for k, v in parts.items()}
-            metrics["lr"] = optimizer.param_groups[0]["lr"]
-            if grad_norm is not None:
-                metrics["grad_norm"] = grad_norm
-            metrics["samples_per_s"] = samples_per_step / max(time.perf_counter() - t0, 1e-9)
-            if log is not None and (step % max(tc.log_every, 1) == 0 or step == tc.steps or step == 1):
-                log.write({"step": step, **metrics})
             if bar is not None:
                 bar.update(1)
+            # Metrics leave the device only on logged steps (the same steps on every rank).
+            log_step = step % max(tc.log_every, 1) == 0 or step == tc.steps or step == 1
+            metrics: dict = {}
+            if log_step or callbacks:
+                metrics = _reduce_metrics(parts)
+                metrics["lr"] = optimizer.param_groups[0]["lr"]
+                now = time.perf_counter()
+                metrics["samples_per_s"] = samples_per_step * (step - step_last) / max(now - t_last, 1e-9)
+                t_last, step_last = now, step
+            if log is not None and log_step:
+                log.write({"step": step, **metrics})
+            if bar is not None and log_step:
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}")
-            if log is not None and tc.eval_every > 0 and (step % tc.eval_every == 0 or step == tc.steps):
-                val = _zero_shot_eval(cfg, model, modality, labels)
-                log.write({"step": step, **val})
-                task.train()
+            if tc.eval_every > 0 and (step % tc.eval_every == 0 or step == tc.steps):
+                if log is not None:
+                    val = _zero_shot_eval(cfg, model, modality, labels)
+                    log.write({"step": step, **val})
+                    task.train()
+                if dinfo.distributed:
+                    # Rank 0 evaluates alone; the others wait here (bounded by the process-group timeout,
+                    # 10-30 min by default) rather than inside the next step's collectives.
+                    dist.barrier()
+                t_last = time.perf_counter()
             if (tc.ckpt_every > 0 and step % tc.ckpt_every == 0) or step == tc.steps:
                 _checkpoint(
                     cfg, dinfo, ckpt_dir, step, consumed, model, task, optimizer, scheduler, modality, labels
@@ -388,7 +425,7 @@ def _checkpoint(
     modality: str,
     labels: Sequence[str],
 ) -> None:
-    rng = _rng_state()
+    rng = _rng_state(task)
     if dinfo.distributed:  # every rank's RNG, so each augmentation stream resumes where it was
         gathered: list[Any] = [None] * dinfo.world_size
         dist.all_gather_object(gathered, rng)

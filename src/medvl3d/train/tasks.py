@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from medvl3d.losses import barlow_twins_loss, clip_loss, modality_gap, siglip_loss
+from medvl3d.losses import barlow_twins_loss, clip_loss, gather_with_grad, modality_gap, siglip_loss
 from medvl3d.models.clip import VLModel
 from medvl3d.train.augment import AugmentConfig, augment_config, random_view
 
@@ -150,9 +150,15 @@ class BrgSATask(nn.Module):
         out = self.model(image, text)
         v, t, s = out["image_features"], out["text_features"], out["logit_scale"]
         v_rec, t_rec = out["image_recon"], out["text_recon"]
-        orig = clip_loss(v, t, s, self.gather)
-        rec = clip_loss(v_rec, t_rec, s, self.gather)
-        cross = 0.5 * (clip_loss(v, t_rec, s, self.gather) + clip_loss(v_rec, t, s, self.gather))
+        # Each of the four embeddings is gathered across ranks once and reused by the four pairings.
+        pairs = (("v", v), ("t", t), ("vr", v_rec), ("tr", t_rec))
+        g = {k: gather_with_grad(x) if self.gather else None for k, x in pairs}
+        orig = clip_loss(v, t, s, self.gather, all_image=g["v"], all_text=g["t"])
+        rec = clip_loss(v_rec, t_rec, s, self.gather, all_image=g["vr"], all_text=g["tr"])
+        cross = 0.5 * (
+            clip_loss(v, t_rec, s, self.gather, all_image=g["v"], all_text=g["tr"])
+            + clip_loss(v_rec, t, s, self.gather, all_image=g["vr"], all_text=g["t"])
+        )
         mse = 0.5 * ((v - v_rec).pow(2).sum(-1).mean() + (t - t_rec).pow(2).sum(-1).mean())
         loss = orig + self.rec_weight * rec + self.cross_weight * cross + self.mse_weight * mse
         parts = _log(
@@ -208,6 +214,7 @@ class GTGMTask(nn.Module):
         self.seed = seed
         self.gather = gather
         self._generator: torch.Generator | None = None
+        self._pending_state: torch.Tensor | None = None
         dim = model.config.embed_dim
         self.projector: nn.Module | None = None
         if projector_dim > 0:
@@ -223,7 +230,26 @@ class GTGMTask(nn.Module):
             return None
         if self._generator is None or self._generator.device != device:
             self._generator = torch.Generator(device=device).manual_seed(self.seed)
+            if self._pending_state is not None:  # restored from a checkpoint before the device was known
+                self._generator.set_state(self._pending_state)
+                self._pending_state = None
         return self._generator
+
+    def rng_state(self) -> torch.Tensor | None:
+        """State of the private view generator (None before the first batch or without `seed`); the
+        training loop stores it per rank in each checkpoint so a resumed run draws the same views."""
+        if self._generator is not None:
+            return self._generator.get_state()
+        return self._pending_state
+
+    def set_rng_state(self, state: torch.Tensor | None) -> None:
+        """Restore :meth:`rng_state` (applied when the generator is next created or used)."""
+        if state is None:
+            return
+        if self._generator is not None:
+            self._generator.set_state(state)
+        else:
+            self._pending_state = state
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         image, text = _check_batch(batch, "gtgm")
