@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,6 +16,8 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
+
+from medvl3d.atomic import atomic_write_text
 
 __all__ = [
     "DataConfig",
@@ -272,17 +273,5 @@ def load_config(path: str | os.PathLike | dict, overrides: typing.Iterable[str] 
 
 
 def save_config(cfg: ExperimentConfig, path: str | os.PathLike) -> None:
-    """Write the resolved config as YAML, atomically (temp file + ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write the resolved config as YAML, atomically and durably (temp file, fsync, ``os.replace``)."""
+    atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False), fsync=True)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import os
+import stat
 
 import nibabel as nib
 import numpy as np
@@ -139,3 +141,42 @@ def test_int64_mask_is_written_compactly_and_reads_back(tmp_path):
     back = read_volume(out)
     assert back.array.dtype == np.uint16
     assert np.array_equal(back.array, mask)
+
+
+@pytest.mark.parametrize("suffix", [".nhdr", ".mhd", ".MHD"])
+def test_two_file_formats_are_refused_for_writing(tmp_path, suffix):
+    # A header + separate data file cannot be written atomically through a temporary name (the data
+    # file would be named after the temporary), so writing refuses them and names single-file formats.
+    from medvl3d.data.io import write_volume
+
+    vol = read_volume(_nifti(tmp_path / "img.nii.gz", np.zeros((4, 5, 6), np.int16)))
+    out = tmp_path / "out" / f"mask{suffix}"
+    for write in (lambda: write_volume(vol, out), lambda: write_like(vol.array, vol, out)):
+        with pytest.raises(ValueError, match=rf"mask\{suffix}: .*two files.*\.nii\.gz.*\.nrrd.*\.mha") as err:
+            write()
+        assert "atomically" in str(err.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["img.nii.gz"]  # nothing created, not even out/
+
+
+def test_unknown_output_type_is_refused(tmp_path):
+    from medvl3d.data.io import write_volume
+
+    vol = read_volume(_nifti(tmp_path / "img.nii.gz", np.zeros((4, 5, 6), np.int16)))
+    with pytest.raises(ValueError, match=r"mask\.png: unsupported output type; use one of \.nii\.gz"):
+        write_volume(vol, tmp_path / "mask.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["img.nii.gz"]
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".mha"])
+def test_written_volume_follows_the_umask_and_leaves_no_temporary(tmp_path, suffix):
+    from medvl3d.data.io import write_volume
+
+    vol = read_volume(_nifti(tmp_path / "img.nii.gz", np.arange(120, dtype=np.int16).reshape(4, 5, 6)))
+    old = os.umask(0o027)
+    try:
+        out = write_volume(vol, tmp_path / f"copy{suffix}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o640  # not mkstemp's owner-only 0600
+    np.testing.assert_array_equal(read_volume(out).array, vol.array)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["img.nii.gz", f"copy{suffix}"])

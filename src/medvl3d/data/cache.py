@@ -21,7 +21,6 @@ import json
 import multiprocessing as mp
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -33,11 +32,11 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from medvl3d.atomic import TMP_DIR_PREFIX, atomic_dir, atomic_write_json, temp_dir_target
 from medvl3d.data.io import smallest_int_dtype
 from medvl3d.data.preprocess import PreprocessSpec, preprocess_sample
 
 CACHE_VERSION = 1
-_TMP_PREFIX = ".tmp-"
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -65,43 +64,27 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _write_json_atomic(path: Path, data: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=1)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def write_case(sample: dict, out_dir: Path, case_id: str) -> Path:
     """Write one preprocessed sample as ``out_dir/case_id/`` atomically (temp folder + rename)."""
     final = out_dir / case_id
-    tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{case_id}-", dir=out_dir))
     try:
-        image = np.asarray(torch.as_tensor(sample["image"]).numpy(), dtype=np.float32)
-        np.save(tmp / "image.npy", image.astype(np.float16))
-        if sample.get("label") is not None:
-            label = torch.as_tensor(sample["label"]).numpy()
-            np.save(tmp / "label.npy", label.astype(smallest_int_dtype(label)))
-        record = {
-            "case_id": case_id,
-            "report": sample.get("report", ""),
-            "labels": sample.get("labels", {}),
-            "lesions": sample.get("lesions", {}),
-            "meta": sample.get("meta", {}),
-        }
-        (tmp / "sample.json").write_text(json.dumps(_jsonable(record), indent=1), encoding="utf-8")
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not (final / "sample.json").is_file():  # not a concurrent writer finishing first
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_dir(final) as tmp:
+            image = np.asarray(torch.as_tensor(sample["image"]).numpy(), dtype=np.float32)
+            np.save(tmp / "image.npy", image.astype(np.float16))
+            if sample.get("label") is not None:
+                label = torch.as_tensor(sample["label"]).numpy()
+                np.save(tmp / "label.npy", label.astype(smallest_int_dtype(label)))
+            record = {
+                "case_id": case_id,
+                "report": sample.get("report", ""),
+                "labels": sample.get("labels", {}),
+                "lesions": sample.get("lesions", {}),
+                "meta": sample.get("meta", {}),
+            }
+            (tmp / "sample.json").write_text(json.dumps(_jsonable(record), indent=1), encoding="utf-8")
+    except FileExistsError:
+        if not (final / "sample.json").is_file():  # not a concurrent writer finishing first
+            raise
     return final
 
 
@@ -116,7 +99,7 @@ def _check_spec(out_dir: Path, spec: PreprocessSpec) -> None:
                 f"use a new --out folder for {wanted['spec']}"
             )
         return
-    _write_json_atomic(path, wanted)
+    atomic_write_json(path, wanted, indent=1)
 
 
 # Per-process state of pool workers (set once by the initializer, not pickled per task).
@@ -188,8 +171,8 @@ def preprocess_dataset(
     mine = [(i, cid) for i, cid in enumerate(ids) if i % n_shard == i_shard]
     my_ids = {cid for _, cid in mine}
     # Leftovers of an interrupted run of this shard (other shards' temp folders are theirs).
-    for tmp in out_dir.glob(f"{_TMP_PREFIX}*"):
-        if tmp.name[len(_TMP_PREFIX) :].rsplit("-", 1)[0] in my_ids:
+    for tmp in out_dir.glob(f"{TMP_DIR_PREFIX}*"):
+        if temp_dir_target(tmp) in my_ids:
             shutil.rmtree(tmp, ignore_errors=True)
     todo = [(i, cid) for i, cid in mine if not (out_dir / cid / "sample.json").is_file()]
     summary: dict[str, Any] = {

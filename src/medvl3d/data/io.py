@@ -14,8 +14,6 @@ conversion is exact.
 from __future__ import annotations
 
 import gzip
-import os
-import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +23,13 @@ import nibabel as nib
 import numpy as np
 from nibabel import orientations as nio
 
+from medvl3d.atomic import atomic_path
+
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
+# Header + separate data file: readable, but a temp-name write would leave the data file misnamed.
+_TWO_FILE_SUFFIXES = (".nhdr", ".mhd")
+WRITE_SUFFIXES = (".nii.gz", ".nrrd", ".mha", ".nii")
 MODALITIES = ("CT", "MR", "unknown")
 
 # RAS <-> LPS: flip the first two world axes.
@@ -313,15 +316,6 @@ def _known_or_none(modality: str | None) -> str | None:
     return modality if modality in ("CT", "MR", "MRI") else None
 
 
-def _atomic_target(path: Path) -> tuple[Path, str]:
-    """A temporary file name beside ``path`` with the same (double) suffix, for atomic writes."""
-    name = path.name
-    suffix = ".nii.gz" if name.lower().endswith(".nii.gz") else path.suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    return Path(tmp), suffix
-
-
 def smallest_int_dtype(label: np.ndarray) -> np.dtype:
     """The smallest integer dtype holding every value of ``label`` (label maps are stored compactly)."""
     lo, hi = (int(label.min()), int(label.max())) if label.size else (0, 0)
@@ -332,8 +326,21 @@ def smallest_int_dtype(label: np.ndarray) -> np.dtype:
     return np.dtype(np.int64)
 
 
+def _check_writable(path: Path) -> None:
+    """Refuse output types that cannot be written atomically or at all, naming the file."""
+    name = path.name.lower()
+    if name.endswith(_TWO_FILE_SUFFIXES):
+        raise ValueError(
+            f"{path}: {Path(name).suffix} keeps the header and the voxel data in two files, which cannot be "
+            f"written atomically; use a single-file format: {', '.join(WRITE_SUFFIXES)}"
+        )
+    if not name.endswith(WRITE_SUFFIXES):
+        raise ValueError(f"{path}: unsupported output type; use one of {', '.join(WRITE_SUFFIXES)}")
+
+
 def _write_array(array: np.ndarray, affine: np.ndarray, path: Path, header: Any = None) -> None:
     """Write (x, y, z) ``array`` with its voxel -> RAS affine, atomically, in the format of the suffix."""
+    _check_writable(path)
     if array.dtype == np.bool_:
         array = array.astype(np.uint8)
     if array.dtype == np.float64:
@@ -341,13 +348,8 @@ def _write_array(array: np.ndarray, affine: np.ndarray, path: Path, header: Any 
     if array.dtype.kind in "iu" and array.itemsize == 8:
         # int64 masks (torch argmax, label loaders): nibabel refuses them and viewers reject int64 NIfTI.
         array = array.astype(smallest_int_dtype(array))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not (_is_nifti(path) or _is_itk(path)):
-        raise ValueError(
-            f"{path}: unsupported output type; use one of {', '.join(NIFTI_SUFFIXES + ITK_SUFFIXES)}"
-        )
-    tmp, _ = _atomic_target(path)
-    try:
+    suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else path.suffix
+    with atomic_path(path, suffix=suffix) as tmp:
         if _is_nifti(path):
             if header is not None:
                 # Keep the source header (qform/sform codes, units, intent) but store this array as is.
@@ -370,10 +372,6 @@ def _write_array(array: np.ndarray, affine: np.ndarray, path: Path, header: Any 
             img.SetOrigin(tuple(float(v) for v in lps[:3, 3]))
             img.SetDirection(tuple(float(v) for v in (lps[:3, :3] / np.asarray(spacing)[None, :]).ravel()))
             sitk.WriteImage(img, str(tmp), True)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _as_numpy(array: Any) -> np.ndarray:
@@ -411,7 +409,9 @@ def write_volume(volume_or_array: Volume | Any, path: Path | str, reference: Vol
     """Write a :class:`Volume` with its own affine, or an array in the geometry of ``reference``.
 
     A Volume is written as it is (RAS array, RAS affine); an array needs a reference Volume and is
-    written back in that volume's source geometry (see :func:`write_like`). Writes are atomic.
+    written back in that volume's source geometry (see :func:`write_like`). Writes are atomic, so only
+    single-file formats are written (``.nii.gz``, ``.nii``, ``.nrrd``, ``.mha``); ``.nhdr``/``.mhd`` are
+    read but refused here with a ValueError.
     """
     path = Path(path)
     if isinstance(volume_or_array, Volume):

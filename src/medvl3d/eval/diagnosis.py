@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from medvl3d.atomic import atomic_write_text
 from medvl3d.eval.metrics import (
     METRICS,
     LabelMetrics,
@@ -97,11 +98,7 @@ class DiagnosisReport:
         """The report as JSON; also written atomically to ``path`` when given."""
         text = json.dumps(self.to_dict(), indent=2, default=_json_default)
         if path is not None:
-            path = Path(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, path)
+            atomic_write_text(path, text)
         return text
 
     def to_markdown(self) -> str:

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from medvl3d.atomic import atomic_path
 from medvl3d.schema import ATTRIBUTES, CTRATE_LABELS, attribute_codes, encode_attribute
 from medvl3d.text.attributes import AttributeParser, default_parser
 from medvl3d.text.labeller import report_problem
@@ -56,17 +55,10 @@ def read_csv(path: str | Path, required: Sequence[str] = ()) -> tuple[list[dict[
 
 
 def _atomic_write(path: str | Path, write: Any) -> Path:
-    """Write through a temporary file in the target folder, then rename: never a half-written output."""
+    """Stream ``write(fh)`` into a UTF-8 text file atomically (see :mod:`medvl3d.atomic`)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        write(fh)
     return path
 
 

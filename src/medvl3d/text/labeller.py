@@ -18,8 +18,6 @@ labels (``evaluate_labeller``: per-label and macro AUROC and F1 with scikit-lear
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -31,6 +29,7 @@ from sklearn.metrics import f1_score, roc_auc_score
 from sklearn.model_selection import KFold
 from tqdm import tqdm
 
+from medvl3d.atomic import atomic_write_json
 from medvl3d.schema import CTRATE_LABELS
 from medvl3d.text.reports import FINDING_SECTIONS, ReportParser, default_parser, is_english
 
@@ -282,12 +281,7 @@ class ReportLabeller:
 
     def save(self, path: str | Path) -> None:
         """Write ``to_dict()`` as JSON, atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(self.to_dict(), fh, indent=1)
-        os.replace(tmp, path)
+        atomic_write_json(path, self.to_dict(), indent=1)
 
     @classmethod
     def load(cls, path: str | Path) -> ReportLabeller:

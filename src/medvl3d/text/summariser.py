@@ -19,12 +19,12 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from medvl3d.atomic import atomic_write_json
 from medvl3d.text.reports import FINDING_SECTIONS, Mention, ReportParser, default_parser, split_sentences
 
 NO_FINDINGS = "no acute findings."
@@ -222,7 +222,8 @@ class LLMSummariser:
         answers = [self._ask(chunk) for chunk in chunks]
         summary = answers[0] if len(answers) == 1 else _merge(answers)
         if path is not None:
-            _atomic_write_json(path, {"model": self.model, "key": path.stem, "summary": summary})
+            summary_record = {"model": self.model, "key": path.stem, "summary": summary}
+            atomic_write_json(path, summary_record, ensure_ascii=False)
         return summary
 
     def _ask(self, text: str) -> str:
@@ -283,18 +284,6 @@ def _merge(answers: list[str]) -> str:
             if part and part != NO_FINDINGS and part not in parts:
                 parts.append(part)
     return " ".join(parts) if parts else NO_FINDINGS
-
-
-def _atomic_write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, ensure_ascii=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 _RULE_KEYS = {"include_uncertain", "with_locations", "max_locations"}

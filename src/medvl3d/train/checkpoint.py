@@ -8,8 +8,9 @@ Layout under a run folder::
       step-00000100/  ...
       last            # a one-line pointer file: "step-00000100"
 
-Writes are crash-safe: a checkpoint is written into ``checkpoints/.tmp-<step>/``, every file is fsynced,
-the folder is renamed to ``step-<N>`` and only then is ``last`` replaced (temp file + ``os.replace``).
+Writes are crash-safe (:mod:`medvl3d.atomic`): a checkpoint is written into
+``checkpoints/.tmp-step-<N>-<random>/``, every file is fsynced, the folder is renamed to ``step-<N>`` and
+only then is ``last`` replaced (temp file + fsync + ``os.replace``).
 A crash at any point leaves the previous ``last`` pointing at a complete checkpoint.
 """
 
@@ -18,13 +19,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from medvl3d.atomic import TMP_DIR_PREFIX, atomic_dir, atomic_write_text, temp_dir_target
 
 __all__ = [
     "FORMAT_VERSION",
@@ -58,54 +60,22 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             return model
 
 
-def _fsync_dir(path: Path) -> None:
-    # Make a rename durable; not supported on every platform/filesystem, where it is harmless to skip.
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
-
-
 def _write_weights(model: nn.Module, folder: Path) -> None:
     # safetensors refuses shared storage; clone+contiguous gives each tensor its own buffer.
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
-    _fsync_file(folder / WEIGHTS_NAME)
 
 
 def _write_config(info: dict, folder: Path) -> None:
     (folder / CONFIG_NAME).write_text(json.dumps(info, indent=2, sort_keys=False), encoding="utf-8")
-    _fsync_file(folder / CONFIG_NAME)
 
 
 def _write_train_state(state: dict, folder: Path) -> None:
     torch.save(state, folder / STATE_NAME)
-    _fsync_file(folder / STATE_NAME)
 
 
 def _write_pointer(root: Path, name: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=root, prefix=".last.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(name + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, root / _POINTER)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(root)
+    atomic_write_text(root / _POINTER, name + "\n", fsync=True)
 
 
 def save_checkpoint(
@@ -134,24 +104,16 @@ def save_checkpoint(
     root.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:08d}"
     final = root / name
-    tmp = root / f".tmp-{step:08d}"
-    if tmp.exists():
-        shutil.rmtree(tmp)  # debris of an earlier crash at this same step
-    tmp.mkdir()
+    for stale in root.glob(f"{TMP_DIR_PREFIX}*"):
+        if temp_dir_target(stale) == name:
+            shutil.rmtree(stale, ignore_errors=True)  # debris of an earlier crash at this same step
     info = {"format_version": FORMAT_VERSION, **info, "step": int(step)}
-    try:
+    # Every file is fsynced before the rename, the checkpoints folder after it.
+    with atomic_dir(final, overwrite=True, fsync=True) as tmp:
         _write_weights(unwrap_model(model), tmp)
         _write_config(info, tmp)
         if train_state is not None:
             _write_train_state(train_state, tmp)
-        _fsync_dir(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync_dir(root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     _write_pointer(root, name)
     if keep > 0:
         done = sorted(p for p in root.glob("step-*") if p.is_dir())

@@ -2,8 +2,8 @@
 
 NIfTI files are serialised in memory (nibabel header + raw data) and gzipped here with mtime 0
 (nibabel's own gzip writer stamps the current time, which would make two identical runs differ).
-Every file is written to a temporary name in the target folder and moved into place with
-`os.replace`, so an interrupted run never leaves a half-written file under its final name.
+Every file is written atomically (`medvl3d.atomic`: a temporary name in the target folder, then
+`os.replace`), so an interrupted run never leaves a half-written file under its final name.
 """
 
 from __future__ import annotations
@@ -11,32 +11,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 import zlib
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder and `os.replace`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+from medvl3d.atomic import atomic_write_bytes, atomic_write_text
 
 
 def write_json(path: str | Path, obj) -> None:
