@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 import medvl3d
+from medvl3d.atomic import atomic_write_text
 from medvl3d.config import ExperimentConfig, config_to_dict, load_config, save_config
 from medvl3d.train import checkpoint as ckpt
 from medvl3d.train.data import BatchOrder, build_dataset, build_loader
@@ -190,9 +191,7 @@ class _MetricsLog:
                 for line in self.path.read_text(encoding="utf-8").splitlines()
                 if line.strip() and json.loads(line).get("step", 0) <= resume_step
             ]
-            tmp = self.path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-            os.replace(tmp, self.path)
+            atomic_write_text(self.path, "".join(line + "\n" for line in kept))
         self.file = open(self.path, "a", encoding="utf-8")
         self.tb = None
         try:
