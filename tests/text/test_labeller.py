@@ -142,6 +142,37 @@ def test_non_english_report_warns_and_gives_zeros(labeller):
     assert many[0].sum() == 0 and many[1, CTRATE_LABELS.index("Pleural effusion")] > 0.5
 
 
+def test_each_report_is_checked_once_per_call(labeller, monkeypatch):
+    # report_problem's language check is the costly part of it: one call per report per labelling call.
+    import medvl3d.text.labeller as labeller_module
+
+    calls: list[str] = []
+    real_is_english = labeller_module.is_english
+
+    def counting_is_english(text: str) -> bool:
+        calls.append(text)
+        return real_is_english(text)
+
+    monkeypatch.setattr(labeller_module, "is_english", counting_is_english)
+    german = "Kleiner Pleuraerguss rechts. Keine Lymphknotenvergrößerung. Herz normal groß."
+    reports = ["Bilateral pleural effusion.", german, "", "Cardiomegaly. No nodule."]
+    with pytest.warns(UserWarning, match="1 of 4 reports"):
+        many = labeller.predict_many(reports, progress=False)
+    # "" stops before the language check; the other three are checked exactly once each.
+    assert sorted(calls) == sorted([reports[0], german, reports[3]])
+    assert many[1].sum() == 0 and many[2].sum() == 0
+    assert many[0, CTRATE_LABELS.index("Pleural effusion")] > 0.5
+    assert many[3, CTRATE_LABELS.index("Cardiomegaly")] > 0.5
+    calls.clear()
+    single = labeller.predict_proba(reports[3])
+    assert calls == [reports[3]]
+    assert list(single.values()) == pytest.approx(list(many[3]))
+    calls.clear()
+    feats = labeller.features_many(reports, progress=False)
+    assert len(calls) == 3
+    assert feats[1, :, :7].sum() == feats[2, :, :7].sum() == 0  # no mentions counted
+
+
 def test_long_report_is_read_to_the_end(labeller):
     # ~60k characters, far beyond any encoder's 256/512 tokens: the finding at the end still counts.
     normal = "Trachea and both main bronchi are open. Heart contour and size are normal. "

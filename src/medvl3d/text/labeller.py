@@ -121,10 +121,14 @@ class ReportLabeller:
     # -- features ------------------------------------------------------------------------------------
     def features(self, report: str) -> np.ndarray:
         """Rule features ``[len(labels), len(FEATURE_NAMES)]`` of one report (zeros if unreadable)."""
+        return self._features(report, readable=report_problem(report) is None)
+
+    def _features(self, report: str, readable: bool) -> np.ndarray:
+        """``features`` for a report whose ``report_problem`` the caller has already checked."""
         feats = np.zeros((len(self.labels), len(FEATURE_NAMES)), dtype=np.float64)
         w = self.weights
         miss = np.ones(len(self.labels))  # noisy-OR: product of (1 - p) over mentions
-        if report_problem(report) is None:
+        if readable:
             for m in self.parser.find_mentions(report):
                 i = self._index.get(m.finding)
                 if i is None or m.section not in FINDING_SECTIONS:
@@ -154,9 +158,21 @@ class ReportLabeller:
 
     def features_many(self, reports: Sequence[str], progress: bool = True) -> np.ndarray:
         """Rule features ``[N, len(labels), len(FEATURE_NAMES)]`` of many reports (see ``features``)."""
-        it = tqdm(reports, desc="labelling reports", unit="report", disable=not progress)
+        return self._features_many(reports, [report_problem(r) for r in reports], progress)
+
+    def _features_many(
+        self, reports: Sequence[str], problems: Sequence[str | None], progress: bool
+    ) -> np.ndarray:
+        """``features_many`` given each report's ``report_problem`` (checked once by the caller)."""
+        it = tqdm(
+            zip(reports, problems),
+            total=len(reports),
+            desc="labelling reports",
+            unit="report",
+            disable=not progress,
+        )
         return (
-            np.stack([self.features(r) for r in it])
+            np.stack([self._features(r, readable=p is None) for r, p in it])
             if len(reports)
             else np.zeros((0, len(self.labels), len(FEATURE_NAMES)))
         )
@@ -183,7 +199,7 @@ class ReportLabeller:
                     stacklevel=2,
                 )
             return dict.fromkeys(self.labels, 0.0)
-        probs = self.proba_from_features(self.features(report)[None])[0]
+        probs = self.proba_from_features(self._features(report, readable=True)[None])[0]
         return {lab: float(p) for lab, p in zip(self.labels, probs)}
 
     def predict(self, report: str, threshold: float = 0.5) -> dict[str, int]:
@@ -196,10 +212,10 @@ class ReportLabeller:
         for i, r in enumerate(reports):
             if not isinstance(r, str):
                 raise ValueError(f"report {i} must be a string, got {type(r).__name__}")
-        probs = self.proba_from_features(self.features_many(reports, progress))
-        bad = [i for i, r in enumerate(reports) if report_problem(r) is not None]
-        probs[bad] = 0.0
-        n_foreign = sum(report_problem(reports[i]) == "not English" for i in bad)
+        problems = [report_problem(r) for r in reports]  # once per report: is_english is the costly part
+        probs = self.proba_from_features(self._features_many(reports, problems, progress))
+        probs[[i for i, p in enumerate(problems) if p is not None]] = 0.0
+        n_foreign = problems.count("not English")
         if n_foreign:
             warnings.warn(
                 f"{n_foreign} of {len(reports)} reports do not look like English; "
