@@ -9,14 +9,26 @@
 
 from __future__ import annotations
 
-import csv
 import time
+from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[2]
-CONFIG = REPO / "configs" / "brgsa_synth_tiny.yaml"
+if TYPE_CHECKING:  # importlib.resources.abc is new in Python 3.11
+    from importlib.resources.abc import Traversable
+
+CONFIG_NAME = "brgsa_synth_tiny.yaml"
+
+
+def demo_config() -> Traversable:
+    """The demo's experiment config, shipped inside the package so that an installed wheel finds it.
+
+    ``configs/brgsa_synth_tiny.yaml`` at the repository root is the user-facing copy of the same file;
+    ``tests/test_demo.py`` fails when the two differ (simpler and sturdier than a build-time copy step).
+    """
+    return resources.files("medvl3d") / "configs" / CONFIG_NAME
 
 
 def register(subparsers) -> None:
@@ -34,18 +46,13 @@ def _step(title: str) -> None:
 
 def _label_generated_reports(data: Path, split: str) -> str:
     """Score the rule labeller on the generated reports of one split; returns its table."""
+    from medvl3d.data.datasets.ctrate import CTRateDataset
     from medvl3d.schema import CTRATE_LABELS
     from medvl3d.text.labeller import evaluate_labeller, format_table
 
-    def rows(path: Path) -> dict[str, dict]:
-        with open(path, newline="", encoding="utf-8") as fh:
-            return {r["VolumeName"]: r for r in csv.DictReader(fh)}
-
-    reports = rows(data / "radiology_text_reports" / f"{split}_reports.csv")
-    labels = rows(data / "multi_abnormality_labels" / f"{split}_predicted_labels.csv")
-    names = sorted(reports)
-    texts = [f"{reports[n]['Findings_EN']} {reports[n]['Impressions_EN']}" for n in names]
-    y = np.array([[int(labels[n][c]) for c in CTRATE_LABELS] for n in names])
+    records = CTRateDataset(data, split).records  # reports and labels as the training loader reads them
+    texts = [r.report for r in records]
+    y = np.array([[r.labels[c] for c in CTRATE_LABELS] for r in records])
     keep = [j for j in range(len(CTRATE_LABELS)) if 0 < y[:, j].sum() < len(y)]
     table = evaluate_labeller(texts, y[:, keep], labels=[CTRATE_LABELS[j] for j in keep])
     return format_table({"rule labeller": table})
@@ -85,10 +92,9 @@ def run_demo(out: str | Path, n_train: int = 96, n_test: int = 48, steps: int = 
     print(_label_generated_reports(data, "valid"))
 
     _step(f"4. Pretraining a tiny BrgSA model on CPU ({steps} steps)")
-    run = train(
-        CONFIG,
-        [f"data.root={data}", f"train.steps={steps}", f"train.ckpt_every={steps}", f"output={out / 'brgsa'}"],
-    )
+    overrides = [f"data.root={data}", f"train.steps={steps}", f"train.ckpt_every={steps}"]
+    with resources.as_file(demo_config()) as config:  # a real file even if the package is zipped
+        run = train(config, [*overrides, f"output={out / 'brgsa'}"])
     print(f"checkpoint: {run}")
 
     _step("5. Zero-shot diagnosis of the held-out split from text prompts")
