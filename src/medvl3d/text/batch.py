@@ -236,16 +236,17 @@ def label_reports(
         raise ValueError(f"{path}: no reports in the file")
     labeller = ReportLabeller.load(model) if model is not None else ReportLabeller()
     reports = [r[text_column] for r in rows]
-    probs = labeller.predict_many(reports, progress=len(reports) >= 200)
+    problems = [report_problem(text) for text in reports]
+    probs = labeller.predict_many(reports, progress=len(reports) >= 200, problems=problems)
     labels = list(labeller.labels)
     keep = [c for c in columns if c not in labels and c != text_column]
     out_rows = []
-    for row, p, text in zip(rows, probs, reports):
+    for row, p, problem in zip(rows, probs, problems):
         record: dict[str, Any] = {c: row[c] for c in keep}
         for lab, value in zip(labels, p):
             record[lab] = f"{value:.4f}"
             record[f"{lab} (pred)"] = int(value >= threshold)
-        record["problem"] = report_problem(text) or ""
+        record["problem"] = problem or ""
         out_rows.append(record)
     out_columns = keep + [c for lab in labels for c in (lab, f"{lab} (pred)")] + ["problem"]
     if out is not None:

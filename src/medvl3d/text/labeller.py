@@ -206,13 +206,25 @@ class ReportLabeller:
         """0/1 per label: probability >= ``threshold``."""
         return {lab: int(p >= threshold) for lab, p in self.predict_proba(report).items()}
 
-    def predict_many(self, reports: Sequence[str], progress: bool = True) -> np.ndarray:
-        """Probabilities ``[N, len(labels)]`` for many reports (unreadable ones give zero rows)."""
+    def predict_many(
+        self,
+        reports: Sequence[str],
+        progress: bool = True,
+        problems: Sequence[str | None] | None = None,
+    ) -> np.ndarray:
+        """Probabilities ``[N, len(labels)]`` for many reports (unreadable ones give zero rows).
+
+        ``problems``: the callers' ``report_problem`` of each report, when they have it already.
+        """
         reports = list(reports)
         for i, r in enumerate(reports):
             if not isinstance(r, str):
                 raise ValueError(f"report {i} must be a string, got {type(r).__name__}")
-        problems = [report_problem(r) for r in reports]  # once per report: is_english is the costly part
+        if problems is None:  # once per report: is_english is the costly part
+            problems = [report_problem(r) for r in reports]
+        elif len(problems) != len(reports):
+            raise ValueError(f"got {len(problems)} problems for {len(reports)} reports")
+        problems = list(problems)
         probs = self.proba_from_features(self._features_many(reports, problems, progress))
         probs[[i for i, p in enumerate(problems) if p is not None]] = 0.0
         n_foreign = problems.count("not English")
