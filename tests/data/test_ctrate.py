@@ -15,7 +15,7 @@ from medvl3d.schema import CTRATE_LABELS
 
 def _write_csv(path, header, rows):
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as fh:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(header)
         w.writerows(rows)
@@ -119,3 +119,72 @@ def test_label_maps_beside_volumes_are_not_cases_but_can_be_labels(ctrate, nifti
         root, "train", exclude=["train_2_a_1", "train_3_a_1", "train_4_a_1"], label_suffix="_lesions"
     )
     np.testing.assert_array_equal(labelled[0]["label"][0].numpy(), (hu[1] > 300).astype(np.int64))
+
+
+def test_rescale_slope_and_intercept_values_are_exact(tmp_path, phantom, nifti):
+    """Non-trivial slope/intercept: raw volumes give float32 ``stored * slope + inter`` (float32 arithmetic,
+    as before the in-place rewrite), reoriented to RAS; a not-HU fixed volume gets the float64 rescale."""
+    root = tmp_path / "ctrate"
+    slope, inter = 0.3, -1000.25
+    hu = phantom(seed=5)
+    stored = np.round((hu.astype(np.float64) - inter) / slope).astype(np.int16)  # up to ~5700: int16
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0])  # x and y flipped relative to RAS: reorienting copies
+    nifti(root / "train/train_5/train_5_a/train_5_a_1.nii.gz", stored, lps)
+    nifti(root / "train_fixed/train_6/train_6_a/train_6_a_1.nii.gz", stored, np.eye(4))
+    _write_csv(
+        root / "metadata/train_metadata.csv",
+        ["VolumeName", "XYSpacing", "ZSpacing", "RescaleSlope", "RescaleIntercept"],
+        [[f"train_{n}_a_1.nii.gz", "[0.75, 0.8]", "2.5", str(slope), str(inter)] for n in (5, 6)],
+    )
+    with pytest.warns(UserWarning, match="without report"):
+        ds = CTRateDataset(root, "train")
+    raw = ds.load_image(ds.records[0])
+    expected = (stored.astype(np.float32) * slope + inter)[::-1, ::-1, :]
+    assert raw.array.dtype == np.float32 and raw.orientation == "LPS"
+    np.testing.assert_array_equal(raw.array, expected)
+    assert abs(raw.array - hu[::-1, ::-1, :]).max() <= slope / 2 + 1e-3  # back in HU up to rounding
+    assert raw.spacing == pytest.approx((0.75, 0.8, 2.5))
+    with pytest.warns(UserWarning, match="in a \\*_fixed root but not in HU"):
+        fixed = ds.load_image(ds.records[1])
+    assert fixed.array.dtype == np.float32
+    np.testing.assert_array_equal(fixed.array, (stored * slope + inter).astype(np.float32))
+    assert not np.array_equal(fixed.array, raw.array[::-1, ::-1, :])  # float64 vs float32 arithmetic
+
+
+def test_raw_volume_with_integer_rescale_stays_int16_and_file_values_are_untouched(ctrate):
+    root, hu = ctrate
+    with pytest.warns(UserWarning):
+        ds = CTRateDataset(root, "train", exclude=["train_1_a_1", "train_3_a_1", "train_4_a_1"])
+    vol = ds.load_image(ds.records[0])
+    assert vol.array.dtype == np.int16
+    np.testing.assert_array_equal(vol.array, hu[2])
+    again = ds.load_image(ds.records[0])  # the rescale happened on a copy, not on anything cached
+    np.testing.assert_array_equal(again.array, hu[2])
+
+
+@pytest.mark.parametrize("slope, inter, dtype", [(0.3, -1000.25, np.float32), (1.0, -1024.0, np.int16)])
+def test_raw_load_peak_memory(tmp_path, phantom, nifti, slope, inter, dtype):
+    """Peak numpy memory of a raw load, in units of the stored int16 volume: 5.0 with the former
+    out-of-place rescale and C-order copy; now the gzip read (~3.5), or one float32 array plus its
+    flipped copy (4.0)."""
+    import tracemalloc
+
+    root = tmp_path / "ctrate"
+    stored = np.round((phantom(shape=(128, 128, 32)) - inter) / slope).astype(np.int16)
+    nifti(root / "train/train_7/train_7_a/train_7_a_1.nii.gz", stored, np.diag([-1.0, -1.0, 1.0, 1.0]))
+    _write_csv(
+        root / "metadata/train_metadata.csv",
+        ["VolumeName", "XYSpacing", "ZSpacing", "RescaleSlope", "RescaleIntercept"],
+        [["train_7_a_1.nii.gz", "[0.75, 0.75]", "2.5", str(slope), str(inter)]],
+    )
+    with pytest.warns(UserWarning, match="without report"):
+        ds = CTRateDataset(root, "train")
+    tracemalloc.start()
+    try:
+        vol = ds.load_image(ds.records[0])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert vol.array.dtype == dtype
+    np.testing.assert_array_equal(vol.array, (stored.astype(np.float32) * slope + inter)[::-1, ::-1])
+    assert peak / stored.nbytes < 4.5

@@ -111,6 +111,15 @@ def _parse_xy(value: str, where: str) -> tuple[float, float]:
         ) from None
 
 
+def _rescaled(array: np.ndarray, slope: float, inter: float, dtype: np.dtype | type) -> np.ndarray:
+    """``array * slope + inter`` in ``dtype``, computed in place on one new array (a CT is ~70-280 MB)."""
+    out = array.astype(dtype)  # always a copy, so the in-place steps never touch the caller's array
+    if slope != 1.0:  # x * 1.0 == x exactly
+        out *= slope
+    out += inter
+    return out
+
+
 class CTRateDataset(VolumeDataset):
     """CT-RATE volumes with reports, labels and metadata.
 
@@ -218,13 +227,14 @@ class CTRateDataset(VolumeDataset):
             vol = read_volume(record.image, modality="CT")
             if meta is not None and not plausible_hu(vol.array):
                 slope, inter = float(meta.get("RescaleSlope") or 1), float(meta.get("RescaleIntercept") or 0)
-                converted = vol.array * slope + inter
+                # The dtype ``vol.array * slope + inter`` has: float64 for stored integers.
+                converted = _rescaled(vol.array, slope, inter, np.result_type(vol.array.dtype, slope))
                 if plausible_hu(converted):
                     warnings.warn(
                         f"{record.image}: in a *_fixed root but not in HU; applying the metadata rescale",
                         stacklevel=2,
                     )
-                    vol.array = converted.astype(np.float32)
+                    vol.array = converted.astype(np.float32, copy=False)
             return vol
         if meta is None:
             raise ValueError(
@@ -235,18 +245,18 @@ class CTRateDataset(VolumeDataset):
 
     def _load_raw(self, path: Path, meta: dict[str, str]) -> Volume:
         src = read_volume(path, modality="CT", reorient=False)
+        stored, src_affine = src.array, src.affine
+        del src  # `stored` is then the only reference to the file's values, dropped once they are used
         slope = float(meta.get("RescaleSlope") or 1.0)
         inter = float(meta.get("RescaleIntercept") or 0.0)
-        data = src.array
-        converted = data.astype(np.float32) * slope + inter
-        if plausible_hu(converted) or not plausible_hu(data):
-            data = converted
-        else:
+        data = _rescaled(stored, slope, inter, np.float32)
+        if not plausible_hu(data) and plausible_hu(stored):
             # Guard: the stored values already look like HU; applying the intercept again would be wrong.
             warnings.warn(
                 f"{path}: raw volume already in HU; rescale intercept not applied again", stacklevel=2
             )
-            data = data.astype(np.float32)
+            data[...] = stored  # the stored values as float32, in the buffer we already have
+        del stored
         if slope == 1.0 and float(inter).is_integer() and data.min() >= -32768 and data.max() <= 32767:
             data = data.astype(np.int16)
         xy = _parse_xy(meta.get("XYSpacing", ""), f"{path} metadata")
@@ -255,12 +265,13 @@ class CTRateDataset(VolumeDataset):
         except (KeyError, ValueError):
             raise ValueError(f"{path}: metadata has no valid ZSpacing") from None
         # Keep the file's axis directions and origin; replace the (unreliable) voxel sizes.
-        direction = src.affine[:3, :3] / np.asarray(spacing_from_affine(src.affine))[None, :]
-        affine = src.affine.copy()
+        direction = src_affine[:3, :3] / np.asarray(spacing_from_affine(src_affine))[None, :]
+        affine = src_affine.copy()
         affine[:3, :3] = direction * np.array([xy[0], xy[1], z])[None, :]
         array, ras = reorient_array(data, affine, "RAS")
         return Volume(
-            array=np.ascontiguousarray(array),
+            # As read_volume: keep the file's (Fortran) layout; only flipped axes are copied, in order.
+            array=array.copy(order="K") if min(array.strides) < 0 else array,
             affine=ras,
             spacing=spacing_from_affine(ras),
             orientation="".join(nib.aff2axcodes(affine)),
