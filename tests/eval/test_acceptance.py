@@ -1,8 +1,8 @@
 """Acceptance: pretrain a `test_*` model on a small SynthCT-VL split; the loss falls and zero-shot
 diagnosis AUROC on held-out cases beats chance by a clear margin.
 
-The run is BrgSA's tiny config with the `test_resenc_clip` image tower (a batch-norm CNN; a per-sample
-norm or the tiny ViT stays at chance here, see `benchmarks/supervised_ceiling.py`) and the frozen MiniLM
+The run is BrgSA's tiny config with the `test_resenc_clip` image tower (a batch-norm CNN; the tiny ViT
+stays at chance here even when supervised, see `benchmarks/supervised_ceiling.py`) and the frozen MiniLM
 text encoder. At 32^3 voxels of ~11 mm, only findings larger than a voxel are visible at all: a supervised
 classifier on the same volumes reaches AUROC ~0.9-1.0 for cardiomegaly and pleural effusion and stays
 near chance for nodules, calcifications and other sub-voxel findings. The test therefore asks for
