@@ -114,6 +114,8 @@ def test_skip_errors_records_failures(msd_task, tmp_path):
         _FailingOnce(msd_task), SPEC, tmp_path / "c", progress=False, on_error="skip"
     )
     assert summary["written"] == 2 and list(summary["failed"]) == ["tiny_001"]
+    with pytest.raises(ValueError, match="failed during preprocessing.*tiny_001"):
+        CachedDataset(summary)
 
 
 @pytest.mark.slow

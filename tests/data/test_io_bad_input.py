@@ -140,6 +140,11 @@ def test_int64_mask_is_written_compactly_and_reads_back(tmp_path):
     out = write_volume(vol, tmp_path / "mask.nii.gz")
     back = read_volume(out)
     assert back.array.dtype == np.uint16
+    for big in (np.array(2**40, dtype=np.int64), np.array(2**63 + 5, dtype=np.uint64)):
+        wide = Volume(**{**vol.__dict__, "array": np.full((4, 5, 6), big)})
+        with pytest.raises(ValueError, match="big.nii.gz: integer values outside the int32 range"):
+            write_volume(wide, tmp_path / "big.nii.gz")
+    assert not (tmp_path / "big.nii.gz").exists()
     assert np.array_equal(back.array, mask)
 
 

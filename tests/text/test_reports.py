@@ -195,6 +195,11 @@ def test_bad_tables_give_clear_errors(tmp_path):
     cues.write_text("pre_negation: ['no']\n", encoding="utf-8")
     with pytest.raises(ValueError, match="missing cue lists"):
         load_cues(cues)
+    lists = "".join(f"{k}: ['x']\n" for k in ("pre_negation", "post_negation", "pseudo_negation"))
+    lists += "pre_uncertainty: ['x']\npost_uncertainty: ['x']\n"
+    cues.write_text(lists + "terminators: end a scope\n", encoding="utf-8")  # a comment that lost its '#'
+    with pytest.raises(ValueError, match=r"\['terminators'\] must be lists"):
+        load_cues(cues)
     with pytest.raises(ValueError, match="string"):
         find_mentions(None)
 

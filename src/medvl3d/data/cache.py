@@ -268,8 +268,10 @@ class CachedDataset(Dataset):
         case_ids: list[str] | None = None,
         transform: Callable[[dict], dict] | None = None,
     ) -> None:
+        failed: dict = {}
         if isinstance(out_dir, dict):
             case_ids = case_ids if case_ids is not None else out_dir.get("case_ids")
+            failed = out_dir.get("failed") or {}
             out_dir = out_dir["out_dir"]
         self.root = Path(out_dir)
         spec_path = self.root / "spec.json"
@@ -287,6 +289,12 @@ class CachedDataset(Dataset):
         else:
             self._ids = [str(c) for c in case_ids]
             missing = [c for c in self._ids if not (self.root / c / "sample.json").is_file()]
+            broken = [f"{c}: {failed[c]}" for c in missing if c in failed]
+            if broken:
+                raise ValueError(
+                    f"{self.root}: {len(broken)} cases failed during preprocessing (e.g. {broken[:3]}); "
+                    "fix or exclude them"
+                )
             if missing:
                 raise ValueError(
                     f"{self.root}: {len(missing)} of {len(self._ids)} cases are not in the cache yet "

@@ -347,7 +347,10 @@ def _write_array(array: np.ndarray, affine: np.ndarray, path: Path, header: Any 
         array = array.astype(np.float32)
     if array.dtype.kind in "iu" and array.itemsize == 8:
         # int64 masks (torch argmax, label loaders): nibabel refuses them and viewers reject int64 NIfTI.
-        array = array.astype(smallest_int_dtype(array))
+        dtype = smallest_int_dtype(array)
+        if dtype.itemsize == 8:  # nibabel would refuse it; a uint64 above 2^63 would wrap silently
+            raise ValueError(f"{path}: integer values outside the int32 range cannot be written")
+        array = array.astype(dtype)
     suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else path.suffix
     with atomic_path(path, suffix=suffix) as tmp:
         if _is_nifti(path):

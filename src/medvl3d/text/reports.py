@@ -192,8 +192,11 @@ def load_cues(path: str | Path | None = None) -> dict[str, list[str]]:
     missing = [k for k in keys if k not in raw]
     if missing:
         raise ValueError(f"{path}: missing cue lists {missing}")
-    # Temporality cues are optional (older cue files lack them).
-    return {k: [str(p) for p in raw.get(k) or []] for k in (*keys, "historical", "current")}
+    names = (*keys, "historical", "current")  # temporality cues are optional (older cue files lack them)
+    bad = [k for k in names if raw.get(k) is not None and not isinstance(raw[k], list)]
+    if bad:
+        raise ValueError(f"{path}: cue entries {bad} must be lists of patterns")
+    return {k: [str(p) for p in raw.get(k) or []] for k in names}
 
 
 #: The built-in alias table (canonical finding -> pattern lists).
