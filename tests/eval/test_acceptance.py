@@ -16,8 +16,9 @@ Known failure (measured 2026-11-23, 600/150 cases, 400 steps): with training see
 *inverted* (0.351, a ranking mostly reversed rather than noise) while pleural effusion is 0.728. The
 likely cause (not yet proven): the frozen MiniLM embeds "X is present." and "X is not present." almost
 identically, and the summaries it was trained on never mention absent findings, so nothing in training
-ties the small direction between the two prompts to the finding. The zero-shot half is therefore a
-non-strict expected failure; choose the seed with MEDVL3D_ACCEPTANCE_SEED.
+ties the small direction between the two prompts to the finding. The test runs seed 1 by
+default (MEDVL3D_ACCEPTANCE_SEED picks 0, 1 or 2); with seed 0 the zero-shot half is a strict expected
+failure, so the day it passes is seen.
 
 Slow (generation, 400 CPU steps, evaluation; about 3 min on 2 cores): `make test-slow`.
 """
@@ -33,7 +34,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 N_TRAIN, N_TEST, STEPS = 600, 150, 400
-SEED = int(os.environ.get("MEDVL3D_ACCEPTANCE_SEED", "0"))  # other seeds: see the module doc
+SEED = int(os.environ.get("MEDVL3D_ACCEPTANCE_SEED", "1"))  # seed 0 is the known failure (module doc)
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 VISIBLE_AT_32 = ("Cardiomegaly", "Pleural effusion")
 
@@ -80,8 +81,7 @@ def test_pretraining_loss_falls(pretrained):
 
 
 @pytest.mark.xfail(
-    strict=False,
-    reason="prompt direction flips for some training seeds (seed 0: cardiomegaly 0.35), see module doc",
+    SEED == 0, strict=True, reason="the prompt direction flips for seed 0 (cardiomegaly 0.35); module doc"
 )
 def test_zero_shot_beats_chance_on_held_out_cases(pretrained):
     from medvl3d.eval.diagnosis import evaluate_diagnosis

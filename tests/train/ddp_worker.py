@@ -34,7 +34,9 @@ def run_cfg(out: Path, batch_size: int) -> dict:
 def nan_on_rank_one() -> None:
     info = init_distributed("cpu")
     model = create_model("test_vit_clip")
-    task = torch.nn.parallel.DistributedDataParallel(build_task("clip", model))
+    # No gather: rank 1's NaN embeddings must not reach rank 0's loss, so only the all-reduced finite
+    # flag can make rank 0 stop.
+    task = torch.nn.parallel.DistributedDataParallel(build_task("clip", model, gather=False))
     batch = collate_samples([PairDataset(4)[i] for i in range(2)])
     if info.rank == 1:
         batch["image"] = batch["image"] * float("nan")

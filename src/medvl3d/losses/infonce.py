@@ -105,9 +105,9 @@ def multi_positive_nce(logits: torch.Tensor, positive_mask: torch.Tensor) -> tor
     return per_row.mean()
 
 
-def modality_gap(image_emb: torch.Tensor, text_emb: torch.Tensor) -> float:
-    """Euclidean distance between the centroids of the L2-normalised image and text embeddings
-    (Liang et al. 2022, "Mind the Gap"); 0 when the two clouds share a centre, at most 2."""
+def centroid_gap(image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+    """:func:`modality_gap` as a 0-dim tensor on the embeddings' device, without gradient: training tasks
+    log it without waiting for the device."""
     if image_emb.ndim != 2 or text_emb.ndim != 2 or image_emb.shape[1] != text_emb.shape[1]:
         raise ValueError(
             f"modality_gap expects [N, E] and [M, E], got {tuple(image_emb.shape)} and "
@@ -118,4 +118,10 @@ def modality_gap(image_emb: torch.Tensor, text_emb: torch.Tensor) -> float:
     with torch.no_grad():
         ci = F.normalize(image_emb.float(), dim=-1).mean(dim=0)
         ct = F.normalize(text_emb.float(), dim=-1).mean(dim=0)
-        return float((ci - ct).norm())
+        return (ci - ct).norm()
+
+
+def modality_gap(image_emb: torch.Tensor, text_emb: torch.Tensor) -> float:
+    """Euclidean distance between the centroids of the L2-normalised image and text embeddings
+    (Liang et al. 2022, "Mind the Gap"); 0 when the two clouds share a centre, at most 2."""
+    return float(centroid_gap(image_emb, text_emb))

@@ -37,7 +37,7 @@ class VisionConfig:
             (a larger heart, more fluid, darker lungs); "batch" keeps it. Supervised on SynthCT-VL at
             32^3 (`benchmarks/supervised_ceiling.py`, 600/150 cases): held-out macro AUROC 0.586 with
             "batch", 0.567 with "instance"; emphysema (darker lungs) 0.76 vs 0.52.
-        stem_stride: CNN stride of the stem convolution (2 quarters the cost of the first stage).
+        stem_stride: CNN stride of the stem convolution (2 cuts the first stage's cost 8-fold).
         grad_checkpointing: recompute blocks in backward to save activation memory.
     """
 

@@ -379,7 +379,7 @@ def _run(
                     # Rank 0 evaluates alone; the others wait here (bounded by the process-group timeout,
                     # 10-30 min by default) rather than inside the next step's collectives.
                     dist.barrier()
-                t_last = time.perf_counter()
+                t_last, step_last = time.perf_counter(), step  # the throughput leaves out the evaluation
             if (tc.ckpt_every > 0 and step % tc.ckpt_every == 0) or step == tc.steps:
                 _checkpoint(
                     cfg, dinfo, ckpt_dir, step, consumed, model, task, optimizer, scheduler, modality, labels

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from medvl3d.losses import barlow_twins_loss, clip_loss, gather_with_grad, modality_gap, siglip_loss
+from medvl3d.losses import barlow_twins_loss, centroid_gap, clip_loss, gather_with_grad, siglip_loss
 from medvl3d.models.clip import VLModel
 from medvl3d.train.augment import AugmentConfig, augment_config, random_view
 
@@ -79,7 +79,7 @@ class ClipTask(nn.Module):
         image, text = _check_batch(batch, "clip")
         out = self.model(image, text)
         loss = clip_loss(out["image_features"], out["text_features"], out["logit_scale"], self.gather)
-        gap = modality_gap(out["image_features"], out["text_features"])
+        gap = centroid_gap(out["image_features"], out["text_features"])
         return {"loss": loss, **_log(clip=loss, logit_scale=out["logit_scale"], gap=gap)}
 
 
@@ -103,7 +103,7 @@ class SigLIPTask(nn.Module):
         loss = siglip_loss(
             out["image_features"], out["text_features"], out["logit_scale"], out["logit_bias"], self.gather
         )
-        gap = modality_gap(out["image_features"], out["text_features"])
+        gap = centroid_gap(out["image_features"], out["text_features"])
         return {
             "loss": loss,
             **_log(siglip=loss, logit_scale=out["logit_scale"], logit_bias=out["logit_bias"], gap=gap),
@@ -167,8 +167,8 @@ class BrgSATask(nn.Module):
             cross=cross,
             mse=mse,
             logit_scale=s,
-            gap=modality_gap(v, t),
-            gap_rec=modality_gap(v_rec, t_rec),
+            gap=centroid_gap(v, t),
+            gap_rec=centroid_gap(v_rec, t_rec),
         )
         return {"loss": loss, **parts}
 
@@ -182,8 +182,9 @@ class GTGMTask(nn.Module):
     z are the normalised image embeddings of the two views, passed through a projector MLP
     (Linear-BatchNorm-ReLU-Linear, as in Barlow Twins) when `projector_dim > 0`. The default is no
     projector, so the view-view term acts on the joint embedding itself and the task has no parameters
-    outside the model (a checkpoint of the model is then the whole state). The projector's BatchNorm uses
-    per-rank statistics under DDP (the Barlow Twins loss itself uses the gathered batch).
+    outside the model (a checkpoint of the model is then the whole state). Under DDP the projector's
+    BatchNorm becomes a SyncBatchNorm on GPUs (the training loop converts the task) and uses per-rank
+    statistics on CPU; the Barlow Twins loss itself uses the gathered batch.
 
     Args:
         model: the vision-language model.
@@ -259,11 +260,12 @@ class GTGMTask(nn.Module):
         b = image.shape[0]
         v1, v2 = out["image_features"][:b], out["image_features"][b:]
         t, s = out["text_features"], out["logit_scale"]
-        clip = 0.5 * (clip_loss(v1, t, s, self.gather) + clip_loss(v2, t, s, self.gather))
+        t_all = gather_with_grad(t) if self.gather else None  # shared by both views' losses
+        clip = 0.5 * sum(clip_loss(v, t, s, self.gather, all_text=t_all) for v in (v1, v2))
         z = out["image_features"] if self.projector is None else self.projector(out["image_features"])
         barlow = barlow_twins_loss(z[:b], z[b:], self.barlow_lambda, self.gather)
         loss = clip + self.barlow_weight * barlow
         return {
             "loss": loss,
-            **_log(clip=clip, barlow=barlow, logit_scale=s, gap=modality_gap(v1, t)),
+            **_log(clip=clip, barlow=barlow, logit_scale=s, gap=centroid_gap(v1, t)),
         }
