@@ -11,6 +11,11 @@ Prints one table, per label and macro, AUROC and F1 (at 0.5) for:
 * ``rules+LR (cv)``: the per-label logistic calibration, k-fold cross-validated (fit on k-1 folds,
   scored on the held-out fold), the honest estimate for unseen reports.
 and the labeller's throughput.
+
+``report_text`` has no section headers (findings and impression are joined by a quote character), so
+every mention counts as findings here and the impression weighting is not exercised. The CT-RATE loader
+joins its two columns with ``join_report`` (FINDINGS:/IMPRESSION: headers); on the 192 reports whose
+single quote marks that boundary, re-joining them so moves the rules' macro AUROC by 0.0001.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ import pytest
 from medvl3d.data.datasets import CTRateDataset, open_dataset
 from medvl3d.data.datasets.ctrate import plausible_hu
 from medvl3d.schema import CTRATE_LABELS
+from medvl3d.text.reports import find_mentions, join_report
 
 
 def _write_csv(path, header, rows):
@@ -77,11 +78,24 @@ def test_reports_labels_and_missing_entries(ctrate):
         ds = CTRateDataset(root, "train", exclude=["train_4_a_1"])
     with pytest.warns(UserWarning, match="already in HU"):
         s1, s3 = ds[0], ds[2]
-    assert s1["report"] == "Small left effusion.\nEffusion."
+    # Joined with headers, exactly as join_report (the form the labeller is tested on).
+    assert s1["report"] == "FINDINGS: Small left effusion.\nIMPRESSION: Effusion."
+    assert s1["report"] == join_report("Small left effusion.", "Effusion.")
+    assert ds[1]["report"] == "FINDINGS: Lungs clear."  # an empty impression adds no header
     assert s1["labels"]["Pleural effusion"] == 1 and sum(s1["labels"].values()) == 1
     assert list(s1["labels"]) == list(CTRATE_LABELS)
     assert s1["meta"]["clinical_information"] == "Cough." and s1["meta"]["modality"] == "CT"
     assert s3["report"] == "" and s3["labels"] == {}
+
+
+def test_loader_text_reaches_the_labeller_with_its_sections(ctrate):
+    """The impression of a loaded report is read as the impression (the labeller weights it more)."""
+    root, _ = ctrate
+    with pytest.warns(UserWarning, match="without report"):
+        ds = CTRateDataset(root, "train", exclude=["train_4_a_1"])
+    report = ds.records[0].report
+    found = [(m.finding, m.section, m.affirmed) for m in find_mentions(report)]
+    assert found == [("Pleural effusion", "findings", True), ("Pleural effusion", "impression", True)]
 
 
 def test_open_dataset_detects_ctrate(ctrate):

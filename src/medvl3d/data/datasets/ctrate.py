@@ -22,6 +22,7 @@ import numpy as np
 
 from medvl3d.data.datasets.base import CaseRecord, VolumeDataset, strip_nifti_suffix
 from medvl3d.data.io import Volume, read_volume, reorient_array, spacing_from_affine
+from medvl3d.text.reports import join_report
 
 # File-name spellings of each split in the published CSVs.
 _SPLIT_ALIASES = {"valid": ("valid", "validation"), "validation": ("validation", "valid")}
@@ -178,17 +179,14 @@ class CTRateDataset(VolumeDataset):
             lab = labels.get(name)
             if lab is None:
                 missing_labels += 1
-            text = "\n".join(
-                s
-                for s in ((rep or {}).get("Findings_EN", ""), (rep or {}).get("Impressions_EN", ""))
-                if s and s.strip()
-            )
+            # With FINDINGS:/IMPRESSION: headers, as the labeller and summariser are tested on.
+            text = join_report((rep or {}).get("Findings_EN"), (rep or {}).get("Impressions_EN"))
             records.append(
                 CaseRecord(
                     case_id=name,
                     image=found[name][0],
                     label=self._label_path(found[name][0], name, label_suffix),
-                    report=text.strip(),
+                    report=text,
                     labels={
                         k: int(float(v)) for k, v in (lab or {}).items() if k != "VolumeName" and v != ""
                     },
