@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import stat
 
 import pytest
@@ -148,3 +150,102 @@ def test_temp_dir_target_recognises_only_atomic_dir_temporaries(tmp_path):
     assert temp_dir_target(tmp_path / ".tmp-case-with-dashes-0a1b2c3d") == "case-with-dashes"
     assert temp_dir_target(tmp_path / "tiny_001") is None
     assert temp_dir_target(tmp_path / ".tmp-nodash") is None
+
+
+def _checkpoint(folder, weights: bytes) -> None:
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(weights)
+    (folder / "config.json").write_text('{"step": 2}', encoding="utf-8")
+
+
+def _content(folder) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_overwrite_keeps_the_old_folder_when_the_final_rename_fails(tmp_path, monkeypatch):
+    final = tmp_path / "step-00000002"
+    _checkpoint(final, b"old weights")
+    old = _content(final)
+    real_replace = os.replace
+
+    def replace(src, dst, *args, **kwargs):
+        if os.path.basename(src).startswith(".tmp-"):  # the new folder moving in: the critical rename
+            raise OSError(errno.EIO, "simulated I/O error", str(dst))
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError, match="simulated I/O error"):
+        with atomic_dir(final, overwrite=True, fsync=True) as tmp:
+            (tmp / "model.safetensors").write_bytes(b"new weights")
+            (tmp / "config.json").write_text('{"step": 2, "new": true}', encoding="utf-8")
+    # The old checkpoint is back under its own name, untouched; neither the new temporary nor an aside
+    # copy is left (the pre-fix rmtree-then-rename lost the old folder here).
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000002"]
+    assert _content(final) == old
+
+
+def test_successful_overwrite_leaves_only_the_new_content(tmp_path):
+    final = tmp_path / "step-00000002"
+    _checkpoint(final, b"old weights")
+    (final / "train_state.pt").write_bytes(b"only in the old folder")
+    with atomic_dir(final, overwrite=True, fsync=True) as tmp:
+        (tmp / "model.safetensors").write_bytes(b"new weights")
+    assert _content(final) == {"model.safetensors": b"new weights"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000002"]
+
+
+def _overwrite_and_die_at(final, crash_at: int) -> int:
+    """Fork a child that overwrites ``final`` and is killed (``os._exit``, no cleanup) just before its
+    ``crash_at``-th rename/removal; returns the child's exit code (0: it finished before that call)."""
+    pid = os.fork()
+    if pid:
+        return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    calls = 0
+
+    def dying(fn):
+        def wrapper(*args, **kwargs):
+            nonlocal calls
+            calls += 1
+            if calls == crash_at:
+                os._exit(17)
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    try:
+        os.replace, os.rename, shutil.rmtree = dying(os.replace), dying(os.rename), dying(shutil.rmtree)
+        with atomic_dir(final, overwrite=True) as tmp:
+            (tmp / "model.safetensors").write_bytes(b"new weights")
+            (tmp / "config.json").write_text('{"step": 2, "new": true}', encoding="utf-8")
+    finally:
+        os._exit(0 if calls < crash_at else 3)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="simulates a killed process with fork")
+def test_a_kill_at_any_point_of_an_overwrite_leaves_one_complete_folder(tmp_path):
+    from medvl3d.atomic import aside_dir_target, restore_aside
+
+    new = {"config.json": b'{"step": 2, "new": true}', "model.safetensors": b"new weights"}
+    crash_at = 1
+    while True:
+        run = tmp_path / f"run{crash_at}"
+        run.mkdir()
+        final = run / "step-00000002"
+        _checkpoint(final, b"old weights")
+        old = _content(final)
+        code = _overwrite_and_die_at(final, crash_at)
+        assert code in (0, 17), f"child failed with exit code {code}"
+        killed = code == 17
+        if killed:
+            # Killed mid-way: the complete old or new folder sits under its name or a recognisable aside name.
+            asides = [p for p in run.iterdir() if aside_dir_target(p) == final.name]
+            assert final.is_dir() or asides, f"kill before call {crash_at}: {sorted(os.listdir(run))}"
+        restore_aside(final)
+        assert _content(final) in (old, new), f"kill before call {crash_at}"
+        assert not [p for p in run.iterdir() if aside_dir_target(p)], f"kill before call {crash_at}"
+        if not killed:
+            assert _content(final) == new
+            break
+        crash_at += 1
+    # The replacing rename, the aside rename and the aside removal were each a kill point.
+    assert crash_at >= 4

@@ -5,6 +5,11 @@ a filesystem) and moved into place with ``os.replace``; on any exception the tem
 target is left as it was. With ``fsync=True`` the data is flushed to disk before the rename and the
 folder after it, so the new file also survives a power loss (checkpoints, configs).
 
+``atomic_dir(overwrite=True)`` never deletes the old folder before the new one is in place: the old one is
+renamed aside to ``.old-<name>-<random>``, the new one renamed in, and only then the aside copy removed (or
+renamed back if the second rename fails). A process killed between the two renames leaves both complete
+folders; :func:`restore_aside` puts the old one back under its name.
+
 Temporaries are created with mode 0666 (files) / 0777 (folders) filtered by the process umask, i.e. the
 mode any ``open``/``mkdir`` would give, not the owner-only 0600/0700 of ``tempfile.mkstemp``/``mkdtemp``:
 caches and checkpoints on a shared lab machine stay readable by the group the umask allows.
@@ -23,16 +28,23 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "ASIDE_DIR_PREFIX",
     "TMP_DIR_PREFIX",
+    "aside_dir_target",
     "atomic_dir",
     "atomic_path",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "restore_aside",
     "temp_dir_target",
 ]
 
 TMP_DIR_PREFIX = ".tmp-"
+#: Prefix of the old folder that ``atomic_dir(overwrite=True)`` moves aside while the new one is renamed in.
+#: Deliberately not ``TMP_DIR_PREFIX``: callers delete stale temporaries, but an aside copy may be the only
+#: complete folder left by a crash.
+ASIDE_DIR_PREFIX = ".old-"
 _ATTEMPTS = 100
 
 
@@ -141,13 +153,15 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False, fsync: bool 
 
     Args:
         path: the final folder.
-        overwrite: remove an existing ``path`` just before the rename. Otherwise an existing non-empty
-            ``path`` (e.g. written meanwhile by a concurrent process) raises FileExistsError.
+        overwrite: replace an existing ``path``: it is renamed aside just before the rename and removed
+            after it (renamed back if the rename fails). Otherwise an existing non-empty ``path`` (e.g.
+            written meanwhile by a concurrent process) raises FileExistsError.
         fsync: flush every file and folder inside before the rename, and the parent after it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _create_unique(path.parent, f"{TMP_DIR_PREFIX}{path.name}-", "", _make_dir)
+    aside = None
     try:
         yield tmp
         if fsync:
@@ -157,12 +171,13 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False, fsync: bool 
                 else:
                     _fsync_file(item)
             _fsync_dir(tmp)
-        if overwrite and path.exists():
-            shutil.rmtree(path)
+        aside = _move_aside(path) if overwrite else None
         try:
             os.replace(tmp, path)
-        except OSError as exc:
-            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+        except BaseException as exc:
+            if aside is not None:
+                _put_back(aside, path, exc)
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
                 raise FileExistsError(exc.errno, f"{path}: already exists, not replaced") from exc
             raise
     finally:
@@ -170,11 +185,74 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False, fsync: bool 
             shutil.rmtree(tmp, ignore_errors=True)
     if fsync:
         _fsync_dir(path.parent)
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)  # only now: the new folder is in place (and durable)
+
+
+def _move_aside(path: Path) -> Path | None:
+    """Rename an existing folder ``path`` to a fresh ``.old-<name>-<random>`` beside it; None if absent."""
+    for _ in range(_ATTEMPTS):
+        if not path.exists():
+            return None
+        aside = path.parent / f"{ASIDE_DIR_PREFIX}{path.name}-{secrets.token_hex(4)}"
+        try:
+            # A taken name fails (POSIX would at most replace an *empty* folder there, which loses nothing).
+            os.replace(path, aside)
+        except FileNotFoundError:
+            continue  # removed meanwhile by another writer: nothing to keep
+        except OSError as exc:
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                continue
+            raise
+        return aside
+    raise FileExistsError(errno.EEXIST, f"{path.parent}: no free name {ASIDE_DIR_PREFIX}{path.name}-*")
+
+
+def _put_back(aside: Path, path: Path, exc: BaseException) -> None:
+    """Rename the old folder back after the new one failed to go in; note on ``exc`` where it stayed."""
+    try:
+        os.replace(aside, path)
+    except OSError as back:  # e.g. a concurrent writer filled ``path`` meanwhile: keep the copy findable
+        exc.add_note(f"the previous {path.name} could not be renamed back ({back}); it is kept as {aside}")
+
+
+def restore_aside(path: str | os.PathLike) -> Path | None:
+    """Recover from an :func:`atomic_dir` overwrite killed between its two renames.
+
+    If ``path`` is missing, the most recently modified ``.old-<name>-*`` copy beside it is renamed back to
+    ``path``. Aside copies beside an existing ``path`` are leftovers of a process killed after its new folder
+    was in place, and are removed. Call it only while no other process writes ``path`` (like removing stale
+    temporaries).
+
+    Returns:
+        ``path`` when a copy was renamed back, else None.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        return None
+    asides = [p for p in path.parent.glob(f"{ASIDE_DIR_PREFIX}*") if aside_dir_target(p) == path.name]
+    asides.sort(key=lambda p: p.stat().st_mtime_ns)
+    restored = None
+    if not path.exists() and asides:
+        os.replace(asides.pop(), path)
+        restored = path
+    for stale in asides:
+        shutil.rmtree(stale, ignore_errors=True)
+    return restored
+
+
+def _prefixed_target(path: Path, prefix: str) -> str | None:
+    name = path.name
+    if not name.startswith(prefix) or "-" not in name[len(prefix) :]:
+        return None
+    return name[len(prefix) :].rsplit("-", 1)[0]
 
 
 def temp_dir_target(tmp: Path) -> str | None:
     """The final folder name an :func:`atomic_dir` temporary was made for, or None if ``tmp`` is not one."""
-    name = tmp.name
-    if not name.startswith(TMP_DIR_PREFIX) or "-" not in name[len(TMP_DIR_PREFIX) :]:
-        return None
-    return name[len(TMP_DIR_PREFIX) :].rsplit("-", 1)[0]
+    return _prefixed_target(tmp, TMP_DIR_PREFIX)
+
+
+def aside_dir_target(aside: Path) -> str | None:
+    """The folder name an :func:`atomic_dir` aside copy (old content) belongs to, or None if not one."""
+    return _prefixed_target(aside, ASIDE_DIR_PREFIX)
