@@ -53,23 +53,24 @@ def test_vit_clip() -> VLConfig:
     return VLConfig(vision=vision, text=TextTowerConfig(name="test-tiny"), embed_dim=32)
 
 
+def _tiny_resenc() -> VisionConfig:
+    """32^3 residual CNN, stride-2 stem, widths 16/32/64, batch norm: the vision tower of the two below."""
+    return VisionConfig(
+        arch="resenc", img_size=(32, 32, 32), width=16, stage_blocks=(1, 1, 1), norm="batch", stem_stride=2
+    )
+
+
 @register_model
 def test_resenc_clip() -> VLConfig:
     """Tiny residual CNN for unit tests: 32^3, stride-2 stem, widths 16/32/64, batch norm."""
-    vision = VisionConfig(
-        arch="resenc", img_size=(32, 32, 32), width=16, stage_blocks=(1, 1, 1), norm="batch", stem_stride=2
-    )
-    return VLConfig(vision=vision, text=TextTowerConfig(name="test-tiny"), embed_dim=32)
+    return VLConfig(vision=_tiny_resenc(), text=TextTowerConfig(name="test-tiny"), embed_dim=32)
 
 
 @register_model
 def cpu_resenc_clip() -> VLConfig:
-    """CPU size for the SynthCT-VL configs: 32^3 input, residual CNN with a stride-2 stem, widths 16/32/64
-    and batch norm (keeps the intensity level that findings are made of); frozen MiniLM text."""
-    vision = VisionConfig(
-        arch="resenc", img_size=(32, 32, 32), width=16, stage_blocks=(1, 1, 1), norm="batch", stem_stride=2
-    )
-    return VLConfig(vision=vision, text=TextTowerConfig(name="all-MiniLM-L6-v2"), embed_dim=64)
+    """CPU size for the SynthCT-VL configs: the vision tower of `test_resenc_clip` (batch norm keeps the
+    intensity level that findings are made of) with frozen MiniLM text and a 64-d joint space."""
+    return VLConfig(vision=_tiny_resenc(), text=TextTowerConfig(name="all-MiniLM-L6-v2"), embed_dim=64)
 
 
 @register_model
