@@ -106,6 +106,9 @@ def test_real_reports_cross_validated_calibration(real, real_features):
             "No nodule, effusion or consolidation was detected; atelectasis in the left lower lobe.",
             {"Atelectasis"},
         ),
+        # Temporality: what changed decides, not the comparison; "loss of volume" is not loss of a finding.
+        ("Compared to the previous examination, the consolidation has regressed.", set()),
+        ("Loss of volume with consolidation in the right lower lobe.", {"Consolidation"}),
     ],
 )
 def test_hand_written_reports(labeller, report, positives):

@@ -162,6 +162,65 @@ def test_historical_mentions():
     assert now.affirmed and not now.historical
 
 
+COMPARED_WITH_DATED_CT = "Compared with the CT examination dated 05.02.2018, consolidation is seen."
+
+
+def _temporality(text: str) -> dict[str, str]:
+    """finding -> "historical" / "affirmed" / "other" of its mentions in ``text`` (one mention each)."""
+    out = {}
+    for m in find_mentions(text):
+        assert m.finding not in out, f"{m.finding} mentioned twice in {text!r}"
+        out[m.finding] = "historical" if m.historical else "affirmed" if m.affirmed else "other"
+    return out
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        # "compared" is no current cue: what changed decides, not the comparison itself.
+        ("Compared to the previous examination, the consolidation has regressed.", "historical"),
+        ("Pleural effusion has regressed when compared with the previous examination.", "historical"),
+        # The baseline of a comparison does not put the finding in the past ...
+        (COMPARED_WITH_DATED_CT, "affirmed"),
+        ("Compared to the patient's examination dated March 26, 2018, a nodule is observed.", "affirmed"),
+        # ... and current cues still win over an earlier examination.
+        ("Nodules of stable size were observed when compared with the previous examination.", "affirmed"),
+        ("Consolidation increased compared to the previous examination.", "affirmed"),
+    ],
+)
+def test_comparison_with_an_earlier_examination(text, expected):
+    assert set(_temporality(text).values()) == {expected}
+
+
+def test_comparison_baseline_is_masked_by_the_cue_file():
+    """Without the pseudo_historical cues, "CT ... dated" would make the clause historical."""
+    cues = load_cues()
+    assert not ReportParser(cues=cues).find_mentions(COMPARED_WITH_DATED_CT)[0].historical
+    (m,) = ReportParser(cues={**cues, "pseudo_historical": []}).find_mentions(COMPARED_WITH_DATED_CT)
+    assert m.historical
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        # "loss of" governs only the finding right after it.
+        ("Loss of volume with consolidation in the right lower lobe.", {"Consolidation": "affirmed"}),
+        (
+            "Slight loss of aeration in the posterobasal left lung, position-dependent atelectasis.",
+            {"Atelectasis": "affirmed"},
+        ),
+        ("Loss of consolidation is observed in this examination.", {"Consolidation": "historical"}),
+        ("Loss of the consolidation in the left lower lobe.", {"Consolidation": "historical"}),
+        (
+            "Loss of consolidation is observed and there is linear atelectasis in this localization.",
+            {"Consolidation": "historical", "Atelectasis": "affirmed"},
+        ),
+    ],
+)
+def test_loss_of_a_finding_is_not_loss_of_volume(text, expected):
+    assert _temporality(text) == expected
+
+
 def test_mention_spans_index_the_input():
     text = "Trachea is open.  Bilateral pleural effusion-thickening is seen; no ground-glass opacity."
     for m in find_mentions(text):
@@ -199,6 +258,9 @@ def test_bad_tables_give_clear_errors(tmp_path):
     lists += "pre_uncertainty: ['x']\npost_uncertainty: ['x']\n"
     cues.write_text(lists + "terminators: end a scope\n", encoding="utf-8")  # a comment that lost its '#'
     with pytest.raises(ValueError, match=r"\['terminators'\] must be lists"):
+        load_cues(cues)
+    cues.write_text(lists + "terminators: ['x']\npre_historical: loss of\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"\['pre_historical'\] must be lists"):
         load_cues(cues)
     with pytest.raises(ValueError, match="string"):
         find_mentions(None)

@@ -91,7 +91,8 @@ class Mention:
         section: the report section the mention is in ("findings", "impression", ...).
         clause: the clause around the mention (used for locations and context).
         historical: the clause is about an earlier examination and does not say the finding is there now
-            ("the consolidation seen in the previous examination has regressed").
+            ("the consolidation seen in the previous examination has regressed"), or the finding is said
+            to be gone ("loss of consolidation").
     """
 
     finding: str
@@ -192,7 +193,8 @@ def load_cues(path: str | Path | None = None) -> dict[str, list[str]]:
     missing = [k for k in keys if k not in raw]
     if missing:
         raise ValueError(f"{path}: missing cue lists {missing}")
-    names = (*keys, "historical", "current")  # temporality cues are optional (older cue files lack them)
+    # Temporality cues are optional (older cue files lack them).
+    names = (*keys, "historical", "pseudo_historical", "pre_historical", "current")
     bad = [k for k in names if raw.get(k) is not None and not isinstance(raw[k], list)]
     if bad:
         raise ValueError(f"{path}: cue entries {bad} must be lists of patterns")
@@ -254,6 +256,8 @@ class ReportParser:
         splits = [_word_alternation(cues["terminators"])] + _CLAUSE_SPLIT_EXTRA
         self._clause_split = re.compile("|".join(f"(?:{s})" for s in splits))
         self._historical = _compile_list(cues.get("historical", []), "historical")
+        self._pseudo_historical = _compile_list(cues.get("pseudo_historical", []), "pseudo_historical")
+        self._pre_historical = _compile_list(cues.get("pre_historical", []), "pre_historical")
         self._current = _compile_list(cues.get("current", []), "current")
 
     # ----------------------------------------------------------------------------------------------
@@ -306,11 +310,12 @@ class ReportParser:
         post_unc += pseudo_unc
         if self._question:
             post_unc += [(s + m.start(), s + m.end()) for m in re.finditer(r"\?", clause)]
-        historical = (
-            self._historical is not None
-            and self._historical.search(clause) is not None
-            and (self._current is None or self._current.search(clause) is None)
+        # A comparison baseline ("compared with the CT dated ...") does not make the clause historical.
+        baseline = self._cue_spans(self._pseudo_historical, norm, s, e, [])
+        historical = bool(self._cue_spans(self._historical, norm, s, e, baseline)) and (
+            self._current is None or self._current.search(clause) is None
         )
+        gone = self._cue_spans(self._pre_historical, norm, s, e, [])
         out = []
         for ms, me, name, alias in hits:
             # Context may sit anywhere in the sentence ("plaques are seen, which involve the aorta").
@@ -323,6 +328,8 @@ class ReportParser:
             uncertain = any(ce <= ms and _words_between(norm, ce, ms) <= 6 for cs, ce in pre_unc) or any(
                 cs >= me and _words_between(norm, me, cs) <= 6 for cs, ce in post_unc
             )
+            # "loss of X": only the mention right after the cue is gone.
+            past = historical or any(ce <= ms and _words_between(norm, ce, ms) == 0 for cs, ce in gone)
             out.append(
                 Mention(
                     name,
@@ -333,7 +340,7 @@ class ReportParser:
                     uncertain and not negated,
                     section,
                     text[s:e].strip(),
-                    historical and not negated,
+                    past and not negated,
                 )
             )
         return _drop_nested(out)
