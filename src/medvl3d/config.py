@@ -85,7 +85,12 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    """Loop settings; ``steps`` counts optimiser steps (each of ``accum_steps`` micro-batches)."""
+    """Loop settings; ``steps`` counts optimiser steps (each of ``accum_steps`` micro-batches).
+
+    ``eval_every`` > 0 evaluates zero-shot diagnosis on ``data.valid_split`` every that many steps (and at
+    the last). ``dist_timeout_min`` bounds every DDP wait (rank 0 preprocessing the cache or evaluating
+    while the others wait); the process-group default (10 minutes with NCCL) kills long ones.
+    """
 
     steps: int = 100
     accum_steps: int = 1
@@ -98,6 +103,14 @@ class TrainConfig:
     grad_clip: float = 1.0
     device: str = "auto"
     progress: bool = True
+    dist_timeout_min: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.dist_timeout_min < float("inf"):
+            raise ValueError(
+                f"config key 'train.dist_timeout_min': must be a positive number of minutes, "
+                f"got {self.dist_timeout_min!r}"
+            )
 
 
 @dataclass

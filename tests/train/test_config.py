@@ -26,6 +26,8 @@ def test_yaml_and_overrides_are_typed(tmp_path):
     assert cfg.optim.lr == pytest.approx(3e-4) and isinstance(cfg.optim.lr, float)
     assert cfg.train.steps == 5 and cfg.train.amp == "bf16" and cfg.train.compile is True
     assert cfg.model.overrides == {"embed_dim": 64}
+    assert cfg.train.dist_timeout_min == 60.0  # generous default: NCCL's own is 10 minutes
+    assert load_config(p, ["train.dist_timeout_min=90"]).train.dist_timeout_min == 90.0
     # an int where a float is expected is accepted and converted
     assert load_config(p, ["optim.lr=1"]).optim.lr == 1.0
 
@@ -40,6 +42,10 @@ def test_yaml_and_overrides_are_typed(tmp_path):
         ("train.compile=1", "train.compile.*bool"),
         ("nosuch.x=1", "unknown key 'nosuch'"),
         ("train.steps", "section.key=value"),
+        ("train.dist_timeout_min=0", "train.dist_timeout_min.*positive number of minutes, got 0"),
+        ("train.dist_timeout_min=-5", "train.dist_timeout_min.*positive number of minutes, got -5"),
+        ("train.dist_timeout_min=.inf", "train.dist_timeout_min.*positive number of minutes, got inf"),
+        ("train.dist_timeout_min=soon", "train.dist_timeout_min.*float"),
     ],
 )
 def test_bad_overrides_name_the_key(tmp_path, override, match):

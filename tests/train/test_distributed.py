@@ -79,3 +79,26 @@ def test_non_finite_loss_on_one_rank_stops_every_rank(tmp_path):
     )
     assert proc.returncode != 0
     assert "rank 0: FloatingPointError" in proc.stdout and "rank 1: FloatingPointError" in proc.stdout
+
+
+def test_configured_timeout_reaches_init_process_group(tmp_path, monkeypatch):
+    """``train.dist_timeout_min`` bounds every DDP wait: it is the process group's timeout."""
+    from datetime import timedelta
+
+    import medvl3d.train.distributed as distributed
+
+    seen: list[dict] = []
+
+    def init_process_group(**kwargs):
+        seen.append(kwargs)
+        raise RuntimeError("stop after the spy")
+
+    monkeypatch.setattr(distributed.dist, "init_process_group", init_process_group)
+    for key, value in {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(key, value)
+    cfg = config_from_dict(
+        {"train": {"device": "cpu", "dist_timeout_min": 7.5, "progress": False}, "output": str(tmp_path)}
+    )
+    with pytest.raises(RuntimeError, match="stop after the spy"):
+        train(cfg)
+    assert seen == [{"backend": "gloo", "timeout": timedelta(minutes=7.5)}]

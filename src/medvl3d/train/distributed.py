@@ -3,13 +3,16 @@
 ``torchrun --nproc_per_node N [--nnodes M --rdzv_endpoint host:port] -m medvl3d.cli train CONFIG`` sets
 ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT``; :func:`init_distributed`
 reads them and joins the group with ``nccl`` on CUDA and ``gloo`` on CPU. Without them it is a no-op
-and training runs in one process.
+and training runs in one process. Every collective and barrier waits at most ``train.dist_timeout_min``
+(default 60 minutes, instead of NCCL's 10), so rank 0 may preprocess a cache or evaluate alone for that
+long while the other ranks wait.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -50,8 +53,13 @@ def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
     return dev
 
 
-def init_distributed(device: str = "auto") -> DistInfo:
-    """Join the torchrun process group if its environment variables are set; else a single process."""
+def init_distributed(device: str = "auto", timeout_min: float = 60.0) -> DistInfo:
+    """Join the torchrun process group if its environment variables are set; else a single process.
+
+    Args:
+        device: ``auto`` or a torch device string (see :func:`resolve_device`).
+        timeout_min: how long any collective or barrier of the group may wait for the other ranks.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo(device=resolve_device(device))
@@ -61,7 +69,9 @@ def init_distributed(device: str = "auto") -> DistInfo:
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        dist.init_process_group(
+            backend="nccl" if dev.type == "cuda" else "gloo", timeout=timedelta(minutes=timeout_min)
+        )
     return DistInfo(rank=rank, local_rank=local_rank, world_size=world, device=dev)
 
 

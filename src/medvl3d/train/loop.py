@@ -261,7 +261,7 @@ def train(
     tc = cfg.train
     if tc.steps < 1 or tc.accum_steps < 1:
         raise ValueError(f"train.steps and train.accum_steps must be >= 1, got {tc.steps}, {tc.accum_steps}")
-    info = init_distributed(tc.device)
+    info = init_distributed(tc.device, tc.dist_timeout_min)
     try:
         return _run(cfg, info, model, task, dataset, callbacks)
     finally:
@@ -286,6 +286,7 @@ def _run(
     if dataset is None:  # first: bad data paths fail before any model is built
         dataset = build_dataset(cfg.data, cfg.data.train_split, rank=dinfo.rank, world_size=dinfo.world_size)
     modality, labels = _dataset_facts(dataset)
+    valid = _validation_data(cfg, dinfo) if tc.eval_every > 0 else None
     _seed_all(tc.seed)  # same initial weights on every rank
     if model is None:
         model, task = _build_model_and_task(cfg)
@@ -372,12 +373,13 @@ def _run(
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}")
             if tc.eval_every > 0 and (step % tc.eval_every == 0 or step == tc.steps):
                 if log is not None:
-                    val = _zero_shot_eval(cfg, model, modality, labels)
+                    assert valid is not None
+                    val = _zero_shot_eval(cfg, model, modality, labels, valid)
                     log.write({"step": step, **val})
                     task.train()
                 if dinfo.distributed:
-                    # Rank 0 evaluates alone; the others wait here (bounded by the process-group timeout,
-                    # 10-30 min by default) rather than inside the next step's collectives.
+                    # Rank 0 evaluates alone; the others wait here (at most train.dist_timeout_min) rather
+                    # than inside the next step's collectives.
                     dist.barrier()
                 t_last, step_last = time.perf_counter(), step  # the throughput leaves out the evaluation
             if (tc.ckpt_every > 0 and step % tc.ckpt_every == 0) or step == tc.steps:
@@ -394,17 +396,53 @@ def _run(
     return run_dir
 
 
-def _zero_shot_eval(cfg: ExperimentConfig, model: nn.Module, modality: str, labels: Sequence[str]) -> dict:
-    """Zero-shot macro AUROC on the validation split (no bootstrap), for ``train.eval_every``."""
-    from medvl3d.eval.diagnosis import evaluate_diagnosis
+def _validation_data(cfg: ExperimentConfig, dinfo: DistInfo) -> Dataset | list[dict]:
+    """The preprocessed validation split for ``train.eval_every``, built once before training.
+
+    It goes through the training data's machinery (``data.format``, ``data.preprocess``, ``data.cache_dir``):
+    with a cache every rank preprocesses its share into it; without one, rank 0 (the one that evaluates)
+    keeps the preprocessed cases in memory. A missing or empty split fails here, not hours into the run.
+    """
+    d = cfg.data
+    where = (
+        f"validation split {d.valid_split!r} of data.root {d.root} (train.eval_every={cfg.train.eval_every})"
+    )
+    try:
+        valid = build_dataset(d, d.valid_split, with_text=False, rank=dinfo.rank, world_size=dinfo.world_size)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read the {where}: {exc}") from exc
+    if len(valid) == 0:
+        raise ValueError(f"the {where} has no cases")
+    if d.cache_dir or not dinfo.is_main:
+        return valid
+    keep = ("image", "labels", "report", "meta")  # not the label maps: zero-shot scoring never reads them
+    return [{k: v for k, v in valid[i].items() if k in keep} for i in range(len(valid))]
+
+
+def _zero_shot_eval(
+    cfg: ExperimentConfig,
+    model: nn.Module,
+    modality: str,
+    labels: Sequence[str],
+    valid: Dataset | list[dict],
+) -> dict:
+    """Zero-shot macro AUROC on the preprocessed validation split (no bootstrap), for ``train.eval_every``."""
+    from medvl3d.eval.diagnosis import evaluate_diagnosis, load_label_groups
     from medvl3d.infer.predictor import Predictor
 
     model = ckpt.unwrap_model(model)
     predictor = Predictor(
         model, make_info(cfg, model, modality, labels), device=next(model.parameters()).device
     )
+    # the split is preprocessed already (once, by _validation_data): pass its images through
+    predictor.preprocess = lambda sample: torch.as_tensor(sample["image"])  # type: ignore[method-assign]
     report = evaluate_diagnosis(
-        predictor, cfg.data.root, split=cfg.data.valid_split, bootstrap=0, progress=False
+        predictor,
+        valid,
+        split=cfg.data.valid_split,
+        bootstrap=0,
+        groups=load_label_groups(cfg.data.root),
+        progress=False,
     )
     out = {"val_macro_auroc": report.macro["auroc"], "val_gap": report.modality_gap["before_bank"]}
     out.update({f"val_{g}_auroc": info["auroc"] for g, info in report.groups.items()})
