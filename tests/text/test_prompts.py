@@ -52,11 +52,27 @@ def test_round_trip_dict_and_yaml(tmp_path):
     assert loaded.negative_prompts("Atelectasis") == ["Atelectasis is absent."]
 
 
+def test_fixed_negative_sentence_appears_once():
+    ps = PromptSet(
+        positive=("{}.",),
+        negative=("no acute findings.", "no {}."),
+        synonyms={"Cardiomegaly": ["enlarged heart"]},
+    )
+    assert ps.negative_prompts("Cardiomegaly") == [
+        "No acute findings.",
+        "No cardiomegaly.",
+        "No enlarged heart.",
+    ]
+    assert ps.negative_prompts("Emphysema") == ["No acute findings.", "No emphysema."]
+    assert PromptSet.from_dict(ps.to_dict()) == ps
+
+
 @pytest.mark.parametrize(
     "data, match",
     [
         ({"positive": ["no placeholder"]}, "placeholder"),
-        ({"negative": ["{} and {}"]}, "placeholder"),
+        ({"negative": ["{} and {}"]}, "at most one"),
+        ({"negative": ["   "]}, "empty"),
         ({"positive": []}, "non-empty"),
         ({"positive": "{} is present."}, "non-empty list"),
         ({"postive": ["{}"]}, "postive"),

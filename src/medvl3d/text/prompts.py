@@ -46,14 +46,19 @@ def _fill(template: str, text: str) -> str:
     return out[0].upper() + out[1:] if out else out
 
 
-def _check_templates(templates: Sequence[str], kind: str) -> tuple[str, ...]:
+def _check_templates(templates: Sequence[str], kind: str, fixed_ok: bool) -> tuple[str, ...]:
+    """Templates hold one ``{}`` for the finding; with ``fixed_ok`` also none (the same sentence for all)."""
     if isinstance(templates, str) or not isinstance(templates, Sequence) or not templates:
         raise ValueError(f"{kind} templates must be a non-empty list of strings, got {templates!r}")
+    allowed = (0, 1) if fixed_ok else (1,)
     for t in templates:
-        if not isinstance(t, str) or t.count("{}") != 1 or t.replace("{}", "").count("{"):
+        if not isinstance(t, str) or t.count("{}") not in allowed or t.replace("{}", "").count("{"):
+            what = "at most one" if fixed_ok else "exactly one"
             raise ValueError(
-                f"{kind} template {t!r} must contain exactly one '{{}}' placeholder and no other braces"
+                f"{kind} template {t!r} must contain {what} '{{}}' placeholder and no other braces"
             )
+        if not t.replace("{}", "").strip() and not t.count("{}"):
+            raise ValueError(f"{kind} template {t!r} is empty")
     return tuple(templates)
 
 
@@ -63,7 +68,8 @@ class PromptSet:
 
     Attributes:
         positive: templates saying a finding is present; ``{}`` is replaced by the finding name.
-        negative: templates saying it is absent.
+        negative: templates saying it is absent; a template without ``{}`` is one fixed sentence for
+            every finding (e.g. the summariser's ``"no acute findings."``).
         synonyms: optional extra names per finding (e.g. ``{"Cardiomegaly": ["enlarged heart"]}``); every
             template is filled with the finding and each synonym, giving a larger ensemble.
     """
@@ -73,8 +79,8 @@ class PromptSet:
     synonyms: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "positive", _check_templates(self.positive, "positive"))
-        object.__setattr__(self, "negative", _check_templates(self.negative, "negative"))
+        object.__setattr__(self, "positive", _check_templates(self.positive, "positive", fixed_ok=False))
+        object.__setattr__(self, "negative", _check_templates(self.negative, "negative", fixed_ok=True))
         syn = {str(k): tuple(str(s) for s in v) for k, v in dict(self.synonyms).items()}
         object.__setattr__(self, "synonyms", syn)
 
@@ -93,8 +99,8 @@ class PromptSet:
         return [_fill(t, n) for n in self.names(finding) for t in self.positive]
 
     def negative_prompts(self, finding: str) -> list[str]:
-        """All negative sentences for ``finding``, aligned with ``positive_prompts`` when counts match."""
-        return [_fill(t, n) for n in self.names(finding) for t in self.negative]
+        """All negative sentences for ``finding``; a template without ``{}`` appears once, unchanged."""
+        return list(dict.fromkeys(_fill(t, n) for n in self.names(finding) for t in self.negative))
 
     def to_dict(self) -> dict:
         """Plain-data form (for checkpoints and YAML)."""
