@@ -108,3 +108,21 @@ def test_crash_during_write_keeps_previous_checkpoint(tmp_path, model, monkeypat
     assert info["step"] == 1
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in before.items())
     assert ckpt.load_train_state(root / "step-00000001")["step"] == 1
+
+
+def test_resave_killed_between_renames_is_recovered(tmp_path, model):
+    """A re-save of the same step killed after moving the old folder aside loses nothing."""
+    root = tmp_path / "checkpoints"
+    ckpt.save_checkpoint(root, 3, model, _info(model), train_state={"step": 3})
+    step = root / "step-00000003"
+    step.rename(root / ".old-step-00000003-abc123")  # the state right after atomic_dir's first rename
+    found = ckpt.latest_checkpoint(root)
+    assert found == step and (step / "model.safetensors").is_file()
+    assert not list(root.glob(".old-*"))
+    loaded, info = ckpt.load_model(root)
+    assert info["step"] == 3
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+
+    step.rename(root / ".old-step-00000003-def456")
+    ckpt.save_checkpoint(root, 3, model, _info(model), train_state={"step": 3})
+    assert not list(root.glob(".old-*")) and ckpt.load_train_state(step)["step"] == 3

@@ -11,7 +11,9 @@ Layout under a run folder::
 Writes are crash-safe (:mod:`medvl3d.atomic`): a checkpoint is written into
 ``checkpoints/.tmp-step-<N>-<random>/``, every file is fsynced, the folder is renamed to ``step-<N>`` and
 only then is ``last`` replaced (temp file + fsync + ``os.replace``).
-A crash at any point leaves the previous ``last`` pointing at a complete checkpoint.
+A crash at any point leaves the previous ``last`` pointing at a complete checkpoint. Re-saving an existing
+step moves the old folder aside first; a crash between the two renames is undone on the next save or
+:func:`latest_checkpoint` (``medvl3d.atomic.restore_aside``).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from medvl3d.atomic import TMP_DIR_PREFIX, atomic_dir, atomic_write_text, temp_dir_target
+from medvl3d.atomic import TMP_DIR_PREFIX, atomic_dir, atomic_write_text, restore_aside, temp_dir_target
 
 __all__ = [
     "FORMAT_VERSION",
@@ -107,6 +109,7 @@ def save_checkpoint(
     for stale in root.glob(f"{TMP_DIR_PREFIX}*"):
         if temp_dir_target(stale) == name:
             shutil.rmtree(stale, ignore_errors=True)  # debris of an earlier crash at this same step
+    restore_aside(final)  # an earlier overwrite of this step killed between its two renames
     info = {"format_version": FORMAT_VERSION, **info, "step": int(step)}
     # Every file is fsynced before the rename, the checkpoints folder after it.
     with atomic_dir(final, overwrite=True, fsync=True) as tmp:
@@ -130,6 +133,8 @@ def latest_checkpoint(root: str | os.PathLike) -> Path | None:
     if not pointer.is_file():
         return None
     target = root / pointer.read_text(encoding="utf-8").strip()
+    if not target.exists():
+        restore_aside(target)  # a re-save of this step was killed after moving the old folder aside
     if not (target / WEIGHTS_NAME).is_file():
         raise FileNotFoundError(f"{pointer} points at {target}, which has no {WEIGHTS_NAME}")
     return target
