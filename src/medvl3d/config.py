@@ -125,6 +125,14 @@ class ExperimentConfig:
     output: str = "runs/experiment"
     prompts: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        from medvl3d.text.prompts import PromptSet
+
+        try:  # zero-shot prompts are used only at evaluation time: check them before training
+            PromptSet.from_dict(self.prompts or {})
+        except ValueError as exc:
+            raise ValueError(f"config key 'prompts': {exc}") from None
+
 
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")

@@ -6,6 +6,7 @@ import pytest
 
 from medvl3d.schema import ATTRIBUTES, LESION_ORGANS, attribute_values
 from medvl3d.text.prompts import (
+    CT_CLIP_PROMPTS,
     DEFAULT_PROMPTS,
     PromptSet,
     attribute_phrase,
@@ -15,15 +16,16 @@ from medvl3d.text.prompts import (
 
 
 def test_default_prompts():
-    assert positive_prompts("Pleural effusion") == [
-        "Pleural effusion is present.",
-        "There is pleural effusion.",
-    ]
-    assert negative_prompts("Pleural effusion") == [
+    # A summary-style sentence against one fixed normal sentence (module doc: negation is left to chance).
+    assert positive_prompts("Pleural effusion") == ["Pleural effusion."]
+    assert negative_prompts("Pleural effusion") == ["No acute findings."]
+    assert negative_prompts("Emphysema") == negative_prompts("Pleural effusion")
+    assert positive_prompts("LAP") == ["LAP."]
+    assert CT_CLIP_PROMPTS.positive_prompts("LAP") == ["LAP is present.", "There is LAP."]
+    assert CT_CLIP_PROMPTS.negative_prompts("Pleural effusion") == [
         "Pleural effusion is not present.",
         "No pleural effusion.",
     ]
-    assert positive_prompts("LAP") == ["LAP is present.", "There is LAP."]
 
 
 def test_custom_prompt_set_and_synonym_ensemble():

@@ -46,6 +46,8 @@ def test_yaml_and_overrides_are_typed(tmp_path):
         ("train.dist_timeout_min=-5", "train.dist_timeout_min.*positive number of minutes, got -5"),
         ("train.dist_timeout_min=.inf", "train.dist_timeout_min.*positive number of minutes, got inf"),
         ("train.dist_timeout_min=soon", "train.dist_timeout_min.*float"),
+        ("prompts.positive=[no placeholder]", "'prompts'.*positive template.*placeholder"),
+        ("prompts.negtive=[x]", "'prompts'.*negtive"),
     ],
 )
 def test_bad_overrides_name_the_key(tmp_path, override, match):

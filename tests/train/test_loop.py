@@ -110,6 +110,8 @@ def test_loss_falls_and_logs_are_written(tmp_path):
     )
     assert info["step"] == 30 and info["modality"] == "CT" and info["labels"] == ["Lesion"]
     assert info["model"]["config"] == ToyVL().config.to_dict()
+    # the prompts are stored in full, so a later change of the defaults cannot change this checkpoint
+    assert info["prompts"] == {"positive": ["{}."], "negative": ["no acute findings."], "synonyms": {}}
 
 
 class _Crash(RuntimeError):

@@ -1,11 +1,17 @@
 """Text prompts for zero-shot scoring: positive/negative templates per finding, ensembles, attribute phrases.
 
-Zero-shot diagnosis compares a volume embedding with a positive prompt ("Pleural effusion is present.")
-and a negative one ("Pleural effusion is not present."); P(finding) is the softmax over the pair, and a
-*prompt ensemble* averages the text embeddings (or the scores) over several templates and, optionally,
-over synonyms of the finding. Malenia aligns mask tokens with phrases for attribute values
-(``attribute_phrase``). A ``PromptSet`` holds the configurable templates; ``to_dict``/``from_dict`` let a
-checkpoint store exactly the prompts it was trained with.
+Zero-shot diagnosis compares a volume embedding with a positive prompt and a negative one; P(finding) is
+the softmax over the pair, and a *prompt ensemble* averages the text embeddings (or the scores) over
+several templates and, optionally, over synonyms of the finding. Malenia aligns mask tokens with phrases
+for attribute values (``attribute_phrase``). A ``PromptSet`` holds the configurable templates;
+``to_dict``/``from_dict`` let a checkpoint store exactly the prompts it was trained with.
+
+The default pair is the finding as a summary sentence ("Pleural effusion.") against one fixed normal
+sentence ("No acute findings.", the summariser's normal-case summary), not CT-CLIP's "X is present." /
+"X is not present.": a sentence encoder barely separates a statement from its negation (the frozen
+MiniLM embeds the two almost identically), so the sign of that small difference is left to chance in
+training and zero-shot scores came out inverted for some seeds. Measured on SynthCT-VL (README,
+"Zero-shot diagnosis"); the CT-CLIP pair stays available as ``CT_CLIP_PROMPTS``.
 """
 
 from __future__ import annotations
@@ -17,9 +23,10 @@ from pathlib import Path
 import yaml
 
 from medvl3d.schema import ATTRIBUTES, attribute_values
+from medvl3d.text.summariser import NO_FINDINGS
 
-DEFAULT_POSITIVE: tuple[str, ...] = ("{} is present.", "There is {}.")
-DEFAULT_NEGATIVE: tuple[str, ...] = ("{} is not present.", "No {}.")
+DEFAULT_POSITIVE: tuple[str, ...] = ("{}.",)
+DEFAULT_NEGATIVE: tuple[str, ...] = (NO_FINDINGS,)
 
 # Attribute value -> natural phrase around "{organ} lesion". "{a}" is the article the next word needs.
 _ATTRIBUTE_TEMPLATES: dict[str, str] = {
@@ -139,8 +146,13 @@ class PromptSet:
             raise ValueError(f"{path}: {exc}") from exc
 
 
-#: The default prompt set (BrgSA's "X is present." / "X is not present." pairs).
+#: The default prompt set: "X." against "No acute findings." (see the module doc).
 DEFAULT_PROMPTS = PromptSet()
+
+#: CT-CLIP's and BrgSA's pairs, "X is present." / "X is not present." (ensembled with two more phrasings).
+CT_CLIP_PROMPTS = PromptSet(
+    positive=("{} is present.", "There is {}."), negative=("{} is not present.", "No {}.")
+)
 
 
 def positive_prompts(finding: str) -> list[str]:

@@ -29,6 +29,7 @@ from torch.utils.data import Dataset
 import medvl3d
 from medvl3d.atomic import atomic_write_text
 from medvl3d.config import ExperimentConfig, config_to_dict, load_config, save_config
+from medvl3d.text.prompts import PromptSet
 from medvl3d.train import checkpoint as ckpt
 from medvl3d.train.data import BatchOrder, build_dataset, build_loader
 from medvl3d.train.distributed import DistInfo, all_reduce_mean, cleanup_distributed, init_distributed
@@ -153,7 +154,7 @@ def make_info(cfg: ExperimentConfig, model: nn.Module, modality: str, labels: Se
         "model": {"name": cfg.model.name, "config": model_cfg},
         "preprocess": preprocess,
         "text": model_cfg.get("text", {}) if isinstance(model_cfg, dict) else {},
-        "prompts": dict(cfg.prompts or {}),
+        "prompts": PromptSet.from_dict(cfg.prompts or {}).to_dict(),  # explicit, not "the default then"
         "task": cfg.task.name,
         "modality": modality,
         "labels": list(labels),
