@@ -9,8 +9,9 @@ Besides the three methods, ``clip_summary`` is plain CLIP trained on the same su
 BrgSA: BrgSA differs from CLIP in two ways (summaries and the knowledge bank), and this row tells them
 apart.
 
-    python benchmarks/pretrain_diagnosis.py                     # defaults: ~40 min on 2 CPU cores
+    python benchmarks/pretrain_diagnosis.py                     # defaults: ~90 min on 2 CPU cores
     python benchmarks/pretrain_diagnosis.py --steps 60 --seeds 0   # a quick look
+    python benchmarks/pretrain_diagnosis.py --evaluate-only --prompts configs/prompts/ct_clip.yaml
 
 Every run folder, each evaluation JSON and ``results.json`` are kept under ``--out``.
 """
@@ -59,6 +60,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples per evaluation")
     p.add_argument("--workers", type=int, default=2, help="processes for data generation")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="extra config overrides")
+    p.add_argument(
+        "--evaluate-only",
+        action="store_true",
+        help="re-evaluate the run folders already under --out instead of training (e.g. with --prompts)",
+    )
+    p.add_argument("--prompts", default=None, help="prompt YAML to score with instead of each checkpoint's")
     return p.parse_args(argv)
 
 
@@ -104,12 +111,22 @@ def run_one(method: str, seed: int, data: Path, out: Path, args: argparse.Namesp
         *args.overrides,
     ]
     t0 = time.time()
-    train(REPO / "configs" / config, overrides)
+    if args.evaluate_only:
+        if not (run_dir / "checkpoints").is_dir():
+            raise SystemExit(f"--evaluate-only: {run_dir} has no checkpoints (train it first)")
+    else:
+        train(REPO / "configs" / config, overrides)
     t_train = time.time() - t0
     report = evaluate_diagnosis(
-        run_dir, data, split="valid", bootstrap=args.bootstrap, seed=seed, progress=False
+        run_dir,
+        data,
+        split="valid",
+        bootstrap=args.bootstrap,
+        seed=seed,
+        progress=False,
+        prompts=args.prompts,
     )
-    report.to_json(run_dir / "diagnosis.json")
+    report.to_json(run_dir / ("diagnosis.json" if args.prompts is None else "diagnosis_prompts.json"))
     res = {
         "method": method,
         "seed": seed,
@@ -173,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     data = ensure_data(args, out)
     results = [run_one(m, s, data, out, args) for s in args.seeds for m in args.methods]
-    (out / "results.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
+    name = "results.json" if args.prompts is None else "results_prompts.json"
+    (out / name).write_text(json.dumps({"args": vars(args), "results": results}, indent=2), encoding="utf-8")
     print(table(results, args.methods, args.seeds))
     print("\nPer-label AUROC, mean over seeds\n")
     print(label_table(results, args.methods))

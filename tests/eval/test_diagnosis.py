@@ -116,6 +116,9 @@ def test_label_selection_and_errors(ckpt):
         evaluate_diagnosis(pred, _Cases(4), labels=["Hiatal hernia"], bootstrap=0, progress=False)
     with pytest.raises(ValueError, match="empty"):
         evaluate_diagnosis(pred, _Cases(0), bootstrap=0, progress=False)
+    assert rep.meta["prompts"] == pred.prompts.to_dict()  # the report says which prompts scored it
+    with pytest.raises(ValueError, match="pass prompts to the Predictor"):
+        evaluate_diagnosis(pred, _Cases(4), bootstrap=0, progress=False, prompts=pred.prompts)
 
 
 def test_label_groups_from_splits_json(tmp_path):

@@ -162,3 +162,25 @@ def test_diagnose_cli_errors(ckpt, volume, tmp_path, capsys):
     (broken / "model.safetensors").unlink()
     assert main(["diagnose", vol, "--checkpoint", str(broken), "--labels", "emphysema"]) == 2
     assert "missing model.safetensors" in capsys.readouterr().err
+
+
+def test_prompts_override_the_checkpoints(ckpt, volume, tmp_path, capsys):
+    """--prompts FILE scores with those templates: equal to a Predictor built with the same PromptSet."""
+    from medvl3d.text.prompts import PromptSet
+
+    yaml_path = tmp_path / "prompts.yaml"
+    yaml_path.write_text("positive: ['{}.']\nnegative: ['no acute findings.']\n", encoding="utf-8")
+    args = ["diagnose", str(volume[0]), "--checkpoint", str(ckpt), "--labels", "emphysema", "--json"]
+    assert main(args) == 0
+    stored = json.loads(capsys.readouterr().out)["probabilities"]["emphysema"]
+    assert main([*args, "--prompts", str(yaml_path)]) == 0
+    override = json.loads(capsys.readouterr().out)["probabilities"]["emphysema"]
+    custom = PromptSet(positive=("{}.",), negative=("no acute findings.",))
+    expected = Predictor.from_checkpoint(ckpt, "cpu", custom).set_volume(volume[0]).diagnose("emphysema")
+    assert override == pytest.approx(expected["emphysema"], rel=1e-6)
+    assert override != pytest.approx(stored, rel=1e-3)  # the checkpoint's own prompts differ
+
+    yaml_path.write_text("positive: ['no placeholder']\n", encoding="utf-8")
+    assert main([*args, "--prompts", str(yaml_path)]) == 2
+    err = capsys.readouterr().err
+    assert "prompts.yaml" in err and "placeholder" in err

@@ -139,3 +139,12 @@ def test_attribute_phrase_errors():
         attribute_phrase("colour", "red", "liver")
     with pytest.raises(ValueError, match="brain"):
         attribute_phrase("margin", "ill-defined", "brain")
+
+
+def test_shipped_ct_clip_prompt_file_matches_the_constant():
+    from pathlib import Path
+
+    from medvl3d.text.prompts import CT_CLIP_PROMPTS
+
+    path = Path(__file__).resolve().parents[2] / "configs" / "prompts" / "ct_clip.yaml"
+    assert PromptSet.from_yaml(path) == CT_CLIP_PROMPTS

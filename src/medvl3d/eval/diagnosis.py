@@ -263,6 +263,7 @@ def evaluate_diagnosis(
     batch_size: int = 4,
     seed: int = 0,
     progress: bool = True,
+    prompts: Any = None,
 ) -> DiagnosisReport:
     """Zero-shot diagnosis of a checkpoint on one split of a labelled dataset.
 
@@ -277,12 +278,16 @@ def evaluate_diagnosis(
         batch_size: volumes encoded per forward pass.
         seed: seed of the bootstrap resampling.
         progress: show a progress bar.
+        prompts: a ``PromptSet`` or prompt YAML to score with instead of the checkpoint's prompts.
     """
     from medvl3d.infer.predictor import Predictor
 
-    predictor = (
-        checkpoint if isinstance(checkpoint, Predictor) else Predictor.from_checkpoint(checkpoint, device)
-    )
+    if isinstance(checkpoint, Predictor):
+        predictor = checkpoint
+        if prompts is not None:
+            raise ValueError("pass prompts to the Predictor itself, not beside a ready Predictor")
+    else:
+        predictor = Predictor.from_checkpoint(checkpoint, device, prompts)
     if isinstance(data, (str, os.PathLike)):
         from medvl3d.train.data import open_split
 
@@ -312,6 +317,7 @@ def evaluate_diagnosis(
         "split": split,
         "model": predictor.info.get("model", {}).get("name"),
         "task": predictor.info.get("task"),
+        "prompts": predictor.prompts.to_dict(),
     }
     return DiagnosisReport(
         labels=names,

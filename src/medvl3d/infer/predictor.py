@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medvl3d.text.prompts import PromptSet
 from medvl3d.train.checkpoint import load_model
 from medvl3d.train.distributed import resolve_device
 
@@ -44,10 +45,8 @@ def parse_labels(labels: str | Sequence[str]) -> list[str]:
     return out
 
 
-def _prompt_templates(cfg: dict) -> Any:
+def _prompt_templates(cfg: dict) -> PromptSet:
     """The checkpoint's prompt set (templates for positive/negative statements)."""
-    from medvl3d.text.prompts import PromptSet
-
     return PromptSet.from_dict(cfg) if cfg else PromptSet()
 
 
@@ -57,27 +56,44 @@ class Predictor:
     Args:
         model: a vision-language model with ``encode_image``, ``encode_text``, ``score`` and ``scale``.
         info: the checkpoint's ``config.json`` (``preprocess``, ``prompts``, ``modality``).
+        prompts: templates to score with instead of the checkpoint's ``prompts``.
         device: where to run (default: CUDA when available, else CPU).
     """
 
-    def __init__(self, model: nn.Module, info: dict, device: str | torch.device | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        info: dict,
+        device: str | torch.device | None = None,
+        prompts: PromptSet | None = None,
+    ):
         from medvl3d.data.preprocess import PreprocessSpec
 
         self.device = resolve_device("auto" if device is None else str(device))
         self.model = model.to(self.device).eval()
         self.info = info
         self.spec = PreprocessSpec.from_dict(info.get("preprocess") or {})
-        self.prompts = _prompt_templates(info.get("prompts") or {})
+        self.prompts = prompts if prompts is not None else _prompt_templates(info.get("prompts") or {})
         self.modality = str(info.get("modality", "CT"))
         self._prompt_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._image_emb: torch.Tensor | None = None
         self.volume_path: str | None = None
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device | None = None) -> Predictor:
-        """Load a checkpoint folder (or a run folder) saved by the training loop."""
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike,
+        device: str | torch.device | None = None,
+        prompts: PromptSet | str | os.PathLike | None = None,
+    ) -> Predictor:
+        """Load a checkpoint folder (or a run folder) saved by the training loop.
+
+        ``prompts`` (a ``PromptSet`` or a YAML file of one) replaces the prompts stored in the checkpoint.
+        """
+        if prompts is not None and not isinstance(prompts, PromptSet):
+            prompts = PromptSet.from_yaml(prompts)  # before loading the model: a bad file fails fast
         model, info = load_model(path)
-        return cls(model, info, device)
+        return cls(model, info, device, prompts)
 
     # -- image side -------------------------------------------------------------------------------
     def check_modality(self, modality: str, source: str) -> None:

@@ -10,6 +10,8 @@ import argparse
 import json
 import sys
 
+_PROMPTS_HELP = "prompt YAML (positive/negative templates) to score with instead of the checkpoint's"
+
 
 def register(subparsers) -> None:
     """Add ``train``, ``diagnose`` and ``evaluate`` to ``medvl3d``."""
@@ -38,6 +40,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA if available)")
+    p.add_argument("--prompts", default=None, help=_PROMPTS_HELP)
     p.set_defaults(func=_diagnose)
 
     p = subparsers.add_parser("evaluate", help="evaluate a checkpoint")
@@ -52,6 +55,7 @@ def register(subparsers) -> None:
     d.add_argument("--out", default=None, help="also write the full results as JSON here")
     d.add_argument("--json", action="store_true", help="print JSON instead of markdown")
     d.add_argument("--device", default=None)
+    d.add_argument("--prompts", default=None, help=_PROMPTS_HELP)
     d.set_defaults(func=_evaluate_diagnosis)
 
 
@@ -67,7 +71,7 @@ def _diagnose(args: argparse.Namespace) -> int:
     from medvl3d.infer import Predictor, parse_labels
 
     labels = parse_labels(args.labels)  # before loading anything: an empty list fails fast
-    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device)
+    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, prompts=args.prompts)
     probs = predictor.set_volume(args.volume).diagnose(labels)
     if args.json:
         print(json.dumps({"volume": args.volume, "probabilities": probs}, indent=2))
@@ -92,6 +96,7 @@ def _evaluate_diagnosis(args: argparse.Namespace) -> int:
         bootstrap=args.bootstrap,
         device=args.device,
         progress=sys.stderr.isatty(),
+        prompts=args.prompts,
     )
     if args.out:
         report.to_json(args.out)
