@@ -20,6 +20,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from medvl3d.schema import CTRATE_LABELS
+from medvl3d.text.reports import join_report
 
 from .abnormalities import DRAWN
 from .case import CaseConfig, CasePlan, make_case
@@ -297,7 +298,8 @@ def _write_tables(out: Path, rows: list[dict], spacing) -> None:
                     "label": r["lesions_map"],
                     "organs": r["organs"],
                     "vessels": r["vessels"],
-                    "report": (r["report"]["Findings_EN"] + " " + r["report"]["Impressions_EN"]).strip(),
+                    # the same headed text the CT-RATE loader gives for this case's CSV row
+                    "report": join_report(r["report"]["Findings_EN"], r["report"]["Impressions_EN"]),
                     "labels": r["labels"],
                     "lesions": r["lesions"],
                     "modality": "CT",
