@@ -182,9 +182,14 @@ def _match_name(name: str, available: Sequence[str]) -> str | None:
 
 
 def score_dataset(
-    predictor: Any, dataset: Dataset, labels: Sequence[str] | None, batch_size: int = 4, progress: bool = True
+    predictor: Any,
+    dataset: Dataset,
+    labels: Sequence[str] | None,
+    batch_size: int = 4,
+    progress: bool = True,
+    preprocessed: bool = False,
 ) -> tuple[list[str], np.ndarray, np.ndarray, torch.Tensor, list[str]]:
-    """Encode every case once and score ``labels``.
+    """Encode every case once and score ``labels``; ``preprocessed`` cases are fed to the model as they are.
 
     Returns:
         ``(labels, truth [N, L], probs [N, L], image_emb [N, E], reports)``.
@@ -204,7 +209,7 @@ def score_dataset(
         predictor.check_modality(
             str(meta.get("modality", "unknown")), str(meta.get("path", meta.get("case_id")))
         )
-        images.append(predictor.preprocess(sample))
+        images.append(torch.as_tensor(sample["image"]) if preprocessed else predictor.preprocess(sample))
         truth_dicts.append(dict(sample.get("labels") or {}))
         reports.append(sample.get("report") or "")
         if len(images) == batch_size or i == n - 1:
@@ -264,6 +269,7 @@ def evaluate_diagnosis(
     seed: int = 0,
     progress: bool = True,
     prompts: Any = None,
+    preprocessed: bool = False,
 ) -> DiagnosisReport:
     """Zero-shot diagnosis of a checkpoint on one split of a labelled dataset.
 
@@ -279,6 +285,7 @@ def evaluate_diagnosis(
         seed: seed of the bootstrap resampling.
         progress: show a progress bar.
         prompts: a ``PromptSet`` or prompt YAML to score with instead of the checkpoint's prompts.
+        preprocessed: the cases of ``data`` are preprocessed for the model already (e.g. a training cache).
     """
     from medvl3d.infer.predictor import Predictor
 
@@ -296,7 +303,9 @@ def evaluate_diagnosis(
         dataset, root = data, None
     if groups is None:
         groups = load_label_groups(root) if root is not None else {}
-    names, truth, probs, image_emb, reports = score_dataset(predictor, dataset, labels, batch_size, progress)
+    names, truth, probs, image_emb, reports = score_dataset(
+        predictor, dataset, labels, batch_size, progress, preprocessed
+    )
 
     per_label = {name: binary_metrics(truth[:, j], probs[:, j]) for j, name in enumerate(names)}
     boot: dict[str, np.ndarray] = {}

@@ -374,7 +374,6 @@ def _run(
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}")
             if tc.eval_every > 0 and (step % tc.eval_every == 0 or step == tc.steps):
                 if log is not None:
-                    assert valid is not None
                     val = _zero_shot_eval(cfg, model, modality, labels, valid)
                     log.write({"step": step, **val})
                     task.train()
@@ -435,8 +434,6 @@ def _zero_shot_eval(
     predictor = Predictor(
         model, make_info(cfg, model, modality, labels), device=next(model.parameters()).device
     )
-    # the split is preprocessed already (once, by _validation_data): pass its images through
-    predictor.preprocess = lambda sample: torch.as_tensor(sample["image"])  # type: ignore[method-assign]
     report = evaluate_diagnosis(
         predictor,
         valid,
@@ -444,6 +441,7 @@ def _zero_shot_eval(
         bootstrap=0,
         groups=load_label_groups(cfg.data.root),
         progress=False,
+        preprocessed=True,  # once, by _validation_data
     )
     out = {"val_macro_auroc": report.macro["auroc"], "val_gap": report.modality_gap["before_bank"]}
     out.update({f"val_{g}_auroc": info["auroc"] for g, info in report.groups.items()})
