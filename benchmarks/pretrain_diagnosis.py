@@ -9,7 +9,7 @@ Besides the three methods, ``clip_summary`` is plain CLIP trained on the same su
 BrgSA: BrgSA differs from CLIP in two ways (summaries and the knowledge bank), and this row tells them
 apart.
 
-    python benchmarks/pretrain_diagnosis.py                     # defaults: ~90 min on 2 CPU cores
+    python benchmarks/pretrain_diagnosis.py                     # defaults: ~50 min on 2 CPU cores
     python benchmarks/pretrain_diagnosis.py --steps 60 --seeds 0   # a quick look
     python benchmarks/pretrain_diagnosis.py --evaluate-only --prompts configs/prompts/ct_clip.yaml
 
@@ -93,6 +93,13 @@ def ensure_data(args: argparse.Namespace, out: Path) -> Path:
     return data
 
 
+def _suffix(args: argparse.Namespace) -> str:
+    """Output-name suffix: a re-evaluation never overwrites the training run's own results."""
+    if not args.evaluate_only:
+        return ""
+    return "_rescored" if args.prompts is None else f"_rescored_{Path(args.prompts).stem}"
+
+
 def run_one(method: str, seed: int, data: Path, out: Path, args: argparse.Namespace) -> dict:
     """Train one method/seed and evaluate it; returns the table's numbers."""
     from medvl3d.eval.diagnosis import evaluate_diagnosis
@@ -111,12 +118,13 @@ def run_one(method: str, seed: int, data: Path, out: Path, args: argparse.Namesp
         *args.overrides,
     ]
     t0 = time.time()
+    t_train = None
     if args.evaluate_only:
         if not (run_dir / "checkpoints").is_dir():
             raise SystemExit(f"--evaluate-only: {run_dir} has no checkpoints (train it first)")
     else:
         train(REPO / "configs" / config, overrides)
-    t_train = time.time() - t0
+        t_train = time.time() - t0
     report = evaluate_diagnosis(
         run_dir,
         data,
@@ -126,7 +134,7 @@ def run_one(method: str, seed: int, data: Path, out: Path, args: argparse.Namesp
         progress=False,
         prompts=args.prompts,
     )
-    report.to_json(run_dir / ("diagnosis.json" if args.prompts is None else "diagnosis_prompts.json"))
+    report.to_json(run_dir / f"diagnosis{_suffix(args)}.json")
     res = {
         "method": method,
         "seed": seed,
@@ -139,8 +147,9 @@ def run_one(method: str, seed: int, data: Path, out: Path, args: argparse.Namesp
         "total_s": time.time() - t0,
     }
     print(
-        f"{method} seed {seed}: macro AUROC {res['macro']:.3f}, train {t_train:.0f} s, "
-        f"total {res['total_s']:.0f} s",
+        f"{method} seed {seed}: macro AUROC {res['macro']:.3f}, "
+        + ("" if t_train is None else f"train {t_train:.0f} s, ")
+        + f"total {res['total_s']:.0f} s",
         file=sys.stderr,
     )
     return res
@@ -175,10 +184,10 @@ def label_table(results: list[dict], methods: list[str]) -> str:
     labels = list(dict.fromkeys(name for r in results for name in r["per_label"]))
     lines = ["| abnormality | " + " | ".join(methods) + " |", "|" + "---|" * (len(methods) + 1)]
     for name in labels:
-        cells = [
-            _mean_std([r["per_label"].get(name) for r in results if r["method"] == m]).split(" ± ")[0]
-            for m in methods
-        ]
+        cells = []
+        for m in methods:
+            values = [r["per_label"][name] for r in results if r["method"] == m and name in r["per_label"]]
+            cells.append(f"{statistics.mean(values):.3f}" if values else "n/a")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -190,8 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     data = ensure_data(args, out)
     results = [run_one(m, s, data, out, args) for s in args.seeds for m in args.methods]
-    name = "results.json" if args.prompts is None else "results_prompts.json"
-    (out / name).write_text(json.dumps({"args": vars(args), "results": results}, indent=2), encoding="utf-8")
+    record = json.dumps({"args": vars(args), "results": results}, indent=2)
+    (out / f"results{_suffix(args)}.json").write_text(record, encoding="utf-8")
     print(table(results, args.methods, args.seeds))
     print("\nPer-label AUROC, mean over seeds\n")
     print(label_table(results, args.methods))

@@ -20,13 +20,14 @@ import statistics
 import sys
 from pathlib import Path
 
-from medvl3d.text.prompts import CT_CLIP_PROMPTS, PromptSet
+from medvl3d.text.prompts import CT_CLIP_PROMPTS, DEFAULT_PROMPTS, PromptSet
+from medvl3d.text.summariser import NO_FINDINGS
 
 CANDIDATES = {
     "ct_clip": CT_CLIP_PROMPTS,
-    "x_vs_normal": PromptSet(positive=("{}.",), negative=("no acute findings.",)),
+    "x_vs_normal": DEFAULT_PROMPTS,  # "X." against NO_FINDINGS: the winner, now the default
     "x_vs_no_x": PromptSet(positive=("{}.",), negative=("no {}.",)),
-    "x_vs_both": PromptSet(positive=("{}.",), negative=("no acute findings.", "no {}.")),
+    "x_vs_both": PromptSet(positive=("{}.",), negative=(NO_FINDINGS, "no {}.")),
 }
 SHOWN = ("Cardiomegaly", "Pleural effusion")
 
@@ -45,11 +46,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def ensure_data(args: argparse.Namespace) -> Path:
-    """Generate the selection split once (reused when its splits.json exists)."""
+    """Generate the selection split once (reused when its splits.json exists, if drawn with another seed)."""
     from medvl3d.data.synth import generate
 
+    if args.data_seed == 0:
+        raise SystemExit("--data-seed 0 draws the reported valid split itself; pick another seed")
     data = Path(args.data)
-    if not (data / "splits.json").is_file():
+    splits = data / "splits.json"
+    if splits.is_file() and json.loads(splits.read_text(encoding="utf-8")).get("seed") == 0:
+        raise SystemExit(f"{data} was generated with data seed 0 (the reported split); pick another folder")
+    if not splits.is_file():
         s = args.size
         spacing = (320.0 / s, 352.0 / s, 352.0 / s)  # the benchmark's field of view
         generate(data, n_train=0, n_test=args.n_cases, size=(s, s, s), spacing=spacing, seed=args.data_seed)
@@ -71,13 +77,22 @@ def score_run(run: str, data: list[dict], groups: dict[str, list[str]]) -> list[
         auc = {n: binary_metrics(truth[:, j], probs[:, j]).auroc for j, n in enumerate(names)}
         row = {"run": run, "prompts": name, "per_label": auc}
         for g, members in {"all": names, **groups}.items():
-            row[g] = statistics.mean(auc[m] for m in members if auc.get(m) is not None)
+            row[g] = _mean(auc.get(m) for m in members)
         rows.append(row)
     return rows
 
 
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _mean(values) -> float | None:
+    v = [x for x in values if x is not None]
+    return statistics.mean(v) if v else None
+
+
 def _line(label: str, row: dict, groups: list[str]) -> str:
-    cells = [f"{g} {row[g]:.3f}" for g in groups] + [f"{n} {row['per_label'][n]:.3f}" for n in SHOWN]
+    cells = [f"{g} {_fmt(row[g])}" for g in groups] + [f"{n} {_fmt(row['per_label'].get(n))}" for n in SHOWN]
     return f"{label:40s} {row['prompts']:12s} " + "  ".join(cells)
 
 
@@ -98,8 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for name in CANDIDATES:
         mine = [r for r in rows if r["prompts"] == name]
-        mean = {g: statistics.mean(r[g] for r in mine) for g in cols}
-        mean["per_label"] = {n: statistics.mean(r["per_label"][n] for r in mine) for n in SHOWN}
+        mean = {g: _mean(r[g] for r in mine) for g in cols}
+        mean["per_label"] = {n: _mean(r["per_label"].get(n) for r in mine) for n in SHOWN}
         print(_line(f"mean over {len(mine)} runs", {"prompts": name, **mean}, cols))
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=1), encoding="utf-8")
