@@ -16,6 +16,7 @@ from medvl3d.atomic import (
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
+    remove_stale_temps,
     temp_dir_target,
 )
 
@@ -249,3 +250,51 @@ def test_a_kill_at_any_point_of_an_overwrite_leaves_one_complete_folder(tmp_path
         crash_at += 1
     # The replacing rename, the aside rename and the aside removal were each a kill point.
     assert crash_at >= 4
+
+
+def test_atomic_path_temporary_ends_like_the_target_so_np_save_writes_it(tmp_path):
+    np = pytest.importorskip("numpy")
+    target = tmp_path / "x.npy"
+    with atomic_path(target) as tmp:
+        assert tmp.name.endswith(".npy")
+        np.save(tmp, np.arange(5))  # np.save appends .npy to any other name and writes elsewhere
+    assert np.load(target).tolist() == [0, 1, 2, 3, 4]
+    assert [p.name for p in tmp_path.iterdir()] == ["x.npy"]
+    with atomic_path(tmp_path / "v.nii.gz") as tmp:
+        assert tmp.name.endswith(".nii.gz")
+
+
+def test_overwrite_of_a_file_is_refused_and_leaves_it(tmp_path):
+    target = tmp_path / "step"
+    target.write_bytes(b"a file")
+    with pytest.raises(NotADirectoryError, match="not a folder"):
+        with atomic_dir(target, overwrite=True) as tmp:
+            (tmp / "a").write_bytes(b"new")
+    assert target.read_bytes() == b"a file" and [p.name for p in tmp_path.iterdir()] == ["step"]
+
+
+def test_failed_rename_back_warns_where_the_old_folder_is(tmp_path, monkeypatch):
+    final = tmp_path / "step-00000002"
+    _checkpoint(final, b"old weights")
+    old = _content(final)
+    real_replace = os.replace
+
+    def replace(src, dst, *args, **kwargs):
+        if os.path.basename(src).startswith((".tmp-", ".old-")):  # moving in and moving back both fail
+            raise OSError(errno.EIO, "simulated I/O error", str(dst))
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.warns(RuntimeWarning, match=r"kept as .*\.old-step-00000002-"):
+        with pytest.raises(OSError, match="simulated I/O error"):
+            with atomic_dir(final, overwrite=True) as tmp:
+                (tmp / "model.safetensors").write_bytes(b"new weights")
+    (aside,) = tmp_path.glob(".old-step-00000002-*")
+    assert _content(aside) == old
+
+
+def test_remove_stale_temps_removes_only_the_named_targets(tmp_path):
+    for name in (".tmp-a-1234", ".tmp-b-5678", ".old-a-9999", "a"):
+        (tmp_path / name).mkdir()
+    remove_stale_temps(tmp_path, ["a"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".old-a-9999", ".tmp-b-5678", "a"]

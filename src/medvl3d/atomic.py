@@ -22,7 +22,8 @@ import json
 import os
 import secrets
 import shutil
-from collections.abc import Callable, Iterator
+import warnings
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "remove_stale_temps",
     "restore_aside",
     "temp_dir_target",
 ]
@@ -89,20 +91,23 @@ def _make_dir(path: Path) -> None:
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike, *, suffix: str = ".tmp", fsync: bool = False) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, *, suffix: str | None = None, fsync: bool = False) -> Iterator[Path]:
     """Yield a temporary file path beside ``path``; move it onto ``path`` when the block succeeds.
 
     For writers that need a file name (nibabel, SimpleITK, safetensors, ``np.save``). The temporary is
-    ``.<name>.<random><suffix>`` and already exists (empty); pass the target's extension as ``suffix``
-    when the writer picks the format from it. On any exception the temporary is removed and ``path``
-    is untouched. Missing parent folders are created.
+    ``.<name>.<random><suffix>`` and already exists (empty); by default it ends like ``path``
+    (``.nii.gz`` whole), so writers that pick the format from the name, or append one (``np.save``), write
+    the temporary itself. On any exception the temporary is removed and ``path`` is untouched. Missing
+    parent folders are created.
 
     Args:
         path: the final file.
-        suffix: ending of the temporary name.
+        suffix: ending of the temporary name (default: the ending of ``path``).
         fsync: flush the file before the rename and the folder after it.
     """
     path = Path(path)
+    if suffix is None:
+        suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else path.suffix
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _create_unique(path.parent, f".{path.name}.", suffix, _make_file)
     try:
@@ -120,7 +125,7 @@ def atomic_path(path: str | os.PathLike, *, suffix: str = ".tmp", fsync: bool = 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, fsync: bool = False) -> Path:
     """Write ``data`` to ``path`` atomically; returns the path."""
     path = Path(path)
-    with atomic_path(path, fsync=fsync) as tmp:
+    with atomic_path(path, suffix=".tmp", fsync=fsync) as tmp:
         tmp.write_bytes(data)
     return path
 
@@ -191,6 +196,8 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False, fsync: bool 
 
 def _move_aside(path: Path) -> Path | None:
     """Rename an existing folder ``path`` to a fresh ``.old-<name>-<random>`` beside it; None if absent."""
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{path}: exists and is not a folder; atomic_dir replaces only folders")
     for _ in range(_ATTEMPTS):
         if not path.exists():
             return None
@@ -213,7 +220,23 @@ def _put_back(aside: Path, path: Path, exc: BaseException) -> None:
     try:
         os.replace(aside, path)
     except OSError as back:  # e.g. a concurrent writer filled ``path`` meanwhile: keep the copy findable
-        exc.add_note(f"the previous {path.name} could not be renamed back ({back}); it is kept as {aside}")
+        # A warning, not BaseException.add_note: that needs Python 3.11 and the project supports 3.10.
+        warnings.warn(
+            f"the previous {path.name} could not be renamed back ({back}); it is kept as {aside}",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+
+def remove_stale_temps(folder: str | os.PathLike, names: Iterable[str]) -> None:
+    """Remove :func:`atomic_dir` temporaries in ``folder`` left by a crashed write of any of ``names``.
+
+    Call it only while no other process writes those names (other targets' temporaries are left alone).
+    """
+    wanted = set(names)
+    for tmp in Path(folder).glob(f"{TMP_DIR_PREFIX}*"):
+        if temp_dir_target(tmp) in wanted:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def restore_aside(path: str | os.PathLike) -> Path | None:

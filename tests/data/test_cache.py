@@ -46,6 +46,13 @@ def test_other_spec_is_refused(msd_task, tmp_path):
     preprocess_dataset(ds, SPEC, tmp_path / "c", progress=False)
     with pytest.raises(ValueError, match=r"spec\.json: cache was written with another preprocessing spec"):
         preprocess_dataset(ds, PreprocessSpec(spacing=(3, 3, 3)), tmp_path / "c", progress=False)
+    # a cache of an older format (version 1 stored CT-RATE reports without section headers)
+    spec_json = tmp_path / "c" / "spec.json"
+    spec_json.write_text(
+        json.dumps({**json.loads(spec_json.read_text(encoding="utf-8")), "version": 1}), encoding="utf-8"
+    )
+    with pytest.raises(ValueError, match=r"cache format version 1 .*this one writes version 2"):
+        preprocess_dataset(ds, SPEC, tmp_path / "c", progress=False)
 
 
 def test_shards_partition_the_cases(msd_task, tmp_path):

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
-import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -32,11 +31,12 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from medvl3d.atomic import TMP_DIR_PREFIX, atomic_dir, atomic_write_json, temp_dir_target
+from medvl3d.atomic import atomic_dir, atomic_write_json, remove_stale_temps
 from medvl3d.data.io import smallest_int_dtype
 from medvl3d.data.preprocess import PreprocessSpec, preprocess_sample
 
-CACHE_VERSION = 1
+# 2: CT-RATE reports are stored with FINDINGS:/IMPRESSION: headers (join_report); 1 had none.
+CACHE_VERSION = 2
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -93,6 +93,11 @@ def _check_spec(out_dir: Path, spec: PreprocessSpec) -> None:
     wanted = {"version": CACHE_VERSION, "spec": spec.to_dict()}
     if path.is_file():
         found = json.loads(path.read_text(encoding="utf-8"))
+        if found.get("version") != CACHE_VERSION:
+            raise ValueError(
+                f"{path}: cache format version {found.get('version')} was written by another medvl3d "
+                f"(this one writes version {CACHE_VERSION}); use a new --out folder"
+            )
         if found != wanted:
             raise ValueError(
                 f"{path}: cache was written with another preprocessing spec ({found.get('spec')}); "
@@ -171,9 +176,7 @@ def preprocess_dataset(
     mine = [(i, cid) for i, cid in enumerate(ids) if i % n_shard == i_shard]
     my_ids = {cid for _, cid in mine}
     # Leftovers of an interrupted run of this shard (other shards' temp folders are theirs).
-    for tmp in out_dir.glob(f"{TMP_DIR_PREFIX}*"):
-        if temp_dir_target(tmp) in my_ids:
-            shutil.rmtree(tmp, ignore_errors=True)
+    remove_stale_temps(out_dir, my_ids)
     todo = [(i, cid) for i, cid in mine if not (out_dir / cid / "sample.json").is_file()]
     summary: dict[str, Any] = {
         "total": len(mine),

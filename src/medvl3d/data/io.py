@@ -351,8 +351,7 @@ def _write_array(array: np.ndarray, affine: np.ndarray, path: Path, header: Any 
         if dtype.itemsize == 8:  # nibabel would refuse it; a uint64 above 2^63 would wrap silently
             raise ValueError(f"{path}: integer values outside the int32 range cannot be written")
         array = array.astype(dtype)
-    suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else path.suffix
-    with atomic_path(path, suffix=suffix) as tmp:
+    with atomic_path(path) as tmp:  # the temporary keeps the suffix: writers pick the format from it
         if _is_nifti(path):
             if header is not None:
                 # Keep the source header (qform/sform codes, units, intent) but store this array as is.

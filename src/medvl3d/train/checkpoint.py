@@ -28,7 +28,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from medvl3d.atomic import TMP_DIR_PREFIX, atomic_dir, atomic_write_text, restore_aside, temp_dir_target
+from medvl3d.atomic import atomic_dir, atomic_write_text, remove_stale_temps, restore_aside
 
 __all__ = [
     "FORMAT_VERSION",
@@ -106,9 +106,7 @@ def save_checkpoint(
     root.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:08d}"
     final = root / name
-    for stale in root.glob(f"{TMP_DIR_PREFIX}*"):
-        if temp_dir_target(stale) == name:
-            shutil.rmtree(stale, ignore_errors=True)  # debris of an earlier crash at this same step
+    remove_stale_temps(root, [name])  # debris of an earlier crash at this same step
     restore_aside(final)  # an earlier overwrite of this step killed between its two renames
     info = {"format_version": FORMAT_VERSION, **info, "step": int(step)}
     # Every file is fsynced before the rename, the checkpoints folder after it.
