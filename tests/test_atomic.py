@@ -163,18 +163,23 @@ def _content(folder) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
-def test_overwrite_keeps_the_old_folder_when_the_final_rename_fails(tmp_path, monkeypatch):
-    final = tmp_path / "step-00000002"
-    _checkpoint(final, b"old weights")
-    old = _content(final)
+def _fail_renames_of(monkeypatch, *prefixes: str) -> None:
+    """Make ``os.replace`` of a source whose name starts with one of ``prefixes`` fail with EIO."""
     real_replace = os.replace
 
     def replace(src, dst, *args, **kwargs):
-        if os.path.basename(src).startswith(".tmp-"):  # the new folder moving in: the critical rename
+        if os.path.basename(src).startswith(prefixes):
             raise OSError(errno.EIO, "simulated I/O error", str(dst))
         return real_replace(src, dst, *args, **kwargs)
 
     monkeypatch.setattr(os, "replace", replace)
+
+
+def test_overwrite_keeps_the_old_folder_when_the_final_rename_fails(tmp_path, monkeypatch):
+    final = tmp_path / "step-00000002"
+    _checkpoint(final, b"old weights")
+    old = _content(final)
+    _fail_renames_of(monkeypatch, ".tmp-")  # the new folder moving in: the critical rename
     with pytest.raises(OSError, match="simulated I/O error"):
         with atomic_dir(final, overwrite=True, fsync=True) as tmp:
             (tmp / "model.safetensors").write_bytes(b"new weights")
@@ -277,14 +282,7 @@ def test_failed_rename_back_warns_where_the_old_folder_is(tmp_path, monkeypatch)
     final = tmp_path / "step-00000002"
     _checkpoint(final, b"old weights")
     old = _content(final)
-    real_replace = os.replace
-
-    def replace(src, dst, *args, **kwargs):
-        if os.path.basename(src).startswith((".tmp-", ".old-")):  # moving in and moving back both fail
-            raise OSError(errno.EIO, "simulated I/O error", str(dst))
-        return real_replace(src, dst, *args, **kwargs)
-
-    monkeypatch.setattr(os, "replace", replace)
+    _fail_renames_of(monkeypatch, ".tmp-", ".old-")  # moving in and moving back both fail
     with pytest.warns(RuntimeWarning, match=r"kept as .*\.old-step-00000002-"):
         with pytest.raises(OSError, match="simulated I/O error"):
             with atomic_dir(final, overwrite=True) as tmp:
