@@ -116,7 +116,10 @@ def test_resave_killed_between_renames_is_recovered(tmp_path, model):
     ckpt.save_checkpoint(root, 3, model, _info(model), train_state={"step": 3})
     step = root / "step-00000003"
     step.rename(root / ".old-step-00000003-abc123")  # the state right after atomic_dir's first rename
-    found = ckpt.latest_checkpoint(root)
+    with pytest.raises(FileNotFoundError, match="killed re-save"):
+        ckpt.latest_checkpoint(root)  # a reader (evaluation beside training) changes nothing
+    assert (root / ".old-step-00000003-abc123").is_dir()
+    found = ckpt.latest_checkpoint(root, repair=True)
     assert found == step and (step / "model.safetensors").is_file()
     assert not list(root.glob(".old-*"))
     loaded, info = ckpt.load_model(root)

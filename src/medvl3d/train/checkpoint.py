@@ -12,8 +12,8 @@ Writes are crash-safe (:mod:`medvl3d.atomic`): a checkpoint is written into
 ``checkpoints/.tmp-step-<N>-<random>/``, every file is fsynced, the folder is renamed to ``step-<N>`` and
 only then is ``last`` replaced (temp file + fsync + ``os.replace``).
 A crash at any point leaves the previous ``last`` pointing at a complete checkpoint. Re-saving an existing
-step moves the old folder aside first; a crash between the two renames is undone on the next save or
-:func:`latest_checkpoint` (``medvl3d.atomic.restore_aside``).
+step moves the old folder aside first; a crash between the two renames is undone by the next save, or
+by ``latest_checkpoint(root, repair=True)`` when the training loop resumes (``medvl3d.atomic.restore_aside``).
 """
 
 from __future__ import annotations
@@ -28,7 +28,14 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from medvl3d.atomic import atomic_dir, atomic_write_text, remove_stale_temps, restore_aside
+from medvl3d.atomic import (
+    ASIDE_DIR_PREFIX,
+    aside_dir_target,
+    atomic_dir,
+    atomic_write_text,
+    remove_stale_temps,
+    restore_aside,
+)
 
 __all__ = [
     "FORMAT_VERSION",
@@ -124,15 +131,26 @@ def save_checkpoint(
     return final
 
 
-def latest_checkpoint(root: str | os.PathLike) -> Path | None:
-    """The checkpoint that ``root/last`` points at, or None when there is none yet."""
+def latest_checkpoint(root: str | os.PathLike, repair: bool = False) -> Path | None:
+    """The checkpoint that ``root/last`` points at, or None when there is none yet.
+
+    With ``repair`` (only the one process that writes ``root``, e.g. rank 0 resuming training), a
+    checkpoint that a killed re-save left moved aside is renamed back first; readers never change files.
+    """
     root = Path(root)
     pointer = root / _POINTER
     if not pointer.is_file():
         return None
     target = root / pointer.read_text(encoding="utf-8").strip()
-    if not target.exists():
+    if repair and not target.exists():
         restore_aside(target)  # a re-save of this step was killed after moving the old folder aside
+    if not target.exists() and any(
+        aside_dir_target(p) == target.name for p in root.glob(f"{ASIDE_DIR_PREFIX}*")
+    ):
+        raise FileNotFoundError(
+            f"{pointer} points at {target}, which a killed re-save left as {root}/.old-{target.name}-*; "
+            "resuming the training run restores it"
+        )
     if not (target / WEIGHTS_NAME).is_file():
         raise FileNotFoundError(f"{pointer} points at {target}, which has no {WEIGHTS_NAME}")
     return target

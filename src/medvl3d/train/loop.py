@@ -298,6 +298,10 @@ def _run(
     order = BatchOrder(len(dataset), cfg.data.batch_size, tc.seed, dinfo.rank, dinfo.world_size)
 
     step, consumed = 0, 0
+    if dinfo.is_main and ckpt_dir.exists():
+        ckpt.latest_checkpoint(ckpt_dir, repair=True)  # rank 0 alone undoes a killed re-save
+    if dinfo.distributed:
+        dist.barrier()
     last = ckpt.latest_checkpoint(ckpt_dir) if ckpt_dir.exists() else None
     if last is not None:
         state = ckpt.load_train_state(last)
