@@ -117,6 +117,16 @@ def test_label_selection_and_errors(ckpt):
     with pytest.raises(ValueError, match="empty"):
         evaluate_diagnosis(pred, _Cases(0), bootstrap=0, progress=False)
     assert rep.meta["prompts"] == pred.prompts.to_dict()  # the report says which prompts scored it
+    # already preprocessed cases (the training loop's validation data) score exactly like raw ones
+    cases = _Cases(6)
+    ready = [{**c, "image": pred.preprocess(c)} for c in cases.items]
+    same = evaluate_diagnosis(
+        pred, ready, labels=["emphysema"], bootstrap=0, progress=False, preprocessed=True
+    )
+    assert same.probabilities == rep.probabilities
+    with pytest.raises(ValueError, match=r"case c0: a preprocessed image must be .* got \(1, 16, 32, 32\)"):
+        bad = [{**c, "image": c["image"][:, :16]} for c in cases.items]
+        evaluate_diagnosis(pred, bad, bootstrap=0, progress=False, preprocessed=True)
     with pytest.raises(ValueError, match="pass prompts to the Predictor"):
         evaluate_diagnosis(pred, _Cases(4), bootstrap=0, progress=False, prompts=pred.prompts)
 

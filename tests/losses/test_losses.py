@@ -79,6 +79,12 @@ def test_modality_gap():
     assert modality_gap(torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 3.0]])) == pytest.approx(math.sqrt(2))
     x = torch.randn(8, 4)
     assert modality_gap(x, 5 * x) == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(
+        ValueError, match=r"modality gap expects \[N, E\] and \[M, E\], got \(8, 4\) and \(4,\)"
+    ):
+        modality_gap(x, x[0])
+    with pytest.raises(ValueError, match="modality gap needs at least one image"):
+        modality_gap(x[:0], x)
 
 
 def test_gather_identity_when_not_distributed():

@@ -137,6 +137,16 @@ def test_grad_checkpointing_matches(arch):
         torch.testing.assert_close(a, b)
 
 
+def test_batch_norm_refuses_gradient_checkpointing():
+    """The recomputed forward would update the running statistics twice per step."""
+    with pytest.raises(ValueError, match="running statistics twice"):
+        VisionConfig(arch="resenc", norm="batch", grad_checkpointing=True)
+    enc = ResidualEncoder3D(VisionConfig(arch="resenc", img_size=(16, 16, 16), width=8, norm="batch"))
+    with pytest.raises(ValueError, match="running statistics twice"):
+        enc.set_grad_checkpointing(True)
+    assert not enc.grad_checkpointing
+
+
 @pytest.mark.parametrize("norm", ["batch", "instance", "group"])
 def test_resenc_shapes(norm):
     enc = ResidualEncoder3D(VisionConfig(arch="resenc", width=8, stage_blocks=(1, 2, 1), norm=norm))

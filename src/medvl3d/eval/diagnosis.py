@@ -181,6 +181,19 @@ def _match_name(name: str, available: Sequence[str]) -> str | None:
     return None
 
 
+def _model_input(predictor: Any, sample: dict, index: int) -> torch.Tensor:
+    """The image of an already preprocessed case, checked against the checkpoint's input size."""
+    image = torch.as_tensor(sample["image"])
+    size = predictor.spec.spatial_size
+    if image.ndim != 4 or (size is not None and tuple(image.shape[1:]) != tuple(size)):
+        case = (sample.get("meta") or {}).get("case_id", index)
+        raise ValueError(
+            f"case {case}: a preprocessed image must be [C, X, Y, Z] with X, Y, Z = {size} (the "
+            f"checkpoint's spatial_size), got {tuple(image.shape)}; was it preprocessed for another model?"
+        )
+    return image
+
+
 def score_dataset(
     predictor: Any,
     dataset: Dataset,
@@ -209,7 +222,7 @@ def score_dataset(
         predictor.check_modality(
             str(meta.get("modality", "unknown")), str(meta.get("path", meta.get("case_id")))
         )
-        images.append(torch.as_tensor(sample["image"]) if preprocessed else predictor.preprocess(sample))
+        images.append(_model_input(predictor, sample, i) if preprocessed else predictor.preprocess(sample))
         truth_dicts.append(dict(sample.get("labels") or {}))
         reports.append(sample.get("report") or "")
         if len(images) == batch_size or i == n - 1:

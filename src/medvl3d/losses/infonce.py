@@ -110,11 +110,11 @@ def centroid_gap(image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tenso
     log it without waiting for the device."""
     if image_emb.ndim != 2 or text_emb.ndim != 2 or image_emb.shape[1] != text_emb.shape[1]:
         raise ValueError(
-            f"modality_gap expects [N, E] and [M, E], got {tuple(image_emb.shape)} and "
+            f"the modality gap expects [N, E] and [M, E], got {tuple(image_emb.shape)} and "
             f"{tuple(text_emb.shape)}"
         )
     if image_emb.numel() == 0 or text_emb.numel() == 0:
-        raise ValueError("modality_gap needs at least one image and one text embedding")
+        raise ValueError("the modality gap needs at least one image and one text embedding")
     with torch.no_grad():
         ci = F.normalize(image_emb.float(), dim=-1).mean(dim=0)
         ct = F.normalize(text_emb.float(), dim=-1).mean(dim=0)

@@ -76,10 +76,22 @@ class VisionConfig:
                 raise ValueError(f"VisionConfig.pool must be 'cls' or 'mean', got {self.pool!r}")
         if self.norm not in ("batch", "instance", "group"):
             raise ValueError(f"VisionConfig.norm must be 'batch', 'instance' or 'group', got {self.norm!r}")
+        if self.arch == "resenc":
+            _check_batch_norm_checkpointing(self.norm, self.grad_checkpointing)
         if self.stem_stride not in (1, 2):
             raise ValueError(f"VisionConfig.stem_stride must be 1 or 2, got {self.stem_stride}")
         if not self.stage_blocks or min(self.stage_blocks) < 1:
             raise ValueError(f"VisionConfig.stage_blocks needs >= 1 block per stage, got {self.stage_blocks}")
+
+
+def _check_batch_norm_checkpointing(norm: str, grad_checkpointing: bool) -> None:
+    """Batch norm under gradient checkpointing updates its running statistics twice per step (the
+    recomputation runs the forward again), silently changing the statistics used at evaluation."""
+    if norm == "batch" and grad_checkpointing:
+        raise ValueError(
+            "VisionConfig: grad_checkpointing with norm='batch' updates the batch-norm running "
+            "statistics twice per step; use norm='instance' or 'group', or turn checkpointing off"
+        )
 
 
 @dataclass

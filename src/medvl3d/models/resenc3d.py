@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from medvl3d.models.common import check_volume_batch, resolve_indices
-from medvl3d.models.config import VisionConfig
+from medvl3d.models.config import VisionConfig, _check_batch_norm_checkpointing
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
@@ -67,7 +67,8 @@ class ResidualEncoder3D(nn.Module):
         self.grad_checkpointing = cfg.grad_checkpointing
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute each stage in backward to save activation memory."""
+        """Recompute each stage in backward to save activation memory (not with batch norm)."""
+        _check_batch_norm_checkpointing(self.cfg.norm, enable)
         self.grad_checkpointing = enable
 
     def _stage_outputs(self, x: torch.Tensor, upto: int) -> list[torch.Tensor]:

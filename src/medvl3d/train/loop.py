@@ -390,6 +390,7 @@ def _run(
                 _checkpoint(
                     cfg, dinfo, ckpt_dir, step, consumed, model, task, optimizer, scheduler, modality, labels
                 )
+                t_last, step_last = time.perf_counter(), step  # nor the checkpoint write
             for cb in callbacks:
                 cb(step, metrics)
     finally:
