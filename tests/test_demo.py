@@ -101,7 +101,11 @@ def test_run_demo_end_to_end_on_a_small_budget(tmp_path, monkeypatch, capsys, on
 
     monkeypatch.chdir(tmp_path)  # nothing may land in the working folder (e.g. a default runs/ output)
     out = tmp_path / "demo"
+    stale = out / "brgsa" / "checkpoints" / "step-00000009"  # a run left by an earlier demo
+    stale.mkdir(parents=True)
+    (stale.parent / "last").write_text("step-00000009", encoding="utf-8")
     assert run_demo(out, n_train=16, n_test=12, steps=2) == 0
+    assert not stale.exists()  # trained from scratch, not resumed from (or refused by) the old run
     printed = capsys.readouterr().out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]
 

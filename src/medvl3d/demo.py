@@ -96,7 +96,8 @@ def run_demo(out: str | Path, n_train: int = 96, n_test: int = 48, steps: int = 
     overrides = [f"data.root={data}", f"train.steps={steps}", f"train.ckpt_every={steps}"]
     # The demo trains from scratch every time: a run folder left by an older medvl3d (another model in the
     # config) would otherwise be resumed and refused as a mismatched checkpoint.
-    shutil.rmtree(out / "brgsa", ignore_errors=True)
+    if (out / "brgsa").exists():  # a failed removal must say so, not surface as a checkpoint mismatch
+        shutil.rmtree(out / "brgsa")
     with resources.as_file(demo_config()) as config:  # a real file even if the package is zipped
         run = train(config, [*overrides, f"output={out / 'brgsa'}"])
     print(f"checkpoint: {run}")

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from medvl3d.losses import clip_loss
 from medvl3d.models import create_model
 from medvl3d.train.augment import AugmentConfig, augment_config, random_view
 from medvl3d.train.tasks import build_task
@@ -83,6 +84,16 @@ def test_brgsa_parts_and_weights():
     expected = out["clip"] + 0.5 * out["rec"] + 0.25 * out["cross"] + 2.0 * out["mse"]
     assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
     assert 0 <= out["gap_rec"].item() <= 2 and 0 < out["mse"].item() <= 4
+    # each part is the plain InfoNCE of its pairing (the pre-gathered embeddings change nothing on one rank)
+    with torch.no_grad():
+        f = model(batch["image"], batch["text"])
+    v, t, s, vr, tr = (
+        f[k] for k in ("image_features", "text_features", "logit_scale", "image_recon", "text_recon")
+    )
+    assert out["clip"].item() == pytest.approx(clip_loss(v, t, s).item(), rel=1e-5)
+    assert out["rec"].item() == pytest.approx(clip_loss(vr, tr, s).item(), rel=1e-5)
+    cross = 0.5 * (clip_loss(v, tr, s) + clip_loss(vr, t, s))
+    assert out["cross"].item() == pytest.approx(cross.item(), rel=1e-5)
 
 
 def test_gtgm_parts_and_reproducible_views():

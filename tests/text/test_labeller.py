@@ -145,7 +145,7 @@ def test_non_english_report_warns_and_gives_zeros(labeller):
     assert many[0].sum() == 0 and many[1, CTRATE_LABELS.index("Pleural effusion")] > 0.5
 
 
-def test_each_report_is_checked_once_per_call(labeller, monkeypatch):
+def test_each_report_is_checked_once_per_call(labeller, monkeypatch, tmp_path):
     # report_problem's language check is the costly part of it: one call per report per labelling call.
     import medvl3d.text.labeller as labeller_module
 
@@ -174,6 +174,17 @@ def test_each_report_is_checked_once_per_call(labeller, monkeypatch):
     feats = labeller.features_many(reports, progress=False)
     assert len(calls) == 3
     assert feats[1, :, :7].sum() == feats[2, :, :7].sum() == 0  # no mentions counted
+    # the CSV command checks each report once too, and reuses the answer for its 'problem' column
+    from medvl3d.text.batch import label_reports
+
+    path = tmp_path / "reports.csv"
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows([["report_text"], *[[r] for r in reports]])
+    calls.clear()
+    with pytest.warns(UserWarning, match="1 of 4 reports"):
+        result = label_reports(path)
+    assert len(calls) == 3
+    assert [r["problem"] != "" for r in result.rows] == [False, True, True, False]
 
 
 def test_long_report_is_read_to_the_end(labeller):
