@@ -149,13 +149,19 @@ def test_int64_mask_is_written_compactly_and_reads_back(tmp_path):
 
 
 @pytest.mark.parametrize("suffix", [".nhdr", ".mhd", ".MHD"])
-def test_two_file_formats_are_refused_for_writing(tmp_path, suffix):
+def test_two_file_formats_are_refused_for_writing(tmp_path, suffix, monkeypatch):
     # A header + separate data file cannot be written atomically through a temporary name (the data
     # file would be named after the temporary), so writing refuses them and names single-file formats.
+    import medvl3d.data.io as io_mod
     from medvl3d.data.io import write_volume
 
     vol = read_volume(_nifti(tmp_path / "img.nii.gz", np.zeros((4, 5, 6), np.int16)))
     out = tmp_path / "out" / f"mask{suffix}"
+
+    def no_reorientation(*args, **kwargs):
+        raise AssertionError("a whole volume was reoriented before the output type was checked")
+
+    monkeypatch.setattr(io_mod, "reorient_array", no_reorientation)
     for write in (lambda: write_volume(vol, out), lambda: write_like(vol.array, vol, out)):
         with pytest.raises(ValueError, match=rf"mask\{suffix}: .*two files.*\.nii\.gz.*\.nrrd.*\.mha") as err:
             write()

@@ -4,6 +4,7 @@ through ``data.cache_dir``), and a missing split refused before the first traini
 from __future__ import annotations
 
 import json
+import warnings
 from collections import Counter
 
 import pytest
@@ -72,11 +73,18 @@ def counted(monkeypatch):
 
 @pytest.mark.parametrize("cached", [False, True], ids=["on-the-fly", "cache_dir"])
 def test_eval_every_logs_validation_metrics_and_preprocesses_the_split_once(
-    tmp_path, data_root, counted, cached
+    tmp_path, data_root, counted, cached, monkeypatch
 ):
     cache = tmp_path / "cache"
     cfg = config_from_dict(_cfg(tmp_path, data_root, cache_dir=str(cache) if cached else None))
-    run = train(cfg)
+    import medvl3d.train.loop as loop_mod
+
+    monkeypatch.setattr(loop_mod, "_VALID_IN_MEMORY_WARN", 0)  # any in-memory split is "large" here
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run = train(cfg)
+    big = [w for w in caught if "set data.cache_dir" in str(w.message)]
+    assert len(big) == (0 if cached else 1)  # the in-memory copy (no cache) is the one that warns
 
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     evals = [r for r in records if "val_macro_auroc" in r]

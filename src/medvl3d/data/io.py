@@ -339,8 +339,9 @@ def _check_writable(path: Path) -> None:
 
 
 def _write_array(array: np.ndarray, affine: np.ndarray, path: Path, header: Any = None) -> None:
-    """Write (x, y, z) ``array`` with its voxel -> RAS affine, atomically, in the format of the suffix."""
-    _check_writable(path)
+    """Write (x, y, z) ``array`` with its voxel -> RAS affine, atomically, in the format of the suffix.
+
+    Callers have run ``_check_writable(path)`` before any whole-volume work."""
     if array.dtype == np.bool_:
         array = array.astype(np.uint8)
     if array.dtype == np.float64:
@@ -390,6 +391,7 @@ def write_like(array: Any, reference: Volume, path: Path | str) -> Path:
     (``[1, X, Y, Z]``) is dropped.
     """
     path = Path(path)
+    _check_writable(path)  # before the reorientation and copy of a whole volume
     arr = _as_numpy(array)
     if arr.ndim == 4 and arr.shape[0] == 1:
         arr = arr[0]
@@ -416,6 +418,7 @@ def write_volume(volume_or_array: Volume | Any, path: Path | str, reference: Vol
     read but refused here with a ValueError.
     """
     path = Path(path)
+    _check_writable(path)
     if isinstance(volume_or_array, Volume):
         vol = volume_or_array
         same_grid = vol.shape == tuple(vol.source_shape) and np.array_equal(vol.affine, vol.source_affine)

@@ -16,6 +16,7 @@ import os
 import random
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -420,8 +421,28 @@ def _validation_data(cfg: ExperimentConfig, dinfo: DistInfo) -> Dataset | list[d
         raise ValueError(f"the {where} has no cases")
     if d.cache_dir or not dinfo.is_main:
         return valid
+    from medvl3d.data.preprocess import PreprocessSpec
+
+    size = PreprocessSpec.from_dict(d.preprocess or {}).spatial_size
+    if size is not None and len(valid) * int(np.prod(size)) * 4 > _VALID_IN_MEMORY_WARN:
+        warnings.warn(
+            f"the {where} takes ~{len(valid) * int(np.prod(size)) * 4 / 2**30:.1f} GiB of rank 0's memory "
+            "once preprocessed; set data.cache_dir to keep it on disk",
+            stacklevel=3,
+        )
     keep = ("image", "labels", "report", "meta")  # not the label maps: zero-shot scoring never reads them
-    return [{k: v for k, v in valid[i].items() if k in keep} for i in range(len(valid))]
+    # Preprocessed by the loader workers (data.num_workers), like the training data.
+    loader = torch.utils.data.DataLoader(
+        valid, batch_size=None, num_workers=d.num_workers, collate_fn=_identity
+    )
+    return [{k: v for k, v in sample.items() if k in keep} for sample in loader]
+
+
+_VALID_IN_MEMORY_WARN = 8 * 2**30  # bytes of preprocessed validation volumes held by rank 0
+
+
+def _identity(sample: dict) -> dict:
+    return sample
 
 
 def _zero_shot_eval(
