@@ -30,7 +30,7 @@ def test_demo_config_is_found_through_importlib_resources():
         assert path.resolve() != (REPO / "configs" / CONFIG_NAME).resolve()
         cfg = load_config(path)
     assert cfg.model.name == "cpu_resenc_clip" and cfg.task.name == "brgsa"
-    assert cfg.data.text_source == "summary" and cfg.data.preprocess["spatial_size"] == [32, 32, 32]
+    assert cfg.data.text_source == "summary" and cfg.data.preprocess.spatial_size == (32, 32, 32)
 
 
 def test_packaged_demo_config_matches_the_repository_copy():
@@ -97,7 +97,7 @@ def one_torch_thread():
 def test_run_demo_end_to_end_on_a_small_budget(tmp_path, monkeypatch, capsys, one_torch_thread):
     # The same code path as `make demo` (generate -> read back -> labeller -> BrgSA pretraining with the
     # packaged config -> zero-shot diagnosis), on 16 + 12 volumes and 2 steps instead of 96 + 48 and 150.
-    from medvl3d.train.checkpoint import latest_checkpoint
+    from medvl3d.models.checkpoint import latest_checkpoint
 
     monkeypatch.chdir(tmp_path)  # nothing may land in the working folder (e.g. a default runs/ output)
     out = tmp_path / "demo"

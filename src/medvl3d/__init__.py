@@ -7,6 +7,6 @@ __version__ = "0.1.0"
 
 def load(path):
     """Rebuild a trained model exactly as it was saved: `(model, info)` from a checkpoint folder."""
-    from medvl3d.train.checkpoint import load_model
+    from medvl3d.models.checkpoint import load_model
 
     return load_model(path)

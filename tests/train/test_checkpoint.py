@@ -7,14 +7,13 @@ import json
 import pytest
 import torch
 
-from medvl3d.train import checkpoint as ckpt
-
-models = pytest.importorskip("medvl3d.models")
+from medvl3d import models
+from medvl3d.models import checkpoint as ckpt
 
 
 def _info(model, name="test_vit_clip"):
     return {
-        "model": {"name": name, "config": model.config.to_dict()},
+        "model": {"name": name, "family": "vl", "config": model.config.to_dict()},
         "preprocess": {},
         "text": model.config.to_dict()["text"],
         "prompts": {},

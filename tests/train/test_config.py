@@ -18,7 +18,7 @@ def _write(tmp_path: Path, text: str) -> Path:
 
 
 def test_yaml_and_overrides_are_typed(tmp_path):
-    p = _write(tmp_path, "optim:\n  lr: 0.01\ntrain:\n  steps: 5\nmodel:\n  name: test_clip\n")
+    p = _write(tmp_path, "optim:\n  lr: 0.01\ntrain:\n  steps: 5\nmodel:\n  name: test_vit_clip\n")
     cfg = load_config(
         p, ["optim.lr=3e-4", "train.amp=bf16", "model.overrides.embed_dim=64", "train.compile=true"]
     )
@@ -42,12 +42,23 @@ def test_yaml_and_overrides_are_typed(tmp_path):
         ("train.compile=1", "train.compile.*bool"),
         ("nosuch.x=1", "unknown key 'nosuch'"),
         ("train.steps", "section.key=value"),
-        ("train.dist_timeout_min=0", "train.dist_timeout_min.*positive number of minutes, got 0"),
-        ("train.dist_timeout_min=-5", "train.dist_timeout_min.*positive number of minutes, got -5"),
-        ("train.dist_timeout_min=.inf", "train.dist_timeout_min.*positive number of minutes, got inf"),
+        ("train.dist_timeout_min=0", "train: dist_timeout_min.*positive number of minutes, got 0"),
+        ("train.dist_timeout_min=-5", "train: dist_timeout_min.*positive number of minutes, got -5"),
+        ("train.dist_timeout_min=.inf", "train: dist_timeout_min.*positive number of minutes, got inf"),
+        ("data.batch_size=0", "data: batch_size must be >= 1, got 0"),
+        ("train.steps=0", "train: steps must be >= 1, got 0"),
+        ("data.label_fraction=0", r"data: label_fraction must be in \(0, 1\]"),
+        ("model.name=test_clip", "unknown model 'test_clip'"),
+        ("model.overrides.embed_dimm=3", r"model.*unknown key\(s\) \['embed_dimm'\]"),
+        ("model.overrides.vision.patch_size=[4, 4, 4]", r"\['patch_size'\] for ResEncConfig"),
+        ("task.name=clipp", "unknown task 'clipp'"),
+        ("task.params.gather_all=true", r"task 'clip' got unknown parameter\(s\) \['gather_all'\]"),
+        ("data.summariser.backend=gpt", "backend must be one of"),
+        ("data.summariser.temprature=0", r"unknown key\(s\) \['temprature'\]"),
+        ("data.preprocess.spacing=[1, 1]", "spacing expects 3 values"),
         ("train.dist_timeout_min=soon", "train.dist_timeout_min.*float"),
-        ("prompts.positive=[no placeholder]", "'prompts'.*positive template.*placeholder"),
-        ("prompts.negtive=[x]", "'prompts'.*negtive"),
+        ("prompts.positive=[no placeholder]", "prompts: positive template.*placeholder"),
+        ("prompts.negtive=[x]", "unknown key 'negtive' in prompts"),
     ],
 )
 def test_bad_overrides_name_the_key(tmp_path, override, match):
@@ -57,9 +68,9 @@ def test_bad_overrides_name_the_key(tmp_path, override, match):
 
 
 def test_bad_yaml_keys_and_files(tmp_path):
-    with pytest.raises(ValueError, match=r"unknown config key\(s\) \['stpes'\] in section 'train'"):
+    with pytest.raises(ValueError, match=r"config.train: unknown key\(s\) \['stpes'\] for TrainConfig"):
         load_config(_write(tmp_path, "train:\n  stpes: 5\n"))
-    with pytest.raises(ValueError, match="must be a mapping"):
+    with pytest.raises(ValueError, match="config.train expects a mapping"):
         load_config(_write(tmp_path, "train: 5\n"))
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
         load_config(tmp_path / "nope.yaml")
@@ -80,7 +91,6 @@ def test_every_shipped_config_validates():
     names = {p.name for p in paths}
     for method in ("clip", "brgsa", "gtgm"):
         assert f"{method}_synth_tiny.yaml" in names and f"{method}_synth_gpu.yaml" in names
-    from medvl3d.data.preprocess import PreprocessSpec
     from medvl3d.models import model_config
     from medvl3d.train.tasks import TASKS
 
@@ -89,7 +99,7 @@ def test_every_shipped_config_validates():
         assert cfg.train.steps > 0 and cfg.data.batch_size > 0, p
         # the sections that other parts validate: model overrides, preprocessing, task name
         vl = model_config(cfg.model.name, **cfg.model.overrides)
-        spec = PreprocessSpec.from_dict(cfg.data.preprocess)
+        spec = cfg.data.preprocess
         assert tuple(spec.spatial_size) == tuple(vl.vision.img_size), p
         assert cfg.task.name in TASKS, p
         assert (vl.bank_size > 0) == (cfg.task.name == "brgsa"), p

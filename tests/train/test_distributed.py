@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from medvl3d import models
 from medvl3d.config import config_from_dict
+from medvl3d.train import tasks
 from medvl3d.train.data import collate_samples
 from medvl3d.train.loop import forward_backward, train
 
 HERE = Path(__file__).resolve().parent
-models = pytest.importorskip("medvl3d.models")
-tasks = pytest.importorskip("medvl3d.train.tasks")
 
 # float32 reductions in a different order (per-rank partial sums, gloo all-reduce) give equal results up to
 # float error: losses within 1e-5 relative, gradients within 1e-4 of each tensor's largest |gradient|

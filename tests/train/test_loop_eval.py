@@ -9,11 +9,10 @@ from collections import Counter
 
 import pytest
 
+import medvl3d.models  # noqa: F401  (a broken import must fail)
 from medvl3d.config import config_from_dict
+from medvl3d.data import synth
 from medvl3d.train.loop import train
-
-synth = pytest.importorskip("medvl3d.data.synth")
-pytest.importorskip("medvl3d.models")
 
 N_TRAIN, N_VALID = 8, 8
 
@@ -93,6 +92,10 @@ def test_eval_every_logs_validation_metrics_and_preprocesses_the_split_once(
         assert 0.0 <= r["val_macro_auroc"] <= 1.0
         assert "loss" not in r and "val_gap" in r and "val_seen_auroc" in r  # groups from splits.json
     assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4, 5]
+    info = json.loads((run / "checkpoints" / "step-00000005" / "config.json").read_text(encoding="utf-8"))
+    assert info["model"]["family"] == "vl" and info["format_version"] == 2
+    # the prompts are stored in full, so a later change of the defaults cannot change this checkpoint
+    assert info["prompts"] == {"positive": ["{}."], "negative": ["no acute findings."], "synonyms": {}}
 
     valid_ids = [c for c in counted["preprocess"] if c.startswith("valid_")]
     assert len(valid_ids) == N_VALID

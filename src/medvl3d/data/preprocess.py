@@ -14,7 +14,6 @@ one times diag(1/s) plus a half-voxel shift (see :func:`resample`). Crops and pa
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from medvl3d.data.io import Volume, reorient_array, spacing_from_affine
+from medvl3d.typed import build_dataclass, to_plain
 
 _VALID_AXES = ({"L", "R"}, {"A", "P"}, {"S", "I"})
 
@@ -37,13 +37,6 @@ def _tuple(value: Any, n: int, name: str, kind: type = float) -> tuple | None:
     if len(value) != n:
         raise ValueError(f"PreprocessSpec.{name}: expected {n} values, got {len(value)}")
     return value
-
-
-def _reject_unknown(cls: type, data: dict, where: str) -> None:
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; known keys are {sorted(known)}")
 
 
 @dataclass
@@ -112,28 +105,18 @@ class PreprocessSpec:
         if self.spatial_size is not None and min(self.spatial_size) <= 0:
             raise ValueError(f"PreprocessSpec.spatial_size: must be positive, got {self.spatial_size}")
         if isinstance(self.intensity, dict):
-            _reject_unknown(IntensitySpec, self.intensity, "PreprocessSpec.intensity")
-            self.intensity = IntensitySpec(**self.intensity)
+            self.intensity = build_dataclass(IntensitySpec, self.intensity, "PreprocessSpec.intensity")
         if self.foreground_margin < 0:
             raise ValueError(f"PreprocessSpec.foreground_margin: must be >= 0, got {self.foreground_margin}")
 
     def to_dict(self) -> dict:
         """JSON-safe dict (tuples become lists)."""
-
-        def plain(v: Any) -> Any:
-            return list(v) if isinstance(v, tuple) else v
-
-        out = {k: plain(v) for k, v in dataclasses.asdict(self).items()}
-        out["intensity"] = {k: plain(v) for k, v in out["intensity"].items()}
-        return out
+        return to_plain(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> PreprocessSpec:
-        """Inverse of :meth:`to_dict`; unknown keys are an error naming them."""
-        if not isinstance(data, dict):
-            raise ValueError(f"PreprocessSpec.from_dict: expected a dict, got {type(data).__name__}")
-        _reject_unknown(cls, data, "PreprocessSpec")
-        return cls(**data)
+        """Inverse of :meth:`to_dict`; unknown keys and wrongly typed values are errors naming them."""
+        return build_dataclass(cls, data, "PreprocessSpec", ValueError)
 
     def __call__(self, sample: dict) -> dict:
         """Apply to a dataset sample, so a spec can be passed as a dataset ``transform``."""

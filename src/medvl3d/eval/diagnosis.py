@@ -309,7 +309,7 @@ def evaluate_diagnosis(
     else:
         predictor = Predictor.from_checkpoint(checkpoint, device, prompts)
     if isinstance(data, (str, os.PathLike)):
-        from medvl3d.train.data import open_split
+        from medvl3d.data.datasets import open_split
 
         dataset, root = open_split(data, split), data
     else:  # a Dataset or any sequence of raw samples

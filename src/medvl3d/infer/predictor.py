@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medvl3d.device import resolve_device
+from medvl3d.models.checkpoint import load_model
 from medvl3d.text.prompts import PromptSet
-from medvl3d.train.checkpoint import load_model
-from medvl3d.train.distributed import resolve_device
 
 __all__ = ["Predictor", "parse_labels"]
 

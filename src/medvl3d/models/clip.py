@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medvl3d.models.config import TextTowerConfig, VisionConfig, VLConfig, model_config_from_dict
+from medvl3d.models.config import ResEncConfig, TextTowerConfig, VisionConfig, ViTConfig, VLConfig
 from medvl3d.models.heads import projection_head
 from medvl3d.models.knowledge_bank import KnowledgeBank
 from medvl3d.models.resenc3d import ResidualEncoder3D
@@ -18,10 +18,12 @@ MAX_LOGIT_SCALE = 100.0
 
 
 def build_image_encoder(cfg: VisionConfig) -> nn.Module:
-    """The image tower named by `cfg.arch`."""
-    if cfg.arch == "vit":
+    """The image tower its config describes (`ViTConfig` or `ResEncConfig`)."""
+    if isinstance(cfg, ViTConfig):
         return VisionTransformer3D(cfg)
-    return ResidualEncoder3D(cfg)
+    if isinstance(cfg, ResEncConfig):
+        return ResidualEncoder3D(cfg)
+    raise TypeError(f"not a vision config: {type(cfg).__name__}")
 
 
 class TextTower(nn.Module):
@@ -116,9 +118,3 @@ class VLModel(nn.Module):
             out["image_recon"] = self.bank.reconstruct(out["image_features"])
             out["text_recon"] = self.bank.reconstruct(out["text_features"])
         return out
-
-
-def model_from_config(d: dict | VLConfig) -> VLModel:
-    """Rebuild the architecture described by `VLConfig.to_dict()` output (for checkpoints)."""
-    cfg = d if isinstance(d, VLConfig) else model_config_from_dict(d)
-    return VLModel(cfg)

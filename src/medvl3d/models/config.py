@@ -1,47 +1,45 @@
-"""Typed model configs: `VisionConfig`, `TextTowerConfig` and `VLConfig`, with checked (de)serialisation.
+"""Typed model configs, one per model family and one per architecture, with checked (de)serialisation.
 
-Configs are plain data: they are written beside checkpoints as JSON (`VLConfig.to_dict()`) and read back
-with `model_config_from_dict`, which rejects unknown keys and wrongly typed values so a checkpoint can
-never be loaded into a silently different architecture.
+Configs are plain data: they are written beside checkpoints as JSON (`to_dict()`) and read back with
+`model_config_from_dict`, which rejects unknown keys and wrongly typed values so a checkpoint can never
+be loaded into a silently different architecture. Each vision architecture has its own config (`ViTConfig`,
+`ResEncConfig`), so a field the architecture does not use is an error, not silently ignored.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Literal
+
+from medvl3d.typed import build_dataclass, replace_config, to_plain
 
 VISION_ARCHS = ("vit", "resenc")
 
 
+def _check_size(img_size: tuple[int, ...], where: str) -> None:
+    if len(img_size) != 3 or min(img_size) < 1:
+        raise ValueError(f"{where}.img_size needs 3 positive values (X, Y, Z), got {img_size}")
+
+
 @dataclass
-class VisionConfig:
-    """Image tower. Fields marked ViT/CNN apply to that `arch` only.
+class ViTConfig:
+    """A 3D Vision Transformer image tower (`VisionTransformer3D`).
 
     Attributes:
-        arch: "vit" (`VisionTransformer3D`) or "resenc" (`ResidualEncoder3D`).
-        img_size: configured input size (X, Y, Z); the ViT interpolates its position embedding to others.
+        arch: always "vit" (the tag that tells the two vision configs apart in YAML and JSON).
+        img_size: configured input size (X, Y, Z); the position embedding interpolates to other sizes.
         in_chans: input channels.
-        width: ViT embedding width; CNN width of the first stage (doubled per stage up to `max_width`).
-        depth: ViT number of transformer blocks.
-        patch_size: ViT patch size (X, Y, Z).
-        heads: ViT attention heads.
-        mlp_ratio: ViT MLP hidden width / width.
-        pool: ViT pooling, "cls" (class token) or "mean" (mean of patch tokens).
-        stage_blocks: CNN residual blocks per stage; its length is the number of stages.
-        max_width: CNN width cap.
-        norm: CNN normalisation, "batch", "instance" or "group". Per-sample norms (instance, group)
-            remove each volume's overall intensity level, which is what many findings are made of
-            (a larger heart, more fluid, darker lungs); "batch" keeps it. Supervised on SynthCT-VL at
-            32^3 (`benchmarks/supervised_ceiling.py`, 600/150 cases): held-out macro AUROC 0.586 with
-            "batch", 0.567 with "instance"; emphysema (darker lungs) 0.76 vs 0.52.
-        stem_stride: CNN stride of the stem convolution (2 cuts the first stage's cost 8-fold).
+        width: embedding width.
+        depth: number of transformer blocks.
+        patch_size: patch size (X, Y, Z).
+        heads: attention heads.
+        mlp_ratio: MLP hidden width / width.
+        pool: "cls" (class token) or "mean" (mean of patch tokens).
         grad_checkpointing: recompute blocks in backward to save activation memory.
     """
 
-    arch: str = "vit"
+    arch: Literal["vit"] = "vit"
     img_size: tuple[int, int, int] = (32, 32, 32)
     in_chans: int = 1
     width: int = 32
@@ -50,6 +48,46 @@ class VisionConfig:
     heads: int = 2
     mlp_ratio: float = 4.0
     pool: str = "cls"
+    grad_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        _check_size(self.img_size, "ViTConfig")
+        if len(self.patch_size) != 3:
+            raise ValueError(f"ViTConfig.patch_size needs 3 values (X, Y, Z), got {self.patch_size}")
+        if any(p <= 0 or s % p for s, p in zip(self.img_size, self.patch_size)):
+            raise ValueError(
+                f"ViTConfig.img_size {self.img_size} is not divisible by patch_size {self.patch_size}"
+            )
+        if self.width % self.heads:
+            raise ValueError(f"ViTConfig.width {self.width} is not divisible by heads {self.heads}")
+        if self.pool not in ("cls", "mean"):
+            raise ValueError(f"ViTConfig.pool must be 'cls' or 'mean', got {self.pool!r}")
+
+
+@dataclass
+class ResEncConfig:
+    """A residual 3D CNN image tower (`ResidualEncoder3D`, nnU-Net ResEnc style).
+
+    Attributes:
+        arch: always "resenc".
+        img_size: the input size it was designed for (X, Y, Z); the network itself takes any size.
+        in_chans: input channels.
+        width: width of the first stage (doubled per stage up to `max_width`).
+        stage_blocks: residual blocks per stage; its length is the number of stages.
+        max_width: width cap.
+        norm: "batch", "instance" or "group". Per-sample norms (instance, group) remove each volume's
+            overall intensity level, which is what many findings are made of (a larger heart, more
+            fluid, darker lungs); "batch" keeps it. Supervised on SynthCT-VL at 32^3
+            (`benchmarks/supervised_ceiling.py`, 600/150 cases): held-out macro AUROC 0.586 with
+            "batch", 0.567 with "instance"; emphysema (darker lungs) 0.76 vs 0.52.
+        stem_stride: stride of the stem convolution (2 cuts the first stage's cost 8-fold).
+        grad_checkpointing: recompute stages in backward to save activation memory.
+    """
+
+    arch: Literal["resenc"] = "resenc"
+    img_size: tuple[int, int, int] = (32, 32, 32)
+    in_chans: int = 1
+    width: int = 32
     stage_blocks: tuple[int, ...] = (1, 1, 1)
     max_width: int = 320
     norm: str = "instance"
@@ -57,31 +95,27 @@ class VisionConfig:
     grad_checkpointing: bool = False
 
     def __post_init__(self) -> None:
-        if self.arch not in VISION_ARCHS:
-            raise ValueError(f"VisionConfig.arch must be one of {VISION_ARCHS}, got {self.arch!r}")
-        if len(self.img_size) != 3 or len(self.patch_size) != 3:
-            raise ValueError(
-                f"VisionConfig.img_size and patch_size need 3 values (X, Y, Z), got {self.img_size}, "
-                f"{self.patch_size}"
-            )
-        if self.arch == "vit":
-            bad = [(s, p) for s, p in zip(self.img_size, self.patch_size) if p <= 0 or s % p]
-            if bad:
-                raise ValueError(
-                    f"VisionConfig.img_size {self.img_size} is not divisible by patch_size {self.patch_size}"
-                )
-            if self.width % self.heads:
-                raise ValueError(f"VisionConfig.width {self.width} is not divisible by heads {self.heads}")
-            if self.pool not in ("cls", "mean"):
-                raise ValueError(f"VisionConfig.pool must be 'cls' or 'mean', got {self.pool!r}")
+        _check_size(self.img_size, "ResEncConfig")
         if self.norm not in ("batch", "instance", "group"):
-            raise ValueError(f"VisionConfig.norm must be 'batch', 'instance' or 'group', got {self.norm!r}")
-        if self.arch == "resenc":
-            _check_batch_norm_checkpointing(self.norm, self.grad_checkpointing)
+            raise ValueError(f"ResEncConfig.norm must be 'batch', 'instance' or 'group', got {self.norm!r}")
+        _check_batch_norm_checkpointing(self.norm, self.grad_checkpointing)
         if self.stem_stride not in (1, 2):
-            raise ValueError(f"VisionConfig.stem_stride must be 1 or 2, got {self.stem_stride}")
+            raise ValueError(f"ResEncConfig.stem_stride must be 1 or 2, got {self.stem_stride}")
         if not self.stage_blocks or min(self.stage_blocks) < 1:
-            raise ValueError(f"VisionConfig.stage_blocks needs >= 1 block per stage, got {self.stage_blocks}")
+            raise ValueError(f"ResEncConfig.stage_blocks needs >= 1 block per stage, got {self.stage_blocks}")
+
+
+#: An image tower config; the `arch` field tells which (a tagged union in YAML and JSON).
+VisionConfig = ViTConfig | ResEncConfig
+
+_VISION_CLASSES: dict[str, type] = {"vit": ViTConfig, "resenc": ResEncConfig}
+
+
+def vision_config(arch: str = "vit", **fields: Any) -> ViTConfig | ResEncConfig:
+    """The vision config of `arch` with `fields`; a field of the other architecture is a `TypeError`."""
+    if arch not in _VISION_CLASSES:
+        raise ValueError(f"vision arch must be one of {VISION_ARCHS}, got {arch!r}")
+    return replace_config(_VISION_CLASSES[arch](), fields, f"vision config (arch={arch!r})", TypeError)
 
 
 def _check_batch_norm_checkpointing(norm: str, grad_checkpointing: bool) -> None:
@@ -119,10 +153,10 @@ class TextTowerConfig:
 
 @dataclass
 class VLConfig:
-    """A vision-language model.
+    """A vision-language model (family "vl").
 
     Attributes:
-        vision: image tower config.
+        vision: image tower config (`ViTConfig` or `ResEncConfig`).
         text: text tower config.
         embed_dim: joint embedding size.
         vision_proj: image projection, "linear" or "mlp".
@@ -132,7 +166,9 @@ class VLConfig:
         init_logit_bias: initial SigLIP logit bias; None = the model has no bias (CLIP-style losses).
     """
 
-    vision: VisionConfig = field(default_factory=VisionConfig)
+    family: ClassVar[str] = "vl"
+
+    vision: VisionConfig = field(default_factory=ViTConfig)
     text: TextTowerConfig = field(default_factory=TextTowerConfig)
     embed_dim: int = 32
     vision_proj: str = "linear"
@@ -152,72 +188,102 @@ class VLConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (tuples become lists); `model_config_from_dict` inverts it."""
-        return _to_plain(dataclasses.asdict(self))
+        return to_plain(self)
 
 
-def _to_plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _to_plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_to_plain(v) for v in value]
-    return value
+@dataclass
+class SegConfig:
+    """A segmentation network (family "seg"): any registered image encoder and a U-Net decoder over its
+    multi-scale features (`forward_intermediates`; a UNETR-style neck for the ViT).
+
+    Attributes:
+        encoder: image encoder config (`ViTConfig` or `ResEncConfig`); the same towers VL models use, so
+            a pretrained VL checkpoint's encoder loads into it (`create_model(..., encoder_from=PATH)`).
+        n_classes: output classes including background (set from the training data's label names).
+        decoder_widths: decoder width per level, finest first (None: the skip connections' widths).
+        deep_supervision: also return coarser logits in training (`monai.losses.DeepSupervisionLoss`).
+        freeze_encoder: keep the encoder's weights and normalisation statistics fixed.
+        vit_levels: ViT only: how many token grids (evenly spaced blocks) the UNETR neck takes.
+    """
+
+    family: ClassVar[str] = "seg"
+
+    encoder: VisionConfig = field(default_factory=ResEncConfig)
+    n_classes: int = 2
+    decoder_widths: tuple[int, ...] | None = None
+    deep_supervision: bool = False
+    freeze_encoder: bool = False
+    vit_levels: int = 4
+
+    def __post_init__(self) -> None:
+        if self.n_classes < 2:
+            raise ValueError(f"SegConfig.n_classes must be >= 2 (background + a class), got {self.n_classes}")
+        if self.vit_levels < 1:
+            raise ValueError(f"SegConfig.vit_levels must be >= 1, got {self.vit_levels}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_plain(self)
 
 
-def _coerce(value: Any, hint: Any, where: str, exc: type[Exception]) -> Any:
-    """Check `value` against a field's type hint, converting lists to tuples and ints to floats."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], where, exc)
-    if dataclasses.is_dataclass(hint):
-        if isinstance(value, hint):
-            return value
-        if not isinstance(value, dict):
-            raise exc(f"{where} expects a dict of {hint.__name__} fields, got {type(value).__name__}")
-        return build_dataclass(hint, value, where, exc)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise exc(f"{where} expects a sequence, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], where, exc) for v in value)
-        if len(value) != len(args):
-            raise exc(f"{where} expects {len(args)} values, got {value!r}")
-        return tuple(_coerce(v, a, where, exc) for v, a in zip(value, args))
-    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if hint in (int, str, bool) and type(value) is hint:
-        return value
-    raise exc(f"{where} expects {getattr(hint, '__name__', hint)}, got {value!r}")
+@dataclass
+class MonaiUNetConfig:
+    """MONAI's residual `UNet` (Kerfoot et al.), the usual from-scratch baseline."""
+
+    net: Literal["unet"] = "unet"
+    channels: tuple[int, ...] = (16, 32, 64, 128)
+    strides: tuple[int, ...] = (2, 2, 2)
+    num_res_units: int = 2
+    norm: str = "instance"
+
+    def __post_init__(self) -> None:
+        if len(self.strides) != len(self.channels) - 1:
+            raise ValueError(
+                f"MonaiUNetConfig: needs len(strides) == len(channels) - 1, got {self.strides}, "
+                f"{self.channels}"
+            )
 
 
-def build_dataclass(cls: type, values: dict[str, Any], where: str, exc: type[Exception] = TypeError) -> Any:
-    """Config dataclass `cls` from `values`, type-checked; unknown keys raise `exc` naming them."""
-    return replace_config(cls(), values, where, exc)
+@dataclass
+class SwinUNETRConfig:
+    """MONAI's `SwinUNETR` (Hatamizadeh et al.); `feature_size` must be divisible by 12."""
+
+    net: Literal["swinunetr"] = "swinunetr"
+    feature_size: int = 12
+    depths: tuple[int, ...] = (2, 2, 2, 2)
+    num_heads: tuple[int, ...] = (3, 6, 12, 24)
+
+    def __post_init__(self) -> None:
+        if self.feature_size % 12:
+            raise ValueError(f"SwinUNETRConfig.feature_size must be divisible by 12, got {self.feature_size}")
 
 
-def replace_config(cfg: Any, values: dict[str, Any], where: str, exc: type[Exception] = TypeError) -> Any:
-    """A copy of dataclass `cfg` with `values` set; nested dataclass fields accept dicts (merged)."""
-    cls = type(cfg)
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise exc(f"{where}: unknown field(s) {unknown} for {cls.__name__}; known: {sorted(names)}")
-    updates = {}
-    for key, value in values.items():
-        current = getattr(cfg, key)
-        if dataclasses.is_dataclass(current) and isinstance(value, dict):
-            updates[key] = replace_config(current, value, f"{where}.{key}", exc)
-        else:
-            updates[key] = _coerce(value, hints[key], f"{where}.{key}", exc)
-    return dataclasses.replace(cfg, **updates)
+@dataclass
+class MonaiSegConfig:
+    """A reference segmentation network from MONAI (family "monai"), trained and used like "seg" models.
+
+    Attributes:
+        net: `MonaiUNetConfig` or `SwinUNETRConfig` (tagged by `net`).
+        n_classes: output classes including background.
+        in_chans: input channels.
+    """
+
+    family: ClassVar[str] = "monai"
+
+    net: MonaiUNetConfig | SwinUNETRConfig = field(default_factory=MonaiUNetConfig)
+    n_classes: int = 2
+    in_chans: int = 1
+
+    def __post_init__(self) -> None:
+        if self.n_classes < 2:
+            raise ValueError(f"MonaiSegConfig.n_classes must be >= 2, got {self.n_classes}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_plain(self)
 
 
-def model_config_from_dict(d: dict[str, Any]) -> VLConfig:
-    """Rebuild a `VLConfig` from `to_dict()` output; unknown keys or wrong types raise `ValueError`."""
+def model_config_from_dict(d: dict[str, Any], cls: type = VLConfig) -> Any:
+    """Rebuild a config of class `cls` from its `to_dict()` output; unknown keys or wrong types raise
+    `ValueError` naming them."""
     if not isinstance(d, dict):
         raise ValueError(f"model config must be a dict, got {type(d).__name__}")
-    return build_dataclass(VLConfig, d, "model config", ValueError)
+    return build_dataclass(cls, d, "model config", ValueError)

@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from medvl3d.models.common import check_volume_batch, resolve_indices
-from medvl3d.models.config import VisionConfig, _check_batch_norm_checkpointing
+from medvl3d.models.config import ResEncConfig, _check_batch_norm_checkpointing
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
@@ -45,7 +45,7 @@ class ResidualEncoder3D(nn.Module):
     """Residual CNN encoder for `[B, C, X, Y, Z]`; stage i has width `min(width * 2**i, max_width)`
     and stride `stem_stride * 2**i` relative to the input."""
 
-    def __init__(self, cfg: VisionConfig) -> None:
+    def __init__(self, cfg: ResEncConfig) -> None:
         super().__init__()
         self.cfg = cfg
         widths = [min(cfg.width * 2**i, cfg.max_width) for i in range(len(cfg.stage_blocks))]

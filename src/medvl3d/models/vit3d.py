@@ -10,7 +10,14 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from medvl3d.models.common import check_volume_batch, resolve_indices
-from medvl3d.models.config import VisionConfig
+from medvl3d.models.config import ViTConfig
+
+
+def evenly_spaced_blocks(depth: int, k: int) -> list[int]:
+    """Indices of `k` evenly spaced blocks of `depth`, ending at the last (UNETR's 3, 6, 9, 12 of 12)."""
+    if not 1 <= k <= depth:
+        raise ValueError(f"cannot choose {k} of {depth} blocks")
+    return [-(-(i + 1) * depth // k) - 1 for i in range(k)]  # ceil((i+1) depth / k) - 1
 
 
 class Attention(nn.Module):
@@ -52,7 +59,7 @@ class VisionTransformer3D(nn.Module):
     trilinearly for inputs of other sizes, so a model pretrained on one crop size runs on another.
     """
 
-    def __init__(self, cfg: VisionConfig) -> None:
+    def __init__(self, cfg: ViTConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.patch_size = tuple(cfg.patch_size)
@@ -127,9 +134,7 @@ class VisionTransformer3D(nn.Module):
             norm: apply the final LayerNorm to each output.
         """
         n = len(self.blocks)
-        k = min(4, n)
-        default = [-(-(i + 1) * n // k) - 1 for i in range(k)]  # ceil((i+1) n / k) - 1
-        chosen = resolve_indices(indices, n, default)
+        chosen = resolve_indices(indices, n, evenly_spaced_blocks(n, min(4, n)))
         x, grid = self._embed(x)
         outs = []
         for i, block in enumerate(self.blocks[: chosen[-1] + 1]):

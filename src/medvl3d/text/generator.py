@@ -14,15 +14,17 @@ so the same volume always gets the same text.
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
 import random
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 from scipy import ndimage
+
+from medvl3d.typed import coerce
 
 # HU ranges of the coarse tissue classes (CT). Bone is cortical bone (>= 400 HU) with the cancellous
 # interior it encloses; contrast-enhanced blood is 150-400 HU away from bone.
@@ -403,35 +405,66 @@ def report_or_generated(sample: dict, generator: TextGenerator) -> str:
 _GENERATORS: dict[str, type] = {"measured": MeasuredTextGenerator, "transformers": TransformersTextGenerator}
 
 
-def build_text_generator(cfg: str | dict[str, Any] | Callable[[dict], str] | None = None) -> TextGenerator:
+@dataclass
+class MeasuredGeneratorConfig:
+    """The built-in generator (`MeasuredTextGenerator`)."""
+
+    type: Literal["measured"] = "measured"
+    seed: int = 0
+
+
+@dataclass
+class TransformersGeneratorConfig:
+    """A local causal LM that rephrases the measured description (`TransformersTextGenerator`)."""
+
+    type: Literal["transformers"] = "transformers"
+    path: str = ""
+    prompt: str = TransformersTextGenerator.DEFAULT_PROMPT
+    max_new_tokens: int = 96
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            raise ValueError("the 'transformers' text generator needs a 'path' to a local model folder")
+
+
+#: The generator section of a config: the `type` field picks the member.
+GeneratorConfig = MeasuredGeneratorConfig | TransformersGeneratorConfig
+
+
+def generator_config(cfg: str | dict | GeneratorConfig | None = None) -> GeneratorConfig:
+    """A typed generator config from a name or dict (`type` "measured" by default); an unknown key is a
+    `TypeError` naming it, an unknown type a `ValueError`."""
+    if isinstance(cfg, (MeasuredGeneratorConfig, TransformersGeneratorConfig)):
+        return cfg
+    if isinstance(cfg, str):
+        cfg = {"type": cfg}
+    if cfg is not None and not isinstance(cfg, dict):
+        raise ValueError(f"text generator config must be a name, dict or callable, got {type(cfg).__name__}")
+    params = dict(cfg or {})
+    if params.get("type", "measured") not in _GENERATORS:
+        raise ValueError(f"unknown text generator {params['type']!r}; available: {sorted(_GENERATORS)}")
+    return coerce(params, GeneratorConfig, "text generator", TypeError)
+
+
+def build_text_generator(
+    cfg: str | dict | GeneratorConfig | Callable[[dict], str] | None = None,
+) -> TextGenerator:
     """A text generator from a config.
 
     Args:
-        cfg: None or "measured" (built-in); a dict `{"type": "measured" | "transformers", ...kwargs}`
-            (e.g. `{"type": "transformers", "path": "/models/llm"}`); an object with `generate`; or any
-            callable `fn(sample) -> str`.
+        cfg: None or "measured" (built-in); a `GeneratorConfig` or its dict `{"type": "measured" |
+            "transformers", ...}` (e.g. `{"type": "transformers", "path": "/models/llm"}`); an object with
+            `generate`; or any callable `fn(sample) -> str`.
 
     Raises:
         ValueError: an unknown generator type.
         TypeError: a keyword the generator does not take (named in the message).
     """
-    if cfg is None:
-        return MeasuredTextGenerator()
     if isinstance(cfg, TextGenerator) and not isinstance(cfg, (str, dict)):
         return cfg
     if callable(cfg) and not isinstance(cfg, (str, dict)):
         return CallableTextGenerator(cfg)
-    if isinstance(cfg, str):
-        cfg = {"type": cfg}
-    if not isinstance(cfg, dict):
-        raise ValueError(f"text generator config must be a name, dict or callable, got {type(cfg).__name__}")
-    params = dict(cfg)
-    kind = params.pop("type", "measured")
-    if kind not in _GENERATORS:
-        raise ValueError(f"unknown text generator {kind!r}; available: {sorted(_GENERATORS)}")
-    cls = _GENERATORS[kind]
-    allowed = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-    unknown = sorted(set(params) - set(allowed))
-    if unknown:
-        raise TypeError(f"text generator {kind!r} got unknown parameter(s) {unknown}; it takes {allowed}")
-    return cls(**params)
+    typed = generator_config(cfg)
+    kwargs = {f.name: getattr(typed, f.name) for f in dataclasses.fields(typed) if f.name != "type"}
+    return _GENERATORS[typed.type](**kwargs)

@@ -15,17 +15,20 @@ share one interface (``Summariser.summarise(report) -> str``):
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import re
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 from medvl3d.atomic import atomic_write_json
 from medvl3d.text.reports import FINDING_SECTIONS, Mention, ReportParser, default_parser, split_sentences
+from medvl3d.typed import coerce
 
 NO_FINDINGS = "no acute findings."
 
@@ -286,29 +289,55 @@ def _merge(answers: list[str]) -> str:
     return " ".join(parts) if parts else NO_FINDINGS
 
 
-_RULE_KEYS = {"include_uncertain", "with_locations", "max_locations"}
-_LLM_KEYS = {"url", "model", "api_key_env", "cache_dir", "timeout", "prompt", "max_chars"}
+@dataclass
+class RuleSummariserConfig:
+    """The built-in deterministic summariser (`RuleSummariser`)."""
+
+    backend: Literal["rule"] = "rule"
+    include_uncertain: bool = False
+    with_locations: bool = True
+    max_locations: int = _MAX_LOCATIONS
 
 
-def build_summariser(cfg: dict | None = None) -> Summariser:
-    """A summariser from a config dict.
+@dataclass
+class LLMSummariserConfig:
+    """An OpenAI-compatible server the user runs (`LLMSummariser`); answers are cached on disk."""
+
+    backend: Literal["llm"] = "llm"
+    url: str = ""
+    model: str = ""
+    api_key_env: str | None = None
+    cache_dir: str | None = None
+    timeout: float = 60.0
+    prompt: str = DEFAULT_LLM_PROMPT
+    max_chars: int = 12000
+
+    def __post_init__(self) -> None:
+        missing = [k for k in ("url", "model") if not getattr(self, k)]
+        if missing:
+            raise ValueError(f"the 'llm' summariser needs {missing} in its config")
+
+
+#: The summariser section of a config: the `backend` field picks the member.
+SummariserConfig = RuleSummariserConfig | LLMSummariserConfig
+
+
+def summariser_config(cfg: dict | SummariserConfig | None = None) -> SummariserConfig:
+    """A typed summariser config from a dict (`backend` "rule" by default); an unknown key is a
+    `TypeError` naming it, an unknown backend a `ValueError`."""
+    if isinstance(cfg, (RuleSummariserConfig, LLMSummariserConfig)):
+        return cfg
+    return coerce(dict(cfg or {}), SummariserConfig, "summariser", TypeError)
+
+
+def build_summariser(cfg: dict | SummariserConfig | None = None) -> Summariser:
+    """A summariser from its config (a `SummariserConfig` or its dict).
 
     ``None`` or ``{"backend": "rule", ...}`` gives ``RuleSummariser``; ``{"backend": "llm", "url": ...,
     "model": ..., "cache_dir": ...}`` gives ``LLMSummariser``. Unknown keys raise ``TypeError`` naming them.
     """
-    cfg = dict(cfg or {})
-    backend = cfg.pop("backend", "rule")
-    allowed = {"rule": _RULE_KEYS, "llm": _LLM_KEYS}.get(backend)
-    if allowed is None:
-        raise ValueError(f"unknown summariser backend {backend!r}; choose 'rule' or 'llm'")
-    unknown = sorted(set(cfg) - allowed)
-    if unknown:
-        raise TypeError(
-            f"unknown option(s) for the {backend!r} summariser: {unknown}; allowed: {sorted(allowed)}"
-        )
-    if backend == "rule":
-        return RuleSummariser(**cfg)
-    missing = [k for k in ("url", "model") if not cfg.get(k)]
-    if missing:
-        raise ValueError(f"the 'llm' summariser needs {missing} in its config")
-    return LLMSummariser(**cfg)
+    typed = summariser_config(cfg)
+    kwargs = {f.name: getattr(typed, f.name) for f in dataclasses.fields(typed) if f.name != "backend"}
+    if isinstance(typed, RuleSummariserConfig):
+        return RuleSummariser(**kwargs)
+    return LLMSummariser(**kwargs)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from medvl3d.train.checkpoint import load_model, save_checkpoint
+from medvl3d.models.checkpoint import load_model, save_checkpoint
 from medvl3d.train.loop import train
 
 __all__ = ["train", "load_model", "save_checkpoint"]

@@ -10,23 +10,25 @@ number of loader workers (which prefetch ahead).
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from medvl3d.config import DataConfig
+from medvl3d.data.datasets import open_split
 
 __all__ = [
     "BatchOrder",
     "ResumableBatchSampler",
     "TextSourceDataset",
     "PreprocessedDataset",
+    "DrawnDataset",
+    "SubsetDataset",
+    "label_subset",
     "collate_samples",
-    "open_split",
     "build_dataset",
     "build_loader",
 ]
@@ -68,19 +70,72 @@ class BatchOrder:
 
 
 class ResumableBatchSampler(Sampler[list[int]]):
-    """An endless batch sampler following a :class:`BatchOrder`, starting after ``start`` batches."""
+    """An endless batch sampler following a :class:`BatchOrder`, starting after ``start`` batches.
 
-    def __init__(self, order: BatchOrder, start: int = 0):
-        self.order, self.start = order, start
+    With ``keyed``, each index comes with the number of its draw (its position in the global stream of
+    drawn samples), which :class:`DrawnDataset` turns into the seed of that sample's random transform.
+    """
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __init__(self, order: BatchOrder, start: int = 0, keyed: bool = False):
+        self.order, self.start, self.keyed = order, start, keyed
+
+    def __iter__(self) -> Iterator[list]:
         k = self.start
+        o = self.order
         while True:
-            yield self.order.indices(*self.order.position(k))
+            indices = o.indices(*o.position(k))
+            if self.keyed:
+                first = (k * o.world_size + o.rank) * o.batch_size
+                indices = [(i, first + j) for j, i in enumerate(indices)]
+            yield indices
             k += 1
 
     def __len__(self) -> int:  # DataLoader asks; the sampler is endless by design
         return 2**62
+
+
+class DrawnDataset(Dataset):
+    """Applies a task's random per-sample transform (patch sampling, augmentation) with a seed drawn from
+    ``(seed, draw)``: indexed by the ``(index, draw)`` pairs of a keyed :class:`ResumableBatchSampler`, it
+    gives the same patches in a resumed run and with any number of loader workers."""
+
+    def __init__(self, base: Dataset, transform: Callable[[dict, int], dict], seed: int):
+        self.base, self.transform, self.seed = base, transform, seed
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        index, draw = key
+        seed = int(np.random.SeedSequence([self.seed, draw]).generate_state(1)[0])
+        return self.transform(self.base[index], seed)
+
+
+class SubsetDataset(Dataset):
+    """The cases ``indices`` of a dataset, in that order (keeps ``case_ids`` for the cache)."""
+
+    def __init__(self, base: Dataset, indices: Sequence[int]):
+        self.base, self.indices = base, list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.base[self.indices[i]]
+
+    @property
+    def case_ids(self) -> list[str] | None:
+        ids = getattr(self.base, "case_ids", None)
+        return None if ids is None else [ids[i] for i in self.indices]
+
+
+def label_subset(n: int, fraction: float, seed: int) -> list[int]:
+    """Indices of ``round(fraction * n)`` cases (at least one), sorted: the first cases of a permutation
+    seeded by ``seed``, so the 1% subset lies inside the 10% one of the same seed."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"label fraction must be in (0, 1], got {fraction}")
+    k = max(1, int(round(fraction * n)))
+    return sorted(int(i) for i in np.random.default_rng(seed).permutation(n)[:k])
 
 
 class PreprocessedDataset(Dataset):
@@ -109,8 +164,8 @@ class TextSourceDataset(Dataset):
     Args:
         base: the dataset whose samples get a ``text``.
         source: report | summary | generated | auto.
-        summariser_cfg: config of ``medvl3d.text.summariser.build_summariser``.
-        generator_cfg: config of ``medvl3d.text.generator.build_text_generator``.
+        summariser_cfg: a ``medvl3d.text.summariser.SummariserConfig`` (or its dict).
+        generator_cfg: a ``medvl3d.text.generator.GeneratorConfig`` (or its dict).
         raw: the raw (unpreprocessed) dataset with the same indexing, when ``base`` is preprocessed
             (e.g. a cache): generated text is measured on it.
     """
@@ -119,8 +174,8 @@ class TextSourceDataset(Dataset):
         self,
         base: Dataset,
         source: str = "report",
-        summariser_cfg: dict | None = None,
-        generator_cfg: dict | None = None,
+        summariser_cfg: Any = None,
+        generator_cfg: Any = None,
         raw: Dataset | None = None,
     ):
         if source not in ("report", "summary", "generated", "auto"):
@@ -132,11 +187,11 @@ class TextSourceDataset(Dataset):
         if source == "summary":
             from medvl3d.text.summariser import build_summariser
 
-            self._summariser = build_summariser(summariser_cfg or None)
+            self._summariser = build_summariser(summariser_cfg)
         if source in ("generated", "auto"):
             from medvl3d.text.generator import build_text_generator
 
-            self._generator = build_text_generator(generator_cfg or None)
+            self._generator = build_text_generator(generator_cfg)
 
     def __len__(self) -> int:
         return len(self.base)
@@ -209,43 +264,26 @@ def collate_samples(samples: Sequence[dict]) -> dict:
     return batch
 
 
-def _preprocess_spec(cfg: DataConfig) -> Any:
-    from medvl3d.data.preprocess import PreprocessSpec
-
-    return PreprocessSpec.from_dict(cfg.preprocess or {})
-
-
-def open_split(root: str | os.PathLike, split: str, format: str = "auto") -> Dataset:
-    """The raw dataset of one split.
-
-    ``format="auto"``: a folder holding ``manifest_<split>.jsonl`` (SynthCT-VL writes them beside its
-    CT-RATE and MSD layouts) is read through that manifest; anything else goes to
-    ``medvl3d.data.datasets.open_dataset``, whose detected layout must equal ``format`` when one is given.
-    """
-    from medvl3d.data.datasets import JsonlDataset, detect_layout, open_dataset
-
-    root = Path(root)
-    manifest = root / f"manifest_{split}.jsonl"
-    if format in ("auto", "jsonl") and root.is_dir() and manifest.is_file():
-        return JsonlDataset(manifest)
-    if format != "auto":
-        found = detect_layout(root)
-        if found != format:
-            raise ValueError(f"{root}: data.format is {format!r} but the folder holds a {found!r} layout")
-    return open_dataset(root, split=split)
-
-
 def build_dataset(
-    cfg: DataConfig, split: str, with_text: bool = True, rank: int = 0, world_size: int = 1
+    cfg: DataConfig,
+    split: str,
+    with_text: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
+    fraction: float = 1.0,
 ) -> Dataset:
     """The preprocessed dataset of one split, with ``text`` per ``cfg.text_source`` when ``with_text``.
 
-    With ``cfg.cache_dir`` set, volumes are preprocessed once into ``medvl3d.data.cache`` shards (each
-    rank writes its share, then all ranks wait for each other) and read back from there; otherwise
-    preprocessing runs on the fly in the loader workers.
+    ``fraction`` < 1 keeps a deterministic subset of the cases (:func:`label_subset` with
+    ``cfg.label_seed``), chosen before anything is preprocessed. With ``cfg.cache_dir`` set, volumes are
+    preprocessed once into ``medvl3d.data.cache`` shards (each rank writes its share, then all ranks wait
+    for each other) and read back from there; otherwise preprocessing runs on the fly in the loader
+    workers.
     """
-    spec = _preprocess_spec(cfg)
-    base = open_split(cfg.root, split, cfg.format)
+    spec = cfg.preprocess
+    base: Dataset = open_split(cfg.root, split, cfg.format)
+    if fraction < 1:
+        base = SubsetDataset(base, label_subset(len(base), fraction, cfg.label_seed))
     if cfg.cache_dir:
         from medvl3d.data.cache import CachedDataset, preprocess_dataset
 
@@ -271,7 +309,12 @@ def build_dataset(
 
 
 def build_loader(
-    dataset: Dataset, order: BatchOrder, start: int = 0, num_workers: int = 0, pin_memory: bool = False
+    dataset: Dataset,
+    order: BatchOrder,
+    start: int = 0,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    keyed: bool = False,
 ) -> DataLoader:
     """An endless DataLoader over ``order`` beginning after ``start`` consumed batches.
 
@@ -280,7 +323,7 @@ def build_loader(
     """
     return DataLoader(
         dataset,
-        batch_sampler=ResumableBatchSampler(order, start),
+        batch_sampler=ResumableBatchSampler(order, start, keyed),
         collate_fn=collate_samples,
         num_workers=num_workers,
         pin_memory=pin_memory,

@@ -30,11 +30,11 @@ from torch.utils.data import Dataset
 import medvl3d
 from medvl3d.atomic import atomic_write_text
 from medvl3d.config import ExperimentConfig, config_to_dict, load_config, save_config
-from medvl3d.text.prompts import PromptSet
-from medvl3d.train import checkpoint as ckpt
-from medvl3d.train.data import BatchOrder, build_dataset, build_loader
+from medvl3d.models import checkpoint as ckpt
+from medvl3d.train.data import BatchOrder, DrawnDataset, build_dataset, build_loader
 from medvl3d.train.distributed import DistInfo, all_reduce_mean, cleanup_distributed, init_distributed
 from medvl3d.train.optim import build_optimizer, build_scheduler
+from medvl3d.train.tasks.base import DataFacts, Task, TaskContext, build_task, task_class
 
 __all__ = ["train", "forward_backward", "make_info", "Callback"]
 
@@ -141,27 +141,32 @@ def _reduce_metrics(parts: dict[str, torch.Tensor]) -> dict[str, float]:
     return dict(zip(parts, all_reduce_mean(torch.stack(list(parts.values()))).tolist()))
 
 
-def make_info(cfg: ExperimentConfig, model: nn.Module, modality: str, labels: Sequence[str]) -> dict:
-    """The checkpoint's ``config.json``: everything needed to rebuild and use the model."""
+def make_info(cfg: ExperimentConfig, model: nn.Module, task: nn.Module, ctx: TaskContext) -> dict:
+    """The checkpoint's ``config.json``: everything needed to rebuild and use the model.
+
+    The model section records the family, so a checkpoint of any family is rebuilt by
+    ``medvl3d.load``; the task adds what using the model needs (prompts, class names, inference windows).
+    """
     model = ckpt.unwrap_model(model)
     model_cfg = model.config.to_dict() if hasattr(model.config, "to_dict") else dict(model.config)
-    try:
-        from medvl3d.data.preprocess import PreprocessSpec
-
-        preprocess = PreprocessSpec.from_dict(cfg.data.preprocess or {}).to_dict()
-    except ImportError:  # the data layer is optional for stand-in models in tests
-        preprocess = dict(cfg.data.preprocess or {})
-    return {
-        "model": {"name": cfg.model.name, "config": model_cfg},
-        "preprocess": preprocess,
-        "text": model_cfg.get("text", {}) if isinstance(model_cfg, dict) else {},
-        "prompts": PromptSet.from_dict(cfg.prompts or {}).to_dict(),  # explicit, not "the default then"
+    info = {
+        "model": {
+            "name": cfg.model.name,
+            "family": getattr(type(model.config), "family", None),
+            "config": model_cfg,
+            "encoder_from": cfg.model.encoder_from,
+        },
+        "preprocess": cfg.data.preprocess.to_dict(),
         "task": cfg.task.name,
-        "modality": modality,
-        "labels": list(labels),
+        "modality": ctx.facts.modality,
+        "labels": list(ctx.facts.labels),  # abnormality names of the training data (may be empty)
         "medvl3d_version": medvl3d.__version__,
         "train": config_to_dict(cfg),
     }
+    checkpoint_info = getattr(task, "checkpoint_info", None)
+    if checkpoint_info is not None:
+        info.update(checkpoint_info(ctx))
+    return info
 
 
 def _extra_task_state(task: nn.Module, model: nn.Module) -> dict[str, torch.Tensor]:
@@ -172,14 +177,20 @@ def _extra_task_state(task: nn.Module, model: nn.Module) -> dict[str, torch.Tens
     }
 
 
-def _dataset_facts(dataset: Dataset) -> tuple[str, list[str]]:
-    """Modality and abnormality label names, read from the first sample (both optional)."""
+def _dataset_facts(dataset: Dataset) -> DataFacts:
+    """Modality, abnormality label names and label-map class names, read from the first sample."""
     try:
         first = dataset[0]
     except Exception as exc:
         raise ValueError(f"cannot read the first training sample: {exc}") from exc
     meta = first.get("meta", {}) or {}
-    return str(meta.get("modality", "CT")), sorted((first.get("labels") or {}).keys())
+    names = meta.get("label_names")
+    label_names = {int(k): str(v) for k, v in names.items()} if isinstance(names, dict) and names else None
+    return DataFacts(
+        modality=str(meta.get("modality", "CT")),
+        labels=sorted((first.get("labels") or {}).keys()),
+        label_names=label_names,
+    )
 
 
 class _MetricsLog:
@@ -219,11 +230,13 @@ class _MetricsLog:
             self.tb.close()
 
 
-def _build_model_and_task(cfg: ExperimentConfig) -> tuple[nn.Module, nn.Module]:
+def _build_model_and_task(cfg: ExperimentConfig, facts: DataFacts) -> tuple[nn.Module, nn.Module]:
+    """The model (with the fields its task takes from the data, unless the config sets them) and task."""
     from medvl3d.models import create_model
-    from medvl3d.train.tasks import build_task
 
-    model = create_model(cfg.model.name, **cfg.model.overrides)
+    task_cls = task_class(cfg.task.name)
+    overrides = {**task_cls.model_overrides(facts), **cfg.model.overrides}
+    model = create_model(cfg.model.name, encoder_from=cfg.model.encoder_from, **overrides)
     return model, build_task(cfg.task.name, model, **cfg.task.params)
 
 
@@ -285,18 +298,30 @@ def _run(
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
 
+    task_cls: Any = type(task) if task is not None else task_class(cfg.task.name)
     if dataset is None:  # first: bad data paths fail before any model is built
-        dataset = build_dataset(cfg.data, cfg.data.train_split, rank=dinfo.rank, world_size=dinfo.world_size)
-    modality, labels = _dataset_facts(dataset)
-    valid = _validation_data(cfg, dinfo) if tc.eval_every > 0 else None
+        dataset = build_dataset(
+            cfg.data,
+            cfg.data.train_split,
+            with_text=getattr(task_cls, "needs_text", True),
+            rank=dinfo.rank,
+            world_size=dinfo.world_size,
+            fraction=cfg.data.label_fraction,
+        )
+    ctx = TaskContext(cfg, _dataset_facts(dataset))
+    keys = getattr(task_cls, "validation_keys", Task.validation_keys)
+    valid = _validation_data(cfg, dinfo, keys) if tc.eval_every > 0 else None
     _seed_all(tc.seed)  # same initial weights on every rank
     if model is None:
-        model, task = _build_model_and_task(cfg)
+        model, task = _build_model_and_task(cfg, ctx.facts)
     assert task is not None
     task.to(device)
     optimizer = build_optimizer(task, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, tc.steps)
     order = BatchOrder(len(dataset), cfg.data.batch_size, tc.seed, dinfo.rank, dinfo.world_size)
+    transform = task.sample_transform(cfg.data) if hasattr(task, "sample_transform") else None
+    if transform is not None:  # patch sampling / augmentation in the loader workers, seeded per draw
+        dataset = DrawnDataset(dataset, transform, tc.seed)
 
     step, consumed = 0, 0
     if dinfo.is_main and ckpt_dir.exists():
@@ -340,7 +365,12 @@ def _run(
     if step >= tc.steps:
         return run_dir
     loader = build_loader(
-        dataset, order, start=consumed, num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda"
+        dataset,
+        order,
+        start=consumed,
+        num_workers=cfg.data.num_workers,
+        pin_memory=device.type == "cuda",
+        keyed=transform is not None,
     )
     it = iter(loader)
     log = _MetricsLog(run_dir, step) if dinfo.is_main else None
@@ -378,9 +408,8 @@ def _run(
             if bar is not None and log_step:
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}")
             if tc.eval_every > 0 and (step % tc.eval_every == 0 or step == tc.steps):
-                if log is not None:
-                    val = _zero_shot_eval(cfg, model, modality, labels, valid)
-                    log.write({"step": step, **val})
+                if log is not None and hasattr(task, "validate"):
+                    log.write({"step": step, **task.validate(ckpt.unwrap_model(model), valid, ctx)})
                     task.train()
                 if dinfo.distributed:
                     # Rank 0 evaluates alone; the others wait here (at most train.dist_timeout_min) rather
@@ -388,9 +417,7 @@ def _run(
                     dist.barrier()
                 t_last, step_last = time.perf_counter(), step  # the throughput leaves out the evaluation
             if (tc.ckpt_every > 0 and step % tc.ckpt_every == 0) or step == tc.steps:
-                _checkpoint(
-                    cfg, dinfo, ckpt_dir, step, consumed, model, task, optimizer, scheduler, modality, labels
-                )
+                _checkpoint(cfg, dinfo, ckpt_dir, step, consumed, model, task, optimizer, scheduler, ctx)
                 t_last, step_last = time.perf_counter(), step  # nor the checkpoint write
             for cb in callbacks:
                 cb(step, metrics)
@@ -402,12 +429,13 @@ def _run(
     return run_dir
 
 
-def _validation_data(cfg: ExperimentConfig, dinfo: DistInfo) -> Dataset | list[dict]:
+def _validation_data(cfg: ExperimentConfig, dinfo: DistInfo, keep: Sequence[str]) -> Dataset | list[dict]:
     """The preprocessed validation split for ``train.eval_every``, built once before training.
 
     It goes through the training data's machinery (``data.format``, ``data.preprocess``, ``data.cache_dir``):
     with a cache every rank preprocesses its share into it; without one, rank 0 (the one that evaluates)
-    keeps the preprocessed cases in memory. A missing or empty split fails here, not hours into the run.
+    keeps the preprocessed cases in memory, only the sample keys ``keep`` the task's validation reads. A
+    missing or empty split fails here, not hours into the run.
     """
     d = cfg.data
     where = (
@@ -421,16 +449,13 @@ def _validation_data(cfg: ExperimentConfig, dinfo: DistInfo) -> Dataset | list[d
         raise ValueError(f"the {where} has no cases")
     if d.cache_dir or not dinfo.is_main:
         return valid
-    from medvl3d.data.preprocess import PreprocessSpec
-
-    size = PreprocessSpec.from_dict(d.preprocess or {}).spatial_size
+    size = d.preprocess.spatial_size
     if size is not None and len(valid) * int(np.prod(size)) * 4 > _VALID_IN_MEMORY_WARN:
         warnings.warn(
             f"the {where} takes ~{len(valid) * int(np.prod(size)) * 4 / 2**30:.1f} GiB of rank 0's memory "
             "once preprocessed; set data.cache_dir to keep it on disk",
             stacklevel=3,
         )
-    keep = ("image", "labels", "report", "meta")  # not the label maps: zero-shot scoring never reads them
     # Preprocessed by the loader workers (data.num_workers), like the training data.
     loader = torch.utils.data.DataLoader(
         valid, batch_size=None, num_workers=d.num_workers, collate_fn=_identity
@@ -445,35 +470,6 @@ def _identity(sample: dict) -> dict:
     return sample
 
 
-def _zero_shot_eval(
-    cfg: ExperimentConfig,
-    model: nn.Module,
-    modality: str,
-    labels: Sequence[str],
-    valid: Dataset | list[dict],
-) -> dict:
-    """Zero-shot macro AUROC on the preprocessed validation split (no bootstrap), for ``train.eval_every``."""
-    from medvl3d.eval.diagnosis import evaluate_diagnosis, load_label_groups
-    from medvl3d.infer.predictor import Predictor
-
-    model = ckpt.unwrap_model(model)
-    predictor = Predictor(
-        model, make_info(cfg, model, modality, labels), device=next(model.parameters()).device
-    )
-    report = evaluate_diagnosis(
-        predictor,
-        valid,
-        split=cfg.data.valid_split,
-        bootstrap=0,
-        groups=load_label_groups(cfg.data.root),
-        progress=False,
-        preprocessed=True,  # once, by _validation_data
-    )
-    out = {"val_macro_auroc": report.macro["auroc"], "val_gap": report.modality_gap["before_bank"]}
-    out.update({f"val_{g}_auroc": info["auroc"] for g, info in report.groups.items()})
-    return {k: v for k, v in out.items() if v is not None}
-
-
 def _checkpoint(
     cfg: ExperimentConfig,
     dinfo: DistInfo,
@@ -484,8 +480,7 @@ def _checkpoint(
     task: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
-    modality: str,
-    labels: Sequence[str],
+    ctx: TaskContext,
 ) -> None:
     rng = _rng_state(task)
     if dinfo.distributed:  # every rank's RNG, so each augmentation stream resumes where it was
@@ -504,6 +499,6 @@ def _checkpoint(
             "world_size": dinfo.world_size,
             "batch_size": cfg.data.batch_size,
         }
-        ckpt.save_checkpoint(ckpt_dir, step, model, make_info(cfg, model, modality, labels), state)
+        ckpt.save_checkpoint(ckpt_dir, step, model, make_info(cfg, model, task, ctx), state)
     if dinfo.distributed:
         dist.barrier()

@@ -24,6 +24,7 @@ __all__ = [
     "VolumeDataset",
     "detect_layout",
     "open_dataset",
+    "open_split",
     "read_label",
 ]
 
@@ -90,3 +91,21 @@ def open_dataset(path: str | Path, **kwargs: Any) -> VolumeDataset:
         return CachedDataset(path, **kwargs)
     split = kwargs.pop("split", None) or _ctrate_split(path)
     return CTRateDataset(path, split, **kwargs)
+
+
+def open_split(root: str | Path, split: str, format: str = "auto") -> VolumeDataset:
+    """The raw dataset of one split.
+
+    ``format="auto"``: a folder holding ``manifest_<split>.jsonl`` (SynthCT-VL writes them beside its
+    CT-RATE and MSD layouts) is read through that manifest; anything else goes to
+    ``medvl3d.data.datasets.open_dataset``, whose detected layout must equal ``format`` when one is given.
+    """
+    root = Path(root)
+    manifest = root / f"manifest_{split}.jsonl"
+    if format in ("auto", "jsonl") and root.is_dir() and manifest.is_file():
+        return JsonlDataset(manifest)
+    if format != "auto":
+        found = detect_layout(root)
+        if found != format:
+            raise ValueError(f"{root}: data.format is {format!r} but the folder holds a {found!r} layout")
+    return open_dataset(root, split=split)

@@ -1,4 +1,4 @@
-"""Pretraining objectives as task modules: `build_task(name, model, **params)`.
+"""Vision-language pretraining objectives as task modules: clip, siglip, brgsa, gtgm.
 
 A task wraps a `VLModel` (and any loss-only parameters, e.g. GTGM's projector); its `forward(batch)`
 takes `batch["image"]` `[B, 1, X, Y, Z]` and `batch["text"]` (B strings) and returns `{"loss": ...}` plus
@@ -8,8 +8,8 @@ detached named parts for logging. Every task calls the model through its `forwar
 
 from __future__ import annotations
 
-import inspect
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -17,33 +17,50 @@ from torch import nn
 from medvl3d.losses import barlow_twins_loss, centroid_gap, clip_loss, gather_with_grad, siglip_loss
 from medvl3d.models.clip import VLModel
 from medvl3d.train.augment import AugmentConfig, augment_config, random_view
-
-TASKS: dict[str, type[nn.Module]] = {}
-
-
-def _register(name: str):
-    def deco(cls: type[nn.Module]) -> type[nn.Module]:
-        TASKS[name] = cls
-        return cls
-
-    return deco
+from medvl3d.train.tasks.base import Task, TaskContext, log_parts, register_task
+from medvl3d.typed import to_plain
 
 
-def build_task(name: str, model: VLModel, **params: Any) -> nn.Module:
-    """Build task `name` ("clip", "siglip", "brgsa", "gtgm") around `model`.
+class VLTask(Task):
+    """Base of the vision-language objectives: they train on (volume, text) pairs, validate by zero-shot
+    diagnosis and store the prompts and abnormality labels in the checkpoint."""
 
-    Raises:
-        ValueError: unknown task name, or a model lacking what the task needs.
-        TypeError: a parameter the task does not take (named in the message).
-    """
-    if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; available: {', '.join(sorted(TASKS))}")
-    cls = TASKS[name]
-    allowed = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "model")]
-    unknown = sorted(set(params) - set(allowed))
-    if unknown:
-        raise TypeError(f"task {name!r} got unknown parameter(s) {unknown}; it takes {allowed}")
-    return cls(model, **params)
+    families: ClassVar[tuple[str, ...]] = ("vl",)
+    needs_text: ClassVar[bool] = True
+    validation_keys: ClassVar[tuple[str, ...]] = ("image", "labels", "report", "meta")
+
+    def checkpoint_info(self, ctx: TaskContext) -> dict[str, Any]:
+        cfg = ctx.cfg
+        return {
+            "text": to_plain(self.model.config.text),
+            "prompts": cfg.prompts.to_dict(),  # explicit, not "the default then"
+        }
+
+    def validate(self, model: nn.Module, valid: Sequence[dict], ctx: TaskContext) -> dict[str, float]:
+        """Zero-shot macro AUROC (no bootstrap) and the modality gap on the preprocessed validation split."""
+        from medvl3d.eval.diagnosis import evaluate_diagnosis, load_label_groups
+        from medvl3d.infer.predictor import Predictor
+
+        cfg = ctx.cfg
+        info = {
+            "model": {"family": "vl"},
+            "preprocess": cfg.data.preprocess.to_dict(),
+            "modality": ctx.facts.modality,
+            **self.checkpoint_info(ctx),
+        }
+        predictor = Predictor(model, info, device=next(model.parameters()).device)
+        report = evaluate_diagnosis(
+            predictor,
+            valid,
+            split=cfg.data.valid_split,
+            bootstrap=0,
+            groups=load_label_groups(cfg.data.root),
+            progress=False,
+            preprocessed=True,  # once, by the loop
+        )
+        out = {"val_macro_auroc": report.macro["auroc"], "val_gap": report.modality_gap["before_bank"]}
+        out.update({f"val_{g}_auroc": info["auroc"] for g, info in report.groups.items()})
+        return {k: v for k, v in out.items() if v is not None}
 
 
 def _check_batch(batch: dict, task: str) -> tuple[torch.Tensor, list[str]]:
@@ -60,14 +77,8 @@ def _check_batch(batch: dict, task: str) -> tuple[torch.Tensor, list[str]]:
     return image, list(text)
 
 
-def _log(**parts: torch.Tensor | float) -> dict[str, torch.Tensor]:
-    return {
-        k: (v.detach() if isinstance(v, torch.Tensor) else torch.tensor(float(v))) for k, v in parts.items()
-    }
-
-
-@_register("clip")
-class ClipTask(nn.Module):
+@register_task("clip")
+class ClipTask(VLTask):
     """CLIP: symmetric InfoNCE between each volume and its report, gathered across ranks."""
 
     def __init__(self, model: VLModel, gather: bool = True) -> None:
@@ -80,11 +91,11 @@ class ClipTask(nn.Module):
         out = self.model(image, text)
         loss = clip_loss(out["image_features"], out["text_features"], out["logit_scale"], self.gather)
         gap = centroid_gap(out["image_features"], out["text_features"])
-        return {"loss": loss, **_log(clip=loss, logit_scale=out["logit_scale"], gap=gap)}
+        return {"loss": loss, **log_parts(clip=loss, logit_scale=out["logit_scale"], gap=gap)}
 
 
-@_register("siglip")
-class SigLIPTask(nn.Module):
+@register_task("siglip")
+class SigLIPTask(VLTask):
     """SigLIP: pairwise sigmoid loss; needs a model with a logit bias."""
 
     def __init__(self, model: VLModel, gather: bool = True) -> None:
@@ -106,12 +117,12 @@ class SigLIPTask(nn.Module):
         gap = centroid_gap(out["image_features"], out["text_features"])
         return {
             "loss": loss,
-            **_log(siglip=loss, logit_scale=out["logit_scale"], logit_bias=out["logit_bias"], gap=gap),
+            **log_parts(siglip=loss, logit_scale=out["logit_scale"], logit_bias=out["logit_bias"], gap=gap),
         }
 
 
-@_register("brgsa")
-class BrgSATask(nn.Module):
+@register_task("brgsa")
+class BrgSATask(VLTask):
     """BrgSA (arXiv 2501.03565): CLIP alignment bridged by a knowledge bank shared by both modalities.
 
     loss = InfoNCE(v, t) + rec_weight * InfoNCE(v_rec, t_rec)
@@ -161,7 +172,7 @@ class BrgSATask(nn.Module):
         )
         mse = 0.5 * ((v - v_rec).pow(2).sum(-1).mean() + (t - t_rec).pow(2).sum(-1).mean())
         loss = orig + self.rec_weight * rec + self.cross_weight * cross + self.mse_weight * mse
-        parts = _log(
+        parts = log_parts(
             clip=orig,
             rec=rec,
             cross=cross,
@@ -173,8 +184,8 @@ class BrgSATask(nn.Module):
         return {"loss": loss, **parts}
 
 
-@_register("gtgm")
-class GTGMTask(nn.Module):
+@register_task("gtgm")
+class GTGMTask(VLTask):
     """GTGM (arXiv 2306.04811): CLIP loss on two augmented views of each volume + Barlow Twins between views.
 
     loss = (InfoNCE(view1, text) + InfoNCE(view2, text)) / 2 + barlow_weight * BarlowTwins(z1, z2)
@@ -267,5 +278,5 @@ class GTGMTask(nn.Module):
         loss = clip + self.barlow_weight * barlow
         return {
             "loss": loss,
-            **_log(clip=clip, barlow=barlow, logit_scale=s, gap=centroid_gap(v1, t)),
+            **log_parts(clip=clip, barlow=barlow, logit_scale=s, gap=centroid_gap(v1, t)),
         }

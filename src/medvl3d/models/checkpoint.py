@@ -1,6 +1,11 @@
 """Checkpoints: a folder with safetensors weights, a JSON of everything needed to rebuild the model, and
 (for training) the optimiser/scheduler/data-order/RNG state.
 
+This module sits below training: inference and evaluation load models through it without importing
+``medvl3d.train``. ``config.json`` records the model family (``model.family``), so a checkpoint of any
+family is rebuilt with the same strict checks; format version 1 (vision-language only, one vision config
+for both architectures) is read and migrated on load.
+
 Layout under a run folder::
 
     checkpoints/
@@ -48,10 +53,13 @@ __all__ = [
     "read_info",
     "load_model",
     "load_train_state",
+    "load_encoder",
+    "read_weights",
+    "check_family",
     "unwrap_model",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 STATE_NAME = "train_state.pt"
@@ -101,8 +109,9 @@ def save_checkpoint(
         root: the ``checkpoints`` folder of a run.
         step: optimiser step the weights belong to.
         model: the model (DDP/compile wrappers are unwrapped).
-        info: the JSON-serialisable description written as ``config.json`` (see :func:`make_info`
-            in the training loop); ``step`` and ``format_version`` are added.
+        info: the JSON-serialisable description written as ``config.json`` (the training loop's
+            ``make_info``: ``model`` with ``name``, ``family`` and ``config``, preprocessing, the task's
+            additions); ``step`` and ``format_version`` are added.
         train_state: optimiser, scheduler, data-order and RNG states (``train_state.pt``), or None.
         keep: how many completed ``step-*`` folders to keep (older ones are removed after ``last`` moves).
 
@@ -192,23 +201,62 @@ def read_info(path: str | os.PathLike) -> dict:
     if not isinstance(info, dict) or "model" not in info or "name" not in info.get("model", {}):
         raise ValueError(f"{folder / CONFIG_NAME}: missing the 'model' section with its 'name'")
     version = info.get("format_version")
-    if version != FORMAT_VERSION:
+    if version == 1:
+        info = _migrate_v1(info)
+    elif version != FORMAT_VERSION:
         raise ValueError(
-            f"{folder / CONFIG_NAME}: unsupported format_version {version!r} (expected {FORMAT_VERSION})"
+            f"{folder / CONFIG_NAME}: unsupported format_version {version!r} (expected 1 or {FORMAT_VERSION})"
         )
     return info
 
 
+# Fields of format-1 vision configs that only one architecture used (the other ignored them).
+_V1_VISION_ONLY = {
+    "vit": ("depth", "patch_size", "heads", "mlp_ratio", "pool"),
+    "resenc": ("stage_blocks", "max_width", "norm", "stem_stride"),
+}
+
+
+def _migrate_v1(info: dict) -> dict:
+    """Format 1 -> 2: the family is "vl" and the vision config loses the other architecture's fields,
+    which format-1 models carried but never used (so the rebuilt model is the same network)."""
+    info = json.loads(json.dumps(info))  # a deep copy
+    model = info["model"]
+    model.setdefault("family", "vl")
+    vision = (model.get("config") or {}).get("vision")
+    if isinstance(vision, dict):
+        arch = vision.get("arch", "vit")
+        for other, names in _V1_VISION_ONLY.items():
+            if other != arch:
+                for name in names:
+                    vision.pop(name, None)
+        vision["arch"] = arch
+    info["format_version"] = FORMAT_VERSION
+    return info
+
+
 def _build_model(model_info: dict, source: str) -> nn.Module:
-    """Rebuild an untrained model from the checkpoint's ``model`` section (name + config dict)."""
-    from medvl3d.models import model_from_config
+    """Rebuild an untrained model from the checkpoint's ``model`` section (name, family, config)."""
+    from medvl3d.models.registry import model_from_config
 
     if not isinstance(model_info.get("config"), dict):
         raise ValueError(f"{source}: the 'model' section has no 'config' dict")
+    family = model_info.get("family")
+    if not isinstance(family, str):
+        raise ValueError(f"{source}: the 'model' section has no 'family'")
     try:
-        return model_from_config(model_info["config"])
+        return model_from_config(family, model_info["config"])
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{source}: invalid model config: {exc}") from exc
+
+
+def read_weights(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The state dict in a checkpoint folder's ``model.safetensors`` (a corrupt file is a ValueError)."""
+    path = Path(folder) / WEIGHTS_NAME
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types for corrupt files
+        raise ValueError(f"{path}: cannot read safetensors weights: {exc}") from exc
 
 
 def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
@@ -245,11 +293,7 @@ def load_model(
     folder = resolve_checkpoint(path)
     info = read_info(folder)
     model = _build_model(info["model"], str(folder / CONFIG_NAME))
-    try:
-        state = load_file(str(folder / WEIGHTS_NAME))
-    except Exception as exc:  # safetensors raises its own error types for corrupt files
-        raise ValueError(f"{folder / WEIGHTS_NAME}: cannot read safetensors weights: {exc}") from exc
-    load_state_strict(model, state, str(folder / WEIGHTS_NAME))
+    load_state_strict(model, read_weights(folder), str(folder / WEIGHTS_NAME))
     if device is not None:
         model = model.to(device)
     model.eval()
@@ -264,3 +308,44 @@ def load_train_state(folder: str | os.PathLike, map_location: str | torch.device
         raise FileNotFoundError(f"checkpoint folder {folder} has no {STATE_NAME} (not a training checkpoint)")
     # weights_only=False: the state holds numpy/python RNG tuples; it is our own file, written by save.
     return torch.load(path, map_location=map_location, weights_only=False)
+
+
+def check_family(info: dict, allowed: tuple[str, ...], what: str) -> str:
+    """The checkpoint's family; a ValueError naming the checkpoint when ``what`` (e.g. "medvl3d segment")
+    cannot use a model of that family."""
+    family = info["model"].get("family", "vl")
+    if family not in allowed:
+        where = info.get("path", "the checkpoint")
+        raise ValueError(
+            f"{where}: {what} needs a model of family {' or '.join(repr(a) for a in allowed)}, but this "
+            f"checkpoint holds a {family!r} model ({info['model'].get('name')})"
+        )
+    return family
+
+
+def load_encoder(path: str | os.PathLike) -> tuple[Any, dict[str, torch.Tensor], str]:
+    """The image encoder of a checkpoint: ``(vision config, encoder state dict, source)``.
+
+    Vision-language checkpoints give their image tower (``visual.*``), segmentation checkpoints their
+    encoder (``encoder.*``), so any pretraining method (and any fine-tuned model) can be transferred.
+
+    Raises:
+        FileNotFoundError: the checkpoint is missing.
+        ValueError: a checkpoint of a family without an image encoder.
+    """
+    from medvl3d.models.config import model_config_from_dict
+    from medvl3d.models.registry import get_family
+
+    folder = resolve_checkpoint(path)
+    info = read_info(folder)
+    family = info["model"].get("family", "vl")
+    fam = get_family(family)
+    prefix, key = {"vl": ("visual.", "vision"), "seg": ("encoder.", "encoder")}.get(family, (None, None))
+    if prefix is None:
+        raise ValueError(f"{folder}: a {family!r} checkpoint has no image encoder to transfer")
+    cfg = model_config_from_dict(info["model"]["config"], fam.config_cls)
+    weights = folder / WEIGHTS_NAME
+    encoder = {k[len(prefix) :]: v for k, v in read_weights(folder).items() if k.startswith(prefix)}
+    if not encoder:
+        raise ValueError(f"{weights}: no {prefix}* weights in this checkpoint")
+    return getattr(cfg, key), encoder, str(weights)

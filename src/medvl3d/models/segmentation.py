@@ -1,0 +1,135 @@
+"""Segmentation networks: `SegmentationModel` (family "seg": a registered image encoder + U-Net decoder)
+and `MonaiSegmentationModel` (family "monai": MONAI's UNet / SwinUNETR, the baselines users would pick).
+
+Both map a `[B, C, X, Y, Z]` batch to per-voxel class logits `[B, n_classes, X, Y, Z]` at the input size
+(any size the encoder accepts; sliding-window inference feeds fixed patches), so one task, one predictor
+and one evaluation serve them all.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from medvl3d.models.clip import build_image_encoder
+from medvl3d.models.config import MonaiSegConfig, MonaiUNetConfig, ResEncConfig, SegConfig, ViTConfig
+from medvl3d.models.unet_decoder import UNetDecoder, UNETRNeck, unetr_strides
+from medvl3d.models.vit3d import evenly_spaced_blocks
+
+__all__ = ["SegmentationModel", "MonaiSegmentationModel"]
+
+
+class SegmentationModel(nn.Module):
+    """An image encoder (`ResidualEncoder3D` or `VisionTransformer3D`) and a U-Net decoder over its
+    `forward_intermediates`: the CNN's stage maps directly, the ViT's token grids through a UNETR neck.
+
+    The encoder's state-dict keys (`encoder.*`) match a vision-language model's image tower (`visual.*`),
+    so `load_encoder_state` transfers any pretrained tower; `freeze_encoder` keeps it fixed (weights and
+    batch-norm statistics).
+    """
+
+    def __init__(self, config: SegConfig) -> None:
+        super().__init__()
+        self.config = config
+        enc = config.encoder
+        self.encoder = build_image_encoder(enc)
+        self.neck: nn.Module | None = None
+        if isinstance(enc, ResEncConfig):
+            channels = list(self.encoder.widths)
+            strides = [(enc.stem_stride * 2**i,) * 3 for i in range(len(channels))]
+            self._blocks = None
+        else:
+            assert isinstance(enc, ViTConfig)
+            n = min(config.vit_levels, enc.depth)
+            self._blocks = evenly_spaced_blocks(enc.depth, n)
+            strides = unetr_strides(enc.patch_size, n)
+            channels = [max(16, enc.width // 2 ** (n - 1 - i)) for i in range(n)]  # finest first
+            self.neck = UNETRNeck(enc.width, enc.patch_size, n, channels)
+        self.decoder = UNetDecoder(
+            channels,
+            strides,
+            config.n_classes,
+            in_chans=enc.in_chans,
+            widths=config.decoder_widths,
+            deep_supervision=config.deep_supervision,
+            norm="instance",
+        )
+        if config.freeze_encoder:
+            self.encoder.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> SegmentationModel:
+        """Training mode, except for a frozen encoder, which keeps its normalisation statistics."""
+        super().train(mode)
+        if self.config.freeze_encoder:
+            self.encoder.eval()
+        return self
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Gradient checkpointing in the encoder."""
+        self.encoder.set_grad_checkpointing(enable)
+
+    def load_encoder_state(self, state: dict[str, torch.Tensor], source: str) -> None:
+        """Load pretrained encoder weights (keys without the `encoder.` prefix); any mismatch is an error."""
+        from medvl3d.models.checkpoint import load_state_strict
+
+        load_state_strict(self.encoder, state, f"the image encoder of {source}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        """Logits `[B, n_classes, X, Y, Z]` (with deep supervision in training: a list, finest first)."""
+        feats = self.encoder.forward_intermediates(x, self._blocks)
+        if self.neck is not None:
+            feats = self.neck(feats)
+        return self.decoder(feats, x)
+
+
+class MonaiSegmentationModel(nn.Module):
+    """MONAI's `UNet` or `SwinUNETR` with the interface of `SegmentationModel` (logits at the input size)."""
+
+    def __init__(self, config: MonaiSegConfig) -> None:
+        super().__init__()
+        self.config = config
+        net = config.net
+        if isinstance(net, MonaiUNetConfig):
+            from monai.networks.nets import UNet
+
+            self.net = UNet(
+                spatial_dims=3,
+                in_channels=config.in_chans,
+                out_channels=config.n_classes,
+                channels=net.channels,
+                strides=net.strides,
+                num_res_units=net.num_res_units,
+                norm=net.norm,
+            )
+        else:
+            from monai.networks.nets import SwinUNETR
+
+            self.net = SwinUNETR(
+                in_channels=config.in_chans,
+                out_channels=config.n_classes,
+                feature_size=net.feature_size,
+                depths=net.depths,
+                num_heads=net.num_heads,
+                spatial_dims=3,
+            )
+
+    @property
+    def divisor(self) -> int:
+        """Input sizes must be multiples of this (the networks' total downsampling)."""
+        net = self.config.net
+        if isinstance(net, MonaiUNetConfig):
+            out = 1
+            for s in net.strides:
+                out *= s
+            return out
+        return 32
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The deepest feature map must keep more than one voxel (instance norm needs it): 2x the divisor.
+        bad = [s for s in x.shape[2:] if s % self.divisor or s < 2 * self.divisor]
+        if bad:
+            raise ValueError(
+                f"{type(self.net).__name__}: input size {tuple(x.shape[2:])} must be a multiple of "
+                f"{self.divisor} and at least {2 * self.divisor} per axis; choose a patch size that is"
+            )
+        return self.net(x)

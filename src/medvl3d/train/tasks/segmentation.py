@@ -1,0 +1,243 @@
+"""Supervised segmentation as a task: Dice + cross-entropy (MONAI's `DiceCELoss`) on class-balanced
+patches, for any model of family "seg" or "monai" (from scratch or from a pretrained encoder).
+
+Training samples are the preprocessed volumes (resampled, windowed) with their label maps; in the loader
+workers each one is checked (labels inside `n_classes`, not empty, not smaller than a patch) and turned
+into one patch by MONAI dictionary transforms: a crop centred on a voxel of a randomly chosen class
+(`RandCropByLabelClassesd`: every class, the small ones included, is drawn equally often, background
+with `1 - fg_fraction`), a random affine applied to image and label together, and intensity changes to
+the image only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from medvl3d.infer.sliding_window import SlidingWindowConfig, sliding_window_probabilities
+from medvl3d.train.tasks.base import DataFacts, Task, TaskContext, log_parts, register_task
+from medvl3d.typed import build_dataclass, coerce, to_plain
+
+__all__ = ["SegAugmentConfig", "SegmentationTask", "PatchSampler"]
+
+
+@dataclass
+class SegAugmentConfig:
+    """Patch augmentation (probabilities per sample; intensities are on the windowed [0, 1] scale).
+
+    Attributes:
+        affine_prob: probability of a random rotation / scaling (image trilinear, label nearest).
+        rotate_deg: maximum rotation about each axis, degrees.
+        scale: maximum relative zoom (0.15 = 0.85x to 1.15x).
+        flip_axes: array axes mirrored with probability 0.5 each. Empty by default: mirroring x swaps
+            left and right, which lateralised labels (kidney_left / kidney_right) cannot survive.
+        intensity_prob: probability of each intensity change.
+        intensity_scale: multiply by `1 + U(-s, s)`.
+        intensity_shift: add `U(-s, s)`.
+        gamma: contrast (gamma) range.
+        noise_std: gaussian noise std.
+        blur_sigma: gaussian smoothing sigma range in voxels (other scanners' kernels).
+    """
+
+    affine_prob: float = 0.3
+    rotate_deg: float = 15.0
+    scale: float = 0.15
+    flip_axes: tuple[int, ...] = ()
+    intensity_prob: float = 0.3
+    intensity_scale: float = 0.1
+    intensity_shift: float = 0.05
+    gamma: tuple[float, float] = (0.75, 1.4)
+    noise_std: float = 0.02
+    blur_sigma: tuple[float, float] = (0.5, 1.0)
+
+
+class PatchSampler:
+    """The per-sample training transform of `SegmentationTask` (picklable, for loader workers).
+
+    Call with `(sample, seed)`: the same seed draws the same patch, so a resumed run repeats its draws.
+    """
+
+    def __init__(
+        self, n_classes: int, patch_size: tuple[int, int, int], fg_fraction: float, augment: SegAugmentConfig
+    ) -> None:
+        self.n_classes, self.patch_size = n_classes, tuple(patch_size)
+        self.fg_fraction, self.augment = fg_fraction, augment
+        self._compose = None
+
+    def _build(self) -> Any:
+        from monai import transforms as mt
+
+        a = self.augment
+        keys = ["image", "label"]
+        ratios = [1.0 - self.fg_fraction] + [self.fg_fraction / (self.n_classes - 1)] * (self.n_classes - 1)
+        rot = np.deg2rad(a.rotate_deg)
+        steps = [
+            mt.RandCropByLabelClassesd(
+                keys, "label", self.patch_size, ratios=ratios, num_classes=self.n_classes, warn=False
+            ),
+            mt.RandAffined(
+                keys,
+                prob=a.affine_prob,
+                rotate_range=(rot, rot, rot),
+                scale_range=(a.scale, a.scale, a.scale),
+                mode=("bilinear", "nearest"),
+                padding_mode="border",
+            ),
+            *[mt.RandFlipd(keys, prob=0.5, spatial_axis=ax) for ax in a.flip_axes],
+            mt.RandScaleIntensityd("image", factors=a.intensity_scale, prob=a.intensity_prob),
+            mt.RandShiftIntensityd("image", offsets=a.intensity_shift, prob=a.intensity_prob),
+            mt.RandAdjustContrastd("image", gamma=a.gamma, prob=a.intensity_prob),
+            mt.RandGaussianSmoothd(
+                "image",
+                sigma_x=a.blur_sigma,
+                sigma_y=a.blur_sigma,
+                sigma_z=a.blur_sigma,
+                prob=a.intensity_prob,
+            ),
+            mt.RandGaussianNoised("image", std=a.noise_std, prob=a.intensity_prob),
+        ]
+        return mt.Compose(steps)
+
+    def check(self, sample: dict) -> None:
+        """One-line errors naming the case for label maps a segmentation network cannot learn from."""
+        meta = sample.get("meta") or {}
+        where = meta.get("label_path") or meta.get("path") or meta.get("case_id", "a training case")
+        if sample.get("label") is None:
+            raise ValueError(f"{meta.get('path', where)}: the case has no label map (segmentation needs one)")
+        label = torch.as_tensor(sample["label"])
+        lo, hi = int(label.min()), int(label.max())
+        if lo < 0 or hi >= self.n_classes:
+            raise ValueError(
+                f"{where}: label values {lo}..{hi} fall outside the model's {self.n_classes} classes "
+                f"(0..{self.n_classes - 1}); check the label map or the data's label names"
+            )
+        if hi == 0:
+            raise ValueError(f"{where}: the label map is empty (background only)")
+        size = tuple(label.shape[1:])
+        if any(s < p for s, p in zip(size, self.patch_size)):
+            raise ValueError(
+                f"{meta.get('path', where)}: the preprocessed volume {'x'.join(map(str, size))} is smaller "
+                f"than the training patch {'x'.join(map(str, self.patch_size))}; lower "
+                "task.params.patch_size or data.preprocess.spacing"
+            )
+
+    def __call__(self, sample: dict, seed: int) -> dict:
+        self.check(sample)
+        if self._compose is None:
+            self._compose = self._build()
+        self._compose.set_random_state(seed=seed % 2**32)
+        data = {"image": torch.as_tensor(sample["image"]).float(), "label": torch.as_tensor(sample["label"])}
+        out = self._compose(data)
+        out = out[0] if isinstance(out, list) else out
+        plain = {
+            k: (v.as_tensor() if hasattr(v, "as_tensor") else torch.as_tensor(v)) for k, v in out.items()
+        }
+        return {**sample, "image": plain["image"].float(), "label": plain["label"].round().long()}
+
+
+@register_task("segmentation")
+class SegmentationTask(Task):
+    """Supervised segmentation with Dice + cross-entropy on class-balanced patches.
+
+    Args:
+        model: a "seg" or "monai" family model.
+        patch_size: training patch (X, Y, Z) in preprocessed voxels; also the inference window.
+        fg_fraction: share of patches centred on a foreground class (nnU-Net forces a third).
+        augment: `SegAugmentConfig` fields as a dict.
+        overlap: sliding-window overlap for validation and inference.
+        flip_axes: test-time mirroring axes for validation and inference (see `medvl3d.infer.sliding_window`).
+        lambda_dice, lambda_ce: weights of the two loss terms.
+    """
+
+    families: ClassVar[tuple[str, ...]] = ("seg", "monai")
+    needs_text: ClassVar[bool] = False
+    needs_label: ClassVar[bool] = True
+    validation_keys: ClassVar[tuple[str, ...]] = ("image", "label", "meta")
+
+    def __init__(
+        self,
+        model: nn.Module,
+        patch_size: Sequence[int] = (64, 64, 64),
+        fg_fraction: float = 0.67,
+        augment: dict | SegAugmentConfig | None = None,
+        overlap: float = 0.5,
+        flip_axes: Sequence[int] = (),
+        lambda_dice: float = 1.0,
+        lambda_ce: float = 1.0,
+    ) -> None:
+        super().__init__()
+        from monai.losses import DeepSupervisionLoss, DiceCELoss
+
+        self.model = model
+        self.n_classes = int(model.config.n_classes)
+        self.patch_size = coerce(
+            list(patch_size), tuple[int, int, int], "segmentation task patch_size", TypeError
+        )
+        if not 0 <= fg_fraction <= 1:
+            raise ValueError(f"segmentation task fg_fraction must be in [0, 1], got {fg_fraction}")
+        self.fg_fraction = float(fg_fraction)
+        self.augment = (
+            augment
+            if isinstance(augment, SegAugmentConfig)
+            else build_dataclass(SegAugmentConfig, augment, "segmentation task augment", TypeError)
+        )
+        self.window = SlidingWindowConfig(
+            patch_size=self.patch_size, overlap=overlap, flip_axes=tuple(int(a) for a in flip_axes)
+        )
+        loss = DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=lambda_dice, lambda_ce=lambda_ce)
+        self.loss = DeepSupervisionLoss(loss) if getattr(model.config, "deep_supervision", False) else loss
+
+    @classmethod
+    def model_overrides(cls, facts: DataFacts) -> dict[str, Any]:
+        """`n_classes` from the data's label names (ids 0..max)."""
+        if not facts.label_names:
+            raise ValueError(
+                "the training data names no label classes (MSD dataset.json 'labels', KiTS23, or "
+                "'label_names' in a manifest line); set model.overrides.n_classes"
+            )
+        return {"n_classes": max(facts.label_names) + 1}
+
+    def sample_transform(self, data: Any) -> PatchSampler:
+        return PatchSampler(self.n_classes, self.patch_size, self.fg_fraction, self.augment)
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        if "image" not in batch or "label" not in batch:
+            raise ValueError(f"task 'segmentation' needs batch keys 'image' and 'label', got {sorted(batch)}")
+        out = self.model(batch["image"])
+        loss = self.loss(out, batch["label"])
+        return {"loss": loss, **log_parts(dice_ce=loss)}
+
+    def checkpoint_info(self, ctx: TaskContext) -> dict[str, Any]:
+        names = ctx.facts.label_names or {i: f"class_{i}" for i in range(self.n_classes)}
+        return {
+            "label_names": {str(k): v for k, v in sorted(names.items())},
+            "inference": to_plain(self.window),
+        }
+
+    def validate(self, model: nn.Module, valid: Sequence[dict], ctx: TaskContext) -> dict[str, float]:
+        """Mean Dice per class over the validation cases (sliding window on the preprocessed grid)."""
+        from monai.metrics import compute_dice
+        from monai.networks.utils import one_hot
+
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        scores = []
+        for sample in valid:
+            probs = sliding_window_probabilities(model, torch.as_tensor(sample["image"]), self.window, device)
+            pred = one_hot(probs.argmax(0)[None, None], self.n_classes)
+            truth = one_hot(torch.as_tensor(sample["label"]).long()[None], self.n_classes)
+            scores.append(compute_dice(pred, truth, include_background=False, ignore_empty=True)[0])
+        model.train(was_training)
+        dice = torch.stack(scores).nanmean(0)  # per class; NaN where a class is absent everywhere
+        names = ctx.facts.label_names or {}
+        out = {"val_dice": float(dice.nanmean())}
+        for c, value in enumerate(dice.tolist(), start=1):
+            if value == value:
+                out[f"val_dice_{names.get(c, c)}"] = value
+        return out
