@@ -17,6 +17,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "medvl3d.data.synth.commands",
     "medvl3d.text.commands",
     "medvl3d.train.commands",
+    "medvl3d.infer.commands",
+    "medvl3d.eval.commands",
 )
 
 
@@ -33,14 +35,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(exc: BaseException) -> str:
+    """The message of an error as one line. An error raised in a data-loader worker arrives with the
+    worker's traceback in its message; its last line holds the original message."""
+    text = str(exc).strip()
+    if "\n" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1].strip()
+        head, sep, rest = last.partition(": ")
+        text = rest if sep and head.isidentifier() and head.endswith(("Error", "Exception")) else last
+    return text or type(exc).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         result = args.func(args)
-    except (CLIError, FileNotFoundError, ValueError) as exc:
-        # Library code raises these with messages that name the file and the problem.
-        print(f"medvl3d {args.command}: error: {exc}", file=sys.stderr)
+    except (CLIError, OSError, ValueError) as exc:
+        # Library code raises these with messages that name the file or option and the problem.
+        print(f"medvl3d {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return 2
     return int(result or 0)
 

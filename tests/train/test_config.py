@@ -95,11 +95,15 @@ def test_every_shipped_config_validates():
     from medvl3d.train.tasks import TASKS
 
     for p in paths:
-        cfg = load_config(p)
+        cfg = load_config(p)  # validates names, overrides, task parameters, preprocessing
         assert cfg.train.steps > 0 and cfg.data.batch_size > 0, p
-        # the sections that other parts validate: model overrides, preprocessing, task name
-        vl = model_config(cfg.model.name, **cfg.model.overrides)
-        spec = cfg.data.preprocess
-        assert tuple(spec.spatial_size) == tuple(vl.vision.img_size), p
+        model = model_config(cfg.model.name, **cfg.model.overrides)
         assert cfg.task.name in TASKS, p
-        assert (vl.bank_size > 0) == (cfg.task.name == "brgsa"), p
+        if cfg.task.name == "segmentation":  # trained on label maps, in patches
+            assert type(model).family in TASKS["segmentation"].families and cfg.data.format == "msd", p
+            continue
+        assert tuple(cfg.data.preprocess.spatial_size) == tuple(model.vision.img_size), p
+        assert (model.bank_size > 0) == (cfg.task.name == "brgsa"), p
+    # The package ships the default segmentation config of `medvl3d finetune`: it must not drift.
+    shipped = Path(__file__).resolve().parents[2] / "src" / "medvl3d" / "configs" / "seg_synth_tiny.yaml"
+    assert shipped.read_text() == (CONFIGS / "seg_synth_tiny.yaml").read_text()

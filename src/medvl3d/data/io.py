@@ -338,6 +338,25 @@ def _check_writable(path: Path) -> None:
         raise ValueError(f"{path}: unsupported output type; use one of {', '.join(WRITE_SUFFIXES)}")
 
 
+def prepare_output_path(path: Path | str, inputs: tuple | list = ()) -> Path:
+    """Check an output path before any expensive work and create its folder; returns it as a Path.
+
+    Raises:
+        ValueError: a type that cannot be written atomically, or the path is one of the ``inputs``.
+        OSError: the folder cannot be created (the message names it).
+    """
+    path = Path(path)
+    _check_writable(path)
+    for source in inputs:
+        if Path(source).exists() and path.exists() and path.resolve() == Path(source).resolve():
+            raise ValueError(f"{path}: refusing to write over an input; choose another output path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OSError(f"{path}: cannot create the output folder {path.parent}: {exc.strerror}") from None
+    return path
+
+
 def _write_array(array: np.ndarray, affine: np.ndarray, path: Path, header: Any = None) -> None:
     """Write (x, y, z) ``array`` with its voxel -> RAS affine, atomically, in the format of the suffix.
 

@@ -39,8 +39,8 @@ class MSDDataset(VolumeDataset):
 
     Args:
         path: the task folder holding ``dataset.json``, or a ``*.json`` file.
-        split: "test" reads the ``test`` list; "all" every ``training`` entry; any other value the
-            ``training`` entries whose own ``split`` key equals it (entries without one count as "train").
+        split: the entries whose own ``split`` key equals it (entries without one count as "train" in the
+            ``training`` list and "test" in the ``test`` list); "all" is every ``training`` entry.
         transform: optional callable applied to each sample.
     """
 
@@ -62,14 +62,16 @@ class MSDDataset(VolumeDataset):
         self.info = info
         self.label_names = {str(k): str(v) for k, v in (info.get("labels") or {}).items()}
         modality = _modality(info, json_path)
-        if split == "test":
-            entries = [e if isinstance(e, dict) else {"image": e} for e in info.get("test", [])]
+        training = info.get("training")
+        if training is None:
+            training = self._scan_folders()
+        if split == "all":
+            entries = list(training)
         else:
-            entries = info.get("training")
-            if entries is None:
-                entries = self._scan_folders()
-            if split != "all":
-                entries = [e for e in entries if str(e.get("split", "train")) == split]
+            # Entries carry their own split (default: "train" in `training`, "test" in `test`).
+            test = [e if isinstance(e, dict) else {"image": e} for e in info.get("test", [])]
+            entries = [e for e in training if str(e.get("split", "train")) == split]
+            entries += [e for e in test if str(e.get("split", "test")) == split]
         records = []
         for n, entry in enumerate(entries):
             rec = self._record(entry, n, split, modality)

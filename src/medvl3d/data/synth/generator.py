@@ -337,7 +337,12 @@ def _write_msd(out: Path, rows: list[dict]) -> None:
             "numTraining": sum(r["split"] == "train" for r in rows),
             "numTest": sum(r["split"] == "valid" for r in rows),
             "training": [{"image": r["image"], "label": r[key]} for r in rows if r["split"] == "train"],
-            "test": [{"image": r["image"], "label": r[key]} for r in rows if r["split"] == "valid"],
+            # The test list is SynthCT-VL's labelled valid split: MSDDataset(path, "valid") reads it.
+            "test": [
+                {"image": r["image"], "label": r[key], "split": "valid"}
+                for r in rows
+                if r["split"] == "valid"
+            ],
         }
         if key == "lesions_map":
             doc["label_type"] = "instance"  # ids 1..n are lesion instances, keyed into the manifests

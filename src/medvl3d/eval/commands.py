@@ -1,0 +1,86 @@
+"""CLI: ``medvl3d evaluate diagnosis`` and ``medvl3d evaluate segmentation``.
+
+Each handler parses nothing beyond argparse and calls one API function
+(:func:`medvl3d.eval.diagnosis.evaluate_diagnosis`, :func:`medvl3d.eval.segmentation.evaluate_segmentation`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from medvl3d.infer.commands import PROMPTS_HELP
+
+
+def register(subparsers) -> None:
+    """Add ``evaluate`` (``diagnosis`` and ``segmentation``) to ``medvl3d``."""
+    p = subparsers.add_parser("evaluate", help="evaluate a checkpoint")
+    sub = p.add_subparsers(dest="what", metavar="WHAT")
+    sub.required = True
+    d = sub.add_parser("diagnosis", help="zero-shot diagnosis AUROC/F1/ACC/precision with bootstrap CIs")
+    d.add_argument("--checkpoint", required=True, help="checkpoint folder (or a run folder)")
+    d.add_argument("--data", required=True, help="dataset root (SynthCT-VL, CT-RATE, JSONL manifest)")
+    d.add_argument("--split", default="valid")
+    d.add_argument("--labels", default=None, help="comma-separated subset of labels (default: all)")
+    d.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (0 = no intervals)")
+    d.add_argument("-o", "--out", default=None, help="also write the full results as JSON here")
+    d.add_argument("--json", action="store_true", help="print JSON instead of markdown")
+    d.add_argument("--device", default=None)
+    d.add_argument("--prompts", default=None, help=PROMPTS_HELP)
+    d.set_defaults(func=_evaluate_diagnosis)
+
+    s = sub.add_parser("segmentation", help="Dice, NSD and HD95 per class of a segmentation checkpoint")
+    s.add_argument("--checkpoint", required=True, help="checkpoint folder (or a run folder)")
+    s.add_argument("--data", required=True, help="dataset root (MSD, KiTS23, JSONL manifest, SynthCT-VL)")
+    s.add_argument("--split", default="valid")
+    s.add_argument(
+        "--format", default=None, help="dataset layout (default: as in training)"
+    )
+    s.add_argument("--nsd-tolerance", type=float, default=2.0, help="NSD tolerance in mm (default 2)")
+    s.add_argument(
+        "--overlap", type=float, default=None, help="sliding-window overlap"
+    )
+    s.add_argument("-o", "--out", default=None, help="also write the full results as JSON here")
+    s.add_argument("--json", action="store_true", help="print JSON instead of markdown")
+    s.add_argument("--device", default=None)
+    s.set_defaults(func=_evaluate_segmentation)
+
+
+def _evaluate_diagnosis(args: argparse.Namespace) -> int:
+    from medvl3d.eval.diagnosis import evaluate_diagnosis
+    from medvl3d.infer import parse_labels
+
+    labels = parse_labels(args.labels) if args.labels is not None else None
+    report = evaluate_diagnosis(
+        args.checkpoint,
+        args.data,
+        split=args.split,
+        labels=labels,
+        bootstrap=args.bootstrap,
+        device=args.device,
+        progress=sys.stderr.isatty(),
+        prompts=args.prompts,
+    )
+    if args.out:
+        report.to_json(args.out)
+    print(report.to_json() if args.json else report.to_markdown())
+    return 0
+
+
+def _evaluate_segmentation(args: argparse.Namespace) -> int:
+    from medvl3d.eval.segmentation import evaluate_segmentation
+
+    report = evaluate_segmentation(
+        args.checkpoint,
+        args.data,
+        split=args.split,
+        format=args.format,
+        nsd_tolerance_mm=args.nsd_tolerance,
+        device=args.device,
+        window={"overlap": args.overlap} if args.overlap is not None else None,
+        progress=sys.stderr.isatty(),
+    )
+    if args.out:
+        report.to_json(args.out)
+    print(report.to_json() if args.json else report.to_markdown())
+    return 0

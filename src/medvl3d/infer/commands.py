@@ -1,0 +1,101 @@
+"""CLI: ``medvl3d diagnose`` and ``medvl3d segment``, thin layers over :class:`medvl3d.infer.Predictor`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+PROMPTS_HELP = "prompt YAML (positive/negative templates) to score with instead of the checkpoint's"
+
+
+def _axes(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(a) for a in text.split(",") if a.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected array axes like 1,2, got {text!r}") from None
+
+
+def register(subparsers) -> None:
+    """Add ``diagnose`` and ``segment`` to ``medvl3d``."""
+    p = subparsers.add_parser("diagnose", help="zero-shot diagnosis of one volume with a checkpoint")
+    p.add_argument("volume", help="NIfTI/NRRD/MHA file or DICOM folder")
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder (or a run folder)")
+    p.add_argument(
+        "--labels", required=True, help='comma-separated names, e.g. "pleural effusion, emphysema"'
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA if available)")
+    p.add_argument("--prompts", default=None, help=PROMPTS_HELP)
+    p.set_defaults(func=_diagnose)
+
+    p = subparsers.add_parser(
+        "segment",
+        help="segment one volume with a segmentation checkpoint",
+        description="Write the label map in the input file's own geometry (shape, affine, header) and a "
+        "JSON of per-label volumes in mL beside it.",
+    )
+    p.add_argument("volume", help="NIfTI/NRRD/MHA file or DICOM folder")
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder (or a run folder)")
+    p.add_argument("-o", "--out", required=True, help="output mask (.nii.gz, .nii, .nrrd or .mha)")
+    p.add_argument("--json-out", default=None, help="volumes JSON (default: the mask's name with .json)")
+    p.add_argument(
+        "--overlap", type=float, default=None, help="sliding-window overlap"
+    )
+    p.add_argument(
+        "--flip-axes",
+        type=_axes,
+        default=None,
+        help="test-time mirroring along array axes, e.g. 1,2 (never 0 for left/right labels)",
+    )
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA if available)")
+    p.add_argument("--progress", action="store_true", help="show the sliding window's progress bar")
+    p.set_defaults(func=_segment)
+
+
+def _diagnose(args: argparse.Namespace) -> int:
+    from medvl3d.infer import Predictor, parse_labels
+
+    labels = parse_labels(args.labels)  # before loading anything: an empty list fails fast
+    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, prompts=args.prompts)
+    predictor.require("embeddings", "medvl3d diagnose")
+    probs = predictor.set_volume(args.volume).diagnose(labels)
+    if args.json:
+        print(json.dumps({"volume": args.volume, "probabilities": probs}, indent=2))
+    else:
+        width = max(len("label"), *(len(k) for k in probs))
+        print(f"{'label':<{width}}  probability")
+        for name, p in probs.items():
+            print(f"{name:<{width}}  {p:.3f}")
+    return 0
+
+
+def json_beside(mask: str | Path) -> Path:
+    """`mask.nii.gz` -> `mask.json` (the volumes JSON written beside a mask)."""
+    mask = Path(mask)
+    name = mask.name
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return mask.with_name(name + ".json")
+
+
+def _segment(args: argparse.Namespace) -> int:
+    from medvl3d.data.io import prepare_output_path
+    from medvl3d.infer import Predictor
+
+    prepare_output_path(args.out, inputs=[args.volume])  # before the model runs: a bad path fails fast
+    window = {k: v for k, v in (("overlap", args.overlap), ("flip_axes", args.flip_axes)) if v is not None}
+    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, window=window)
+    predictor.require("logits", "medvl3d segment")
+    result = predictor.set_volume(args.volume, progress=args.progress).segment()
+    json_path = Path(args.json_out) if args.json_out else json_beside(args.out)
+    result.save(args.out, json_path)
+    volumes = result.volumes_ml()
+    width = max(len("label"), *(len(k) for k in volumes)) if volumes else len("label")
+    print(f"{'label':<{width}}  volume (mL)")
+    for name, ml in volumes.items():
+        print(f"{name:<{width}}  {ml:10.1f}")
+    print(f"mask: {args.out}\nvolumes: {json_path}")
+    return 0
