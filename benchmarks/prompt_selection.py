@@ -97,8 +97,8 @@ def _line(label: str, row: dict, groups: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from medvl3d.eval.diagnosis import load_label_groups
     from medvl3d.data.datasets import open_split
+    from medvl3d.eval.diagnosis import load_label_groups
 
     args = parse_args(argv)
     root = ensure_data(args)

@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
+from medvl3d.data.datasets import open_split
 from medvl3d.data.preprocess import PreprocessSpec, preprocess_sample
 from medvl3d.models import create_model
 from medvl3d.schema import CTRATE_LABELS
-from medvl3d.data.datasets import open_split
 
 # One raw-HU feature per label that a radiologist would expect to move with it.
 FEATURES = {

@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from medvl3d.extras import MissingExtra
+
 # Modules that contribute subcommands, in the order they appear in `medvl3d --help`.
 COMMAND_MODULES: tuple[str, ...] = (
     "medvl3d.demo",
@@ -51,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         result = args.func(args)
-    except (CLIError, OSError, ValueError) as exc:
+    except (CLIError, OSError, ValueError, MissingExtra) as exc:
         # Library code raises these with messages that name the file or option and the problem.
         print(f"medvl3d {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return 2

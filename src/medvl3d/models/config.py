@@ -245,12 +245,14 @@ class MonaiUNetConfig:
 
 @dataclass
 class SwinUNETRConfig:
-    """MONAI's `SwinUNETR` (Hatamizadeh et al.); `feature_size` must be divisible by 12."""
+    """MONAI's `SwinUNETR` (Hatamizadeh et al.); `feature_size` must be divisible by 12; inputs are multiples
+    of 32 per axis."""
 
     net: Literal["swinunetr"] = "swinunetr"
     feature_size: int = 12
     depths: tuple[int, ...] = (2, 2, 2, 2)
     num_heads: tuple[int, ...] = (3, 6, 12, 24)
+    norm: str = "instance"  # "batch" lets 32^3 inputs through (their deepest map is a single voxel)
 
     def __post_init__(self) -> None:
         if self.feature_size % 12:

@@ -110,6 +110,7 @@ class MonaiSegmentationModel(nn.Module):
                 feature_size=net.feature_size,
                 depths=net.depths,
                 num_heads=net.num_heads,
+                norm_name=net.norm,
                 spatial_dims=3,
             )
 
@@ -125,11 +126,13 @@ class MonaiSegmentationModel(nn.Module):
         return 32
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # The deepest feature map must keep more than one voxel (instance norm needs it): 2x the divisor.
-        bad = [s for s in x.shape[2:] if s % self.divisor or s < 2 * self.divisor]
+        # With instance norm the deepest feature map needs more than one voxel: twice the divisor.
+        instance = getattr(self.config.net, "norm", "instance") == "instance"
+        least = 2 * self.divisor if instance else self.divisor
+        bad = [s for s in x.shape[2:] if s % self.divisor or s < least]
         if bad:
             raise ValueError(
                 f"{type(self.net).__name__}: input size {tuple(x.shape[2:])} must be a multiple of "
-                f"{self.divisor} and at least {2 * self.divisor} per axis; choose a patch size that is"
+                f"{self.divisor} and at least {least} per axis; choose a patch size that is"
             )
         return self.net(x)

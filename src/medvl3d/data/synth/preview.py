@@ -37,9 +37,9 @@ def preview(out_dir: str | Path, n: int = 3, png_dir: str | Path | None = None) 
     vessels in a lung window with artery (red), vein (blue) and airway (green) contours, and the
     organ label map.
     """
-    import matplotlib
+    from medvl3d.extras import require
 
-    matplotlib.use("Agg")
+    require("matplotlib", "viz", "SynthCT-VL previews").use("Agg")
     import matplotlib.pyplot as plt
 
     out_dir = Path(out_dir)
