@@ -46,8 +46,17 @@ def test_other_spec_is_refused(msd_task, tmp_path):
     preprocess_dataset(ds, SPEC, tmp_path / "c", progress=False)
     with pytest.raises(ValueError, match=r"spec\.json: cache was written with another preprocessing spec"):
         preprocess_dataset(ds, PreprocessSpec(spacing=(3, 3, 3)), tmp_path / "c", progress=False)
-    # a cache of an older format (version 1 stored CT-RATE reports without section headers)
+    with pytest.raises(ValueError, match="another preprocessing spec"):  # a field added later, set
+        preprocess_dataset(
+            ds, PreprocessSpec(**{**vars(SPEC), "antialias": True}), tmp_path / "c", progress=False
+        )
+    # A cache written before a field existed (its default is what it did) stays valid.
     spec_json = tmp_path / "c" / "spec.json"
+    old = json.loads(spec_json.read_text(encoding="utf-8"))
+    del old["spec"]["antialias"]
+    spec_json.write_text(json.dumps(old), encoding="utf-8")
+    assert preprocess_dataset(ds, SPEC, tmp_path / "c", progress=False)["skipped"] == 3
+    # a cache of an older format (version 1 stored CT-RATE reports without section headers)
     spec_json.write_text(
         json.dumps({**json.loads(spec_json.read_text(encoding="utf-8")), "version": 1}), encoding="utf-8"
     )

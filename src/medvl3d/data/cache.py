@@ -98,7 +98,8 @@ def _check_spec(out_dir: Path, spec: PreprocessSpec) -> None:
                 f"{path}: cache format version {found.get('version')} was written by another medvl3d "
                 f"(this one writes version {CACHE_VERSION}); use a new --out folder"
             )
-        if found != wanted:
+        # Compared as specs: a field added later with a neutral default keeps older caches valid.
+        if PreprocessSpec.from_dict(found.get("spec") or {}) != spec:
             raise ValueError(
                 f"{path}: cache was written with another preprocessing spec ({found.get('spec')}); "
                 f"use a new --out folder for {wanted['spec']}"

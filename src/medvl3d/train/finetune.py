@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from medvl3d.config import ExperimentConfig, config_to_dict, load_config
 
@@ -80,37 +81,16 @@ def _warn_preprocess_mismatch(cfg: ExperimentConfig) -> None:
             )
 
 
-def finetune(
-    config: str | os.PathLike | None = None,
-    *,
-    checkpoint: str | os.PathLike | None = None,
-    from_scratch: bool = False,
-    label_fraction: float | None = None,
-    data: str | os.PathLike | None = None,
-    out: str | os.PathLike | None = None,
-    overrides: Sequence[str] = (),
-) -> Path:
+def finetune(config: str | os.PathLike | None = None, **options: Any) -> Path:
     """Train a segmentation model; returns its run folder.
 
     Args:
         config: a segmentation experiment YAML (default: the packaged `seg_synth_tiny.yaml`).
-        checkpoint: a pretrained checkpoint whose image encoder the model starts from.
-        from_scratch: ignore any encoder checkpoint in the config (random initialisation).
-        label_fraction: train on this fraction of the labelled training cases (e.g. 0.01, 0.1, 1).
-        data: the dataset root (`data.root`).
-        out: the run folder (`output`).
-        overrides: further `section.key=value` settings.
+        options: the keywords of :func:`finetune_config`: `checkpoint` (a pretrained checkpoint whose
+            image encoder the model starts from), `from_scratch` (ignore any encoder checkpoint in the
+            config), `label_fraction` (train on this fraction of the labelled cases, e.g. 0.01, 0.1, 1),
+            `data` (`data.root`), `out` (`output`), `overrides` (further `section.key=value` settings).
     """
     from medvl3d.train.loop import train
 
-    return train(
-        finetune_config(
-            config,
-            checkpoint=checkpoint,
-            from_scratch=from_scratch,
-            label_fraction=label_fraction,
-            data=data,
-            out=out,
-            overrides=overrides,
-        )
-    )
+    return train(finetune_config(config, **options))
