@@ -146,3 +146,16 @@ def test_a_volume_smaller_than_the_patch_is_refused(tmp_path, make_task, make_co
     assert main(["finetune", str(tmp_path / "seg.yaml")]) == 2
     err = capsys.readouterr().err
     assert "volume 24x24x20 is smaller than the training patch 32x32x32" in err and "blob_00" in err
+
+
+def test_one_labelled_case_still_fills_a_batch_of_patches(blob_task, tmp_path, make_config):
+    from medvl3d.train.data import BatchOrder
+
+    order = BatchOrder(2, 4, seed=0, repeat=True)
+    assert order.batches_per_epoch == 1 and sorted(order.indices(0, 0)) == [0, 0, 1, 1]
+    with pytest.raises(ValueError, match="fewer than one global batch"):
+        BatchOrder(2, 4)  # contrastive tasks: a case must not be its own negative
+    cfg = make_config(blob_task, tmp_path / "run", steps=2)
+    cfg["data"]["label_fraction"] = 0.1  # 1 of 8 cases, batch 2
+    run = train(config_from_dict(cfg))
+    assert json.loads((latest_checkpoint(run / "checkpoints") / "config.json").read_text())["step"] == 2

@@ -39,24 +39,32 @@ class BatchOrder:
 
     Incomplete final batches are dropped so that every rank sees the same number of equally sized
     batches (a requirement for DDP and for comparing against one process on the combined batch).
+
+    With ``repeat``, a dataset smaller than one global batch is repeated within each epoch instead of
+    refused: right for tasks that draw a different random patch at each visit (segmentation with a few
+    labelled cases), wrong for contrastive ones (a case would be its own negative), which keep the error.
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self, n: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1, repeat: bool = False
+    ):
         global_batch = batch_size * world_size
-        if n < global_batch:
+        if n < 1 or (n < global_batch and not repeat):
             raise ValueError(
                 f"the dataset has {n} samples, fewer than one global batch "
                 f"({batch_size} per rank x {world_size} ranks = {global_batch})"
             )
         self.n, self.batch_size, self.seed = n, batch_size, seed
         self.rank, self.world_size = rank, world_size
-        self.batches_per_epoch = n // global_batch
+        self.copies = -(-global_batch // n)  # 1 unless a small dataset is repeated
+        self.batches_per_epoch = n * self.copies // global_batch
         self._perm_epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
 
     def _permutation(self, epoch: int) -> torch.Tensor:
         if epoch != self._perm_epoch:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._perm, self._perm_epoch = torch.randperm(self.n, generator=g), epoch
+            perm = torch.randperm(self.n * self.copies, generator=g) % self.n
+            self._perm, self._perm_epoch = perm, epoch
         return self._perm
 
     def indices(self, epoch: int, batch: int) -> list[int]:

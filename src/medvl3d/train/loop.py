@@ -318,8 +318,11 @@ def _run(
     task.to(device)
     optimizer = build_optimizer(task, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, tc.steps)
-    order = BatchOrder(len(dataset), cfg.data.batch_size, tc.seed, dinfo.rank, dinfo.world_size)
     transform = task.sample_transform(cfg.data) if hasattr(task, "sample_transform") else None
+    # A task drawing random patches may revisit a case within a batch (a 1%-label run has 2 cases).
+    order = BatchOrder(
+        len(dataset), cfg.data.batch_size, tc.seed, dinfo.rank, dinfo.world_size, repeat=transform is not None
+    )
     if transform is not None:  # patch sampling / augmentation in the loader workers, seeded per draw
         dataset = DrawnDataset(dataset, transform, tc.seed)
 
