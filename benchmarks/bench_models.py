@@ -64,7 +64,10 @@ def main(argv: list[str] | None = None) -> None:
 
     device = torch.device(args.device)
     gpu = device.type == "cuda"
-    names = args.models or (list_models() if gpu else list_models("test_*") + ["cpu_vit_clip"])
+    # The vision-language towers (benchmarks/bench_segmentation.py times the segmentation networks).
+    names = args.models or (
+        list_models(family="vl") if gpu else list_models("test_*", family="vl") + ["cpu_vit_clip"]
+    )
     batch_size = args.batch_size or 2
     steps = args.steps or (10 if gpu else 3)
     precisions = [False] if args.no_bf16 else [False, True]
@@ -82,6 +85,9 @@ def main(argv: list[str] | None = None) -> None:
             for ckpt in (False, True):
                 try:
                     r = bench_one(name, device, batch_size, bf16, ckpt, steps, args.warmup)
+                except ValueError as exc:  # e.g. batch norm refuses gradient checkpointing
+                    print(f"{name:26s} {size:>16s} {'bf16' if bf16 else 'fp32':>5s} {str(ckpt):>5s} n/a: {exc}")
+                    continue
                 except torch.OutOfMemoryError:
                     print(
                         f"{name:26s} {size:>16s} {'bf16' if bf16 else 'fp32':>5s} {str(ckpt):>5s} {'OOM':>9s}"
