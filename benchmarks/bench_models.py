@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> None:
                 try:
                     r = bench_one(name, device, batch_size, bf16, ckpt, steps, args.warmup)
                 except ValueError as exc:  # e.g. batch norm refuses gradient checkpointing
-                    print(f"{name:26s} {size:>16s} {'bf16' if bf16 else 'fp32':>5s} {str(ckpt):>5s} n/a: {exc}")
+                    prec = "bf16" if bf16 else "fp32"
+                    print(f"{name:26s} {size:>16s} {prec:>5s} {str(ckpt):>5s} n/a: {exc}")
                     continue
                 except torch.OutOfMemoryError:
                     print(
