@@ -123,7 +123,7 @@ def _check_batch_norm_checkpointing(norm: str, grad_checkpointing: bool) -> None
     recomputation runs the forward again), silently changing the statistics used at evaluation."""
     if norm == "batch" and grad_checkpointing:
         raise ValueError(
-            "VisionConfig: grad_checkpointing with norm='batch' updates the batch-norm running "
+            "ResEncConfig: grad_checkpointing with norm='batch' updates the batch-norm running "
             "statistics twice per step; use norm='instance' or 'group', or turn checkpointing off"
         )
 
