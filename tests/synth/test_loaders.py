@@ -25,7 +25,7 @@ def test_msd_layouts(tiny_set):
     assert s["image"].shape == s["label"].shape == (1, 48, 48, 32)
     assert set(np.unique(s["label"].numpy())) - {0} <= set(range(1, 16))
     manifest = _manifest(out, "valid")
-    lesions = datasets.MSDDataset(out / "dataset_lesions.json", split="test")
+    lesions = datasets.MSDDataset(out / "dataset_lesions.json", split="valid")  # the labelled test list
     assert len(lesions) == 4
     for i in range(len(lesions)):
         s = lesions[i]

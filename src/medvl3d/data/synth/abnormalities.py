@@ -104,12 +104,14 @@ def draw_pleural_effusion(anat: Anatomy, rng, vessels=None) -> dict:
     return {"side": side, "size_mm": round(thick)}
 
 
-def draw_pericardial_effusion(anat: Anatomy, rng, vessels=None) -> dict:
-    """A fluid rim around the heart."""
+def draw_pericardial_effusion(anat: Anatomy, rng, vessels=None) -> dict | None:
+    """A fluid rim around the heart; None when the heart is outside the field of view."""
     lm = anat.landmarks
     hc, hr = lm["heart_centre"], lm["heart_radii"]
     t = float(rng.uniform(6, 14))
     box = anat.grid.box(hc - hr - t - 2, hc + hr + t + 2)
+    if box is None:
+        return None
     x, y, z = anat.grid.box_coords(box)
     lev = ellipsoid_level(x, y, z, hc, hr)
     rim = (lev >= 1) & (lev < (1 + t / hr.mean()) ** 2) & (z > lm["dome_left"] - 25)

@@ -18,8 +18,9 @@ from .abnormalities import DRAWERS, DRAWN, EARLY, PREVALENCE
 from .geometry import Grid
 from .lesion_types import LesionType
 from .lesions import location_masks, render_lesion
-from .phantom import build_anatomy
+from .phantom import TISSUE_HU, build_anatomy
 from .reports import write_report
+from .variation import VARIATIONS, WideParams, draw_field_of_view, draw_wide_params, reconstruct_wide
 from .vessels import build_trees, paint_trees
 from .writer import write_nifti
 
@@ -63,6 +64,11 @@ class CaseConfig:
     seed: int
     types: dict[str, LesionType] = field(hash=False, compare=False, default_factory=dict)
     compresslevel: int = 1
+    variation: str = "standard"  # one of variation.VARIATIONS
+
+    def __post_init__(self) -> None:
+        if self.variation not in VARIATIONS:
+            raise ValueError(f"unknown variation {self.variation!r}; known: {list(VARIATIONS)}")
 
 
 def reconstruct(ct: np.ndarray, grid: Grid, rng: np.random.Generator) -> np.ndarray:
@@ -75,6 +81,24 @@ def reconstruct(ct: np.ndarray, grid: Grid, rng: np.random.Generator) -> np.ndar
     sig = tuple(0.8 * min(grid.spacing) / s for s in grid.spacing)
     ct = ndimage.gaussian_filter(ct, sigma=sig, truncate=3.0)
     return np.clip(np.rint(ct), -1024, 3071).astype(np.int16)
+
+
+def case_grids(cfg: CaseConfig, rng: np.random.Generator, phase: str) -> tuple[Grid, Grid, WideParams | None]:
+    """(world grid written to the files, template grid the anatomy is drawn on, wide draws or None).
+
+    The standard variation uses the configured grid for both. The wide one draws the case's field of
+    view and patient size: the template grid is the world grid divided by the size factors, so a larger
+    patient covers more world millimetres with the same template anatomy.
+    """
+    if cfg.variation == "standard":
+        grid = Grid.centred(cfg.shape_xyz, cfg.spacing_xyz, FOV_CENTRE)
+        return grid, grid, None
+    wide = draw_wide_params(rng, phase, TISSUE_HU)
+    shape, centre = draw_field_of_view(rng, cfg.shape_xyz, cfg.spacing_xyz)
+    k = np.asarray(wide.scale)
+    world = Grid.centred(shape, cfg.spacing_xyz, centre * k)
+    template = Grid(shape, tuple(np.asarray(world.spacing) / k), tuple(np.asarray(world.origin) / k))
+    return world, template, wide
 
 
 def _choose_types(plan: CasePlan, cfg: CaseConfig, rng: np.random.Generator, want_lung: bool) -> list[str]:
@@ -125,22 +149,28 @@ def make_case(plan: CasePlan, cfg: CaseConfig, out_dir: str) -> dict:
         phase = types[chosen[0]].sample(rng, "contrast")
     else:
         phase = "contrast-enhanced" if rng.uniform() < 0.6 else "non-contrast"
+    if cfg.variation == "wide":  # half the cases unenhanced; lesion types only follow the phase
+        phase = "contrast-enhanced" if rng.uniform() < 0.5 else "non-contrast"
     chosen = [t for t in chosen if types[t].probability("contrast", phase) > 0]
     sex = "M" if rng.uniform() < 0.55 else "F"
     age = int(rng.integers(25, 86))
     manufacturer = MANUFACTURERS[int(rng.integers(len(MANUFACTURERS)))]
 
     # 2. Anatomy (cardiomegaly and hiatal hernia change it directly).
-    grid = Grid.centred(cfg.shape_xyz, cfg.spacing_xyz, FOV_CENTRE)
+    world, grid, wide = case_grids(cfg, rng, phase)
     heart_scale = rng.uniform(1.2, 1.3) if labels["Cardiomegaly"] else rng.uniform(0.93, 1.05)
     anat = build_anatomy(
-        grid, rng, phase, heart_scale=heart_scale, hiatal_hernia=bool(labels["Hiatal hernia"])
+        grid, rng, phase, heart_scale=heart_scale, hiatal_hernia=bool(labels["Hiatal hernia"]), wide=wide
     )
     tick("anatomy")
     details: dict[str, dict] = {}
     for name in EARLY:
         if labels[name]:
-            details[name] = DRAWERS[name](anat, rng)
+            d = DRAWERS[name](anat, rng)
+            if d is None:  # outside this field of view (wide variation)
+                labels[name] = 0
+            else:
+                details[name] = d
 
     # 3. Airway / artery / vein trees.
     vessels = np.zeros(grid.shape, np.uint8)
@@ -176,14 +206,19 @@ def make_case(plan: CasePlan, cfg: CaseConfig, out_dir: str) -> dict:
     tick("lesions")
 
     # 6. Reconstruction: correlated noise and blur, then int16 HU.
-    ct_i16 = reconstruct(anat.ct, grid, rng)
+    if wide is None:
+        ct_i16 = reconstruct(anat.ct, grid, rng)
+    else:
+        ct_i16 = reconstruct_wide(anat.ct, world, rng, wide.scanner)
     tick("noise_blur")
 
     report = write_report(labels, details, lesions, types, phase, rng)
+    if wide is not None and wide.contrast_phase in ("arterial", "delayed"):
+        report["Technique_EN"] = report["Technique_EN"].replace("portal venous", wide.contrast_phase)
     tick("report")
 
     base = f"{out_dir}/{plan.rel_dir}/{plan.volume_name}"
-    aff = grid.affine()
+    aff = world.affine()
     write_nifti(base + ".nii.gz", ct_i16, aff, compresslevel=cfg.compresslevel)
     for suffix, arr in (("_organs", anat.organs), ("_lesions", lesion_map), ("_vessels", vessels)):
         write_nifti(f"{base}{suffix}.nii.gz", arr, aff, compresslevel=cfg.compresslevel)
@@ -203,6 +238,7 @@ def make_case(plan: CasePlan, cfg: CaseConfig, out_dir: str) -> dict:
             for les in lesions
         },
         "phase": phase,
+        **({} if wide is None else {"contrast_phase": wide.contrast_phase}),
         "sex": sex,
         "age": age,
         "manufacturer": manufacturer,

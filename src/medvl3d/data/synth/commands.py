@@ -64,6 +64,13 @@ def register(subparsers) -> None:
         default=None,
         help="comma-separated CT-RATE labels absent from train",
     )
+    p.add_argument(
+        "--variation",
+        choices=("standard", "wide"),
+        default="standard",
+        help="standard: the fixed phantom; wide: domain-randomised field of view, size, contrast phase, "
+        "HU, scanner and anatomy (for models that must transfer to real CT)",
+    )
     p.add_argument("--preview", type=int, default=0, help="also write N preview PNGs to OUT/preview")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=_run)
@@ -86,6 +93,7 @@ def _run(args) -> int:
         unseen_lesion_types=args.unseen_lesion_types,
         underrepresented=args.underrepresented,
         unseen_abnormalities=args.unseen_abnormalities,
+        variation=args.variation,
     )
     print(json.dumps({k: summary[k] for k in ("out_dir", "n_train", "n_test", "seconds", "volumes_per_s")}))
     if args.preview:

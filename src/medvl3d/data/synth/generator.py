@@ -26,6 +26,7 @@ from .abnormalities import DRAWN
 from .case import CaseConfig, CasePlan, make_case
 from .lesion_types import load_lesion_types
 from .phantom import ORGAN_LABELS
+from .variation import VARIATIONS
 from .vessels import VESSEL_LABELS
 from .writer import write_csv, write_json, write_jsonl
 
@@ -114,6 +115,7 @@ def generate(
     unseen_lesion_types: list[str] | None = None,
     underrepresented: list[str] | None = None,
     unseen_abnormalities: list[str] | None = None,
+    variation: str = "standard",
 ) -> dict:
     """Generate SynthCT-VL under `out_dir`.
 
@@ -130,6 +132,9 @@ def generate(
         underrepresented: abnormalities at <= 2% prevalence in `train` (default
             `DEFAULT_UNDERREPRESENTED`).
         unseen_abnormalities: abnormalities absent from `train` (default `DEFAULT_UNSEEN_ABNORMALITIES`).
+        variation: "standard" (the fixed phantom) or "wide" (domain randomisation: per-case field of
+            view and grid shape, patient size, contrast phase and tissue HU, scanner noise and blur,
+            richer anatomy; see `variation.py`). `size` is then the largest field of view.
 
     Returns:
         A summary dict: counts, label prevalence per split, lesions per type, per-stage seconds,
@@ -143,6 +148,8 @@ def generate(
         raise ValueError(f"size must be three integers >= 8 (D, H, W), got {size}")
     if len(spacing) != 3 or min(spacing) <= 0:
         raise ValueError(f"spacing must be three positive numbers (z, y, x) in mm, got {spacing}")
+    if variation not in VARIATIONS:
+        raise ValueError(f"unknown variation {variation!r}; known: {list(VARIATIONS)}")
     types = load_lesion_types(lesion_types)
     unseen_t = _check_names(
         "lesion types",
@@ -185,6 +192,7 @@ def generate(
         spacing_xyz=(spacing[2], spacing[1], spacing[0]),
         seed=int(seed),
         types=types,
+        variation=variation,
     )
     workers = max(1, min(workers or os.cpu_count() or 1, len(plans)))
     t_start = time.perf_counter()
@@ -215,6 +223,8 @@ def generate(
         "seed": int(seed),
         "lesion_types": "default" if lesion_types is None else str(lesion_types),
     }
+    if variation != "standard":  # the standard set's files stay byte-identical to earlier versions
+        args["variation"] = variation
     drawn_seen = [n for n in DRAWN if n not in under and n not in unseen_a]
     write_json(
         out / "splits.json",
@@ -305,6 +315,7 @@ def _write_tables(out: Path, rows: list[dict], spacing) -> None:
                     "modality": "CT",
                     "split": split,
                     "phase": r["phase"],
+                    **({"contrast_phase": r["contrast_phase"]} if "contrast_phase" in r else {}),
                 }
                 for r in sel
             ],

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .geometry import Grid, Segment, ellipsoid_level, rasterise_segments, smooth_field, tubes
+from .variation import WideParams
 
 #: Organ label ids of the `_organs.nii.gz` maps (also written to `labels.json` and `dataset.json`).
 ORGAN_LABELS: dict[int, str] = {
@@ -88,12 +89,15 @@ class Anatomy:
     ct: np.ndarray  # float32 HU, no noise or blur yet
     landmarks: dict = field(default_factory=dict)
     tubes: dict = field(default_factory=dict)  # name -> list[Segment]
+    hu_table: dict | None = None  # per-case tissue HU (wide variation); None: TISSUE_HU by phase
 
     def mask(self, *names: str) -> np.ndarray:
         """Boolean mask of one or more organs by name."""
         return np.isin(self.organs, [ORGAN_IDS[n] for n in names])
 
     def hu(self, tissue: str) -> float:
+        if self.hu_table is not None:
+            return self.hu_table[tissue]
         return tissue_hu(tissue, self.phase)
 
 
@@ -127,7 +131,8 @@ def diaphragm_height(x, y, lm: dict):
     """z (mm) of the diaphragm surface under world point (x, y): two domes, lower laterally/posteriorly."""
     w_right = 1.0 / (1.0 + np.exp(-x / 25.0))  # smooth transition between the domes at the midline
     side_top = lm["dome_left"] + (lm["dome_right"] - lm["dome_left"]) * w_right
-    return side_top - ((np.abs(x) - 65.0) ** 2 + (y - 5.0) ** 2) / (2.0 * 105.0)
+    # A smaller radius of curvature (wide variation) gives deeper posterior and lateral recesses.
+    return side_top - ((np.abs(x) - 65.0) ** 2 + (y - 5.0) ** 2) / (2.0 * lm.get("diaphragm_radius", 105.0))
 
 
 def build_anatomy(
@@ -137,6 +142,7 @@ def build_anatomy(
     *,
     heart_scale: float = 1.0,
     hiatal_hernia: bool = False,
+    wide: WideParams | None = None,
 ) -> Anatomy:
     """Draw one torso phantom on `grid`.
 
@@ -146,6 +152,8 @@ def build_anatomy(
         phase: "non-contrast" or "contrast-enhanced".
         heart_scale: > 1 enlarges the heart (cardiomegaly).
         hiatal_hernia: pull part of the stomach through the hiatus above the diaphragm.
+        wide: the per-case draws of the wide variation (HU table, habitus, surroundings); None draws
+            the standard phantom.
     """
     shape = grid.shape
     anat = Anatomy(
@@ -153,15 +161,22 @@ def build_anatomy(
         phase=phase,
         organs=np.zeros(shape, np.uint8),
         ct=np.full(shape, -1000.0, np.float32),
+        hu_table=None if wide is None else wide.hu,
     )
     u = rng.uniform
     sx, sy = u(0.92, 1.08), u(0.9, 1.1)
+    if wide is not None:
+        sx, sy = sx * wide.habitus[0], sy * wide.habitus[1]
     lm = anat.landmarks
     lm["dome_right"] = u(5, 20)
     lm["dome_left"] = lm["dome_right"] - u(5, 15)
     lm["carina"] = np.array([u(-4, 4), u(-2, 8), u(85, 100)], np.float32)
+    if wide is not None:
+        lm["diaphragm_radius"] = wide.diaphragm_radius
     lm["spine_y"] = -62.0 * sy
     lm["body_ab"] = (158.0 * sx, 112.0 * sy)
+    if wide is not None:  # fat grows the body outwards around a cavity of the usual size
+        lm["body_ab"] = (158.0 * sx + wide.fat_mm - 19.0, 112.0 * sy + wide.fat_mm - 19.0)
 
     # Smooth random deformation of every shape (~4-6 mm rms). Each displacement component varies
     # smoothly over the two other axes (dx = f(y, z), ...): a smooth random warp that costs three 2D
@@ -180,8 +195,12 @@ def build_anatomy(
 
     # Body wall: elliptic cross-section, subcutaneous fat, muscle ring; visceral fat inside.
     a, b = lm["body_ab"]
-    r = np.sqrt((x / a) ** 2 + (y / b) ** 2)
-    t_fat = u(8, 30) / b
+    if wide is None:
+        r = np.sqrt((x / a) ** 2 + (y / b) ** 2)
+    else:  # a deeper back: room for the spine and the paravertebral muscles behind it
+        r = np.sqrt((x / a) ** 2 + (np.where(y < 0, y / wide.back_depth, y) / b) ** 2)
+        lm["vertebra_radius"] = wide.vertebra_radius
+    t_fat = u(8, 30) / b if wide is None else wide.fat_mm / b
     t_mus = u(8, 14) / b
     body = r < 1.0
     np.copyto(anat.ct, np.float32(hu("fat")), where=body)
@@ -196,7 +215,13 @@ def build_anatomy(
     zdia = diaphragm_height(xs[:, None, None], ys[None, :, None], lm)
     _thorax(anat, p, rng, r, r_in, zdia, heart_scale)
     _spine_and_ribs(anat, p, rng, r, r_in)
-    _abdomen(anat, p, rng, zdia, hiatal_hernia, r)
+    if wide is None:
+        _abdomen(anat, p, rng, zdia, hiatal_hernia, r)
+    else:
+        from .abdomen import draw_surroundings, draw_wide_abdomen
+
+        draw_wide_abdomen(anat, p, rng, zdia, hiatal_hernia, r, wide)
+        draw_surroundings(anat, r, wide, rng)
     return anat
 
 
@@ -281,8 +306,9 @@ def _spine_and_ribs(anat: Anatomy, p: _Painter, rng, r, r_in) -> None:
         inner = r[sl] < r_in
         disc = np.mod(z + phase0, period) < 0.2 * period
         rv = np.sqrt(x**2 + (y - vy) ** 2)
-        body = rv < 17
-        cortex = body & (rv >= 13.5)
+        rad_v = lm.get("vertebra_radius", 17.0)
+        body = rv < rad_v
+        cortex = body & (rv >= rad_v - 3.5)
         # Posterior elements: lamina and spinous process; canal with CSF; paraspinal muscles.
         lamina = (((x / 20) ** 2 + ((y - vy + 38) / 7) ** 2) < 1) | (
             ((x / 5) ** 2 + ((y - vy + 55) / 12) ** 2) < 1
