@@ -63,10 +63,16 @@ class PatchSampler:
     """
 
     def __init__(
-        self, n_classes: int, patch_size: tuple[int, int, int], fg_fraction: float, augment: SegAugmentConfig
+        self,
+        n_classes: int,
+        patch_size: tuple[int, int, int],
+        fg_fraction: float,
+        augment: SegAugmentConfig,
+        pad_to_patch: bool = False,
     ) -> None:
         self.n_classes, self.patch_size = n_classes, tuple(patch_size)
         self.fg_fraction, self.augment = fg_fraction, augment
+        self.pad_to_patch = pad_to_patch
         self._compose = None
 
     def _build(self) -> Any:
@@ -76,7 +82,10 @@ class PatchSampler:
         keys = ["image", "label"]
         ratios = [1.0 - self.fg_fraction] + [self.fg_fraction / (self.n_classes - 1)] * (self.n_classes - 1)
         rot = np.deg2rad(a.rotate_deg)
+        # Pad with 0 (the bottom of the window: air) and background, as sliding-window inference pads.
+        pad = [mt.SpatialPadd(keys, self.patch_size, value=0)] if self.pad_to_patch else []
         steps = [
+            *pad,
             mt.RandCropByLabelClassesd(
                 keys, "label", self.patch_size, ratios=ratios, num_classes=self.n_classes, warn=False
             ),
@@ -119,11 +128,11 @@ class PatchSampler:
         if hi == 0:
             raise ValueError(f"{where}: the label map is empty (background only)")
         size = tuple(label.shape[1:])
-        if any(s < p for s, p in zip(size, self.patch_size)):
+        if not self.pad_to_patch and any(s < p for s, p in zip(size, self.patch_size)):
             raise ValueError(
                 f"{meta.get('path', where)}: the preprocessed volume {'x'.join(map(str, size))} is smaller "
                 f"than the training patch {'x'.join(map(str, self.patch_size))}; lower "
-                "task.params.patch_size or data.preprocess.spacing"
+                "task.params.patch_size or data.preprocess.spacing, or set task.params.pad_to_patch=true"
             )
 
     def __call__(self, sample: dict, seed: int) -> dict:
@@ -152,6 +161,7 @@ class SegmentationTask(Task):
         overlap: sliding-window overlap for validation and inference.
         flip_axes: test-time mirroring axes for validation and inference (see `medvl3d.infer.sliding_window`).
         lambda_dice, lambda_ce: weights of the two loss terms.
+        pad_to_patch: pad volumes smaller than a patch (thin slabs) instead of refusing them.
     """
 
     families: ClassVar[tuple[str, ...]] = ("seg", "monai")
@@ -169,6 +179,7 @@ class SegmentationTask(Task):
         flip_axes: Sequence[int] = (),
         lambda_dice: float = 1.0,
         lambda_ce: float = 1.0,
+        pad_to_patch: bool = False,
     ) -> None:
         super().__init__()
         from monai.losses import DeepSupervisionLoss, DiceCELoss
@@ -181,6 +192,7 @@ class SegmentationTask(Task):
         if not 0 <= fg_fraction <= 1:
             raise ValueError(f"segmentation task fg_fraction must be in [0, 1], got {fg_fraction}")
         self.fg_fraction = float(fg_fraction)
+        self.pad_to_patch = bool(pad_to_patch)
         self.augment = (
             augment
             if isinstance(augment, SegAugmentConfig)
@@ -203,7 +215,9 @@ class SegmentationTask(Task):
         return {"n_classes": max(facts.label_names) + 1}
 
     def sample_transform(self, data: Any) -> PatchSampler:
-        return PatchSampler(self.n_classes, self.patch_size, self.fg_fraction, self.augment)
+        return PatchSampler(
+            self.n_classes, self.patch_size, self.fg_fraction, self.augment, self.pad_to_patch
+        )
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         if "image" not in batch or "label" not in batch:
