@@ -18,10 +18,12 @@ import yaml
 
 from medvl3d.atomic import atomic_write_text
 from medvl3d.data.preprocess import PreprocessSpec
+from medvl3d.device import check_device_name
 from medvl3d.text.generator import GeneratorConfig, MeasuredGeneratorConfig
 from medvl3d.text.prompts import PromptSet
 from medvl3d.text.summariser import RuleSummariserConfig, SummariserConfig
 from medvl3d.typed import build_dataclass, to_plain
+from medvl3d.yamlfile import read_yaml, yaml_error
 
 __all__ = [
     "DataConfig",
@@ -68,9 +70,7 @@ class DataConfig:
         if self.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
         if not 0 < self.label_fraction <= 1:
-            raise ValueError(
-                f"label_fraction must be in (0, 1], got {self.label_fraction}"
-            )
+            raise ValueError(f"label_fraction must be in (0, 1], got {self.label_fraction}")
 
 
 @dataclass
@@ -146,6 +146,7 @@ class TrainConfig:
         for key in ("steps", "accum_steps", "log_every"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        check_device_name(self.device)  # its message names the device; availability is checked at start
         if not 0 < self.dist_timeout_min < float("inf"):
             raise ValueError(
                 f"dist_timeout_min: must be a positive number of minutes, got {self.dist_timeout_min!r}"
@@ -185,7 +186,10 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     if not key:
         raise ValueError(f"override {item!r} has an empty key")
     # YAML scalar syntax for the value (3e-4, true, null, [0.9, 0.98]); safe_load never evaluates code.
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ValueError(f"override {item!r}: the value is not valid YAML ({yaml_error(exc)})") from None
     # PyYAML reads "3e-4" (no dot) as a string; accept it as a number when it parses as one.
     if isinstance(value, str):
         try:
@@ -247,10 +251,7 @@ def load_config(path: str | os.PathLike | dict, overrides: typing.Iterable[str] 
         p = Path(path)
         if not p.is_file():
             raise FileNotFoundError(f"config file not found: {p}")
-        try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise ValueError(f"{p}: not valid YAML: {exc}") from exc
+        data = read_yaml(p, "config") or {}
         source = str(p)
     if not isinstance(data, dict):
         raise ValueError(f"{source}: a config must be a mapping at the top level")

@@ -160,7 +160,8 @@ def test_preprocess_real_ct_to_1p5mm(real_dir):
 def test_antialias_removes_the_noise_a_coarser_scan_would_not_have():
     rng = np.random.default_rng(0)
     noise = rng.normal(40.0, 30.0, (64, 64, 32)).astype(np.float32)
-    sample = {"image": torch.from_numpy(noise)[None], "meta": {"affine": np.eye(4).tolist(), "modality": "CT"}}
+    meta = {"affine": np.eye(4).tolist(), "modality": "CT"}
+    sample = {"image": torch.from_numpy(noise)[None], "meta": meta}
     window = {"ct_window": (-1000.0, 1000.0)}
     plain = preprocess_sample(sample, PreprocessSpec(spacing=(4.0, 4.0, 4.0), intensity=window))["image"]
     smooth = preprocess_sample(

@@ -80,10 +80,12 @@ def test_summarize_inline_and_csv(tmp_path, capsys):
     src = tmp_path / "r.csv"
     src.write_text('id,report_text\n1,"Cardiomegaly. No effusion."\n2,""\n', encoding="utf-8")
     out = tmp_path / "s.jsonl"
-    assert main(["text", "summarize", str(src), "--out", str(out)]) == 0
+    with pytest.warns(UserWarning, match=r"1 of 2 reports cannot be read \(1 empty\)"):
+        assert main(["text", "summarize", str(src), "--out", str(out)]) == 0
     records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert [r["id"] for r in records] == ["1", "2"]
     assert "cardiomegaly" in records[0]["summary"].lower()
+    assert [r["problem"] for r in records] == ["", "empty"]  # the empty report's summary says nothing
 
 
 def test_cli_errors_are_clean(tmp_path, capsys):

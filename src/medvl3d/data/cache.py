@@ -5,14 +5,18 @@ Layout of ``out_dir``::
     spec.json                 the PreprocessSpec (a re-run with another spec is an error)
     <case_id>/image.npy       float16 [C, X, Y, Z] in [0, 1]
     <case_id>/label.npy       smallest integer dtype [1, X, Y, Z] (when the case has a label)
-    <case_id>/sample.json     report, labels, lesions, meta (incl. the preprocessed affine)
+    <case_id>/sample.json     report, labels, lesions, meta (incl. the preprocessed affine) and the
+                              fingerprint of the source it was made from
 
 Images are stored as float16: after the window they lie in [0, 1], where float16's spacing is at most
 2**-11, i.e. under 1 HU for a 2000 HU window, at half the size of float32.
 
 Each case is written into a hidden temporary folder and renamed into place, so a case folder either
-holds a complete case or does not exist; a re-run skips finished cases. Shards split the stable case
-order (case i goes to shard i % n), so many machines can share one ``out_dir``.
+holds a complete case or does not exist; a re-run skips finished cases whose source is unchanged. The
+fingerprint (each source file's size and modification time, a digest of the case's report and labels;
+see ``VolumeDataset.source_fingerprint``) is stored with the case, so a regenerated or replaced volume,
+or an edited report, makes the next run redo that case instead of keeping the old one. Shards split the
+stable case order (case i goes to shard i % n), so many machines can share one ``out_dir``.
 """
 
 from __future__ import annotations
@@ -64,11 +68,15 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def write_case(sample: dict, out_dir: Path, case_id: str) -> Path:
-    """Write one preprocessed sample as ``out_dir/case_id/`` atomically (temp folder + rename)."""
+def write_case(
+    sample: dict, out_dir: Path, case_id: str, source: dict | None = None, overwrite: bool = False
+) -> Path:
+    """Write one preprocessed sample as ``out_dir/case_id/`` atomically (temp folder + rename).
+
+    ``source`` is the fingerprint of what the case was made from; ``overwrite`` replaces a stale case."""
     final = out_dir / case_id
     try:
-        with atomic_dir(final) as tmp:
+        with atomic_dir(final, overwrite=overwrite) as tmp:
             image = np.asarray(torch.as_tensor(sample["image"]).numpy(), dtype=np.float32)
             np.save(tmp / "image.npy", image.astype(np.float16))
             if sample.get("label") is not None:
@@ -80,6 +88,7 @@ def write_case(sample: dict, out_dir: Path, case_id: str) -> Path:
                 "labels": sample.get("labels", {}),
                 "lesions": sample.get("lesions", {}),
                 "meta": sample.get("meta", {}),
+                "source": source,
             }
             (tmp / "sample.json").write_text(json.dumps(_jsonable(record), indent=1), encoding="utf-8")
     except FileExistsError:
@@ -121,14 +130,30 @@ def _raw_sample(dataset: Any, index: int) -> dict:
     return dataset.load_sample(index) if hasattr(dataset, "load_sample") else dataset[index]
 
 
-def _process(index: int, case_id: str) -> str:
+def _process(index: int, case_id: str, source: dict | None = None, overwrite: bool = False) -> str:
     dataset, spec, out_dir = _WORKER["dataset"], _WORKER["spec"], _WORKER["out_dir"]
     try:
         sample = preprocess_sample(_raw_sample(dataset, index), spec)
     except (ValueError, FileNotFoundError) as exc:
         raise type(exc)(f"case {case_id}: {exc}") from exc
-    write_case(sample, out_dir, case_id)
+    write_case(sample, out_dir, case_id, source, overwrite)
     return case_id
+
+
+def _fingerprint(dataset: Any, index: int) -> dict | None:
+    fingerprint = getattr(dataset, "source_fingerprint", None)
+    return None if fingerprint is None else fingerprint(index)
+
+
+def _is_current(case_dir: Path, source: dict | None) -> bool:
+    """Whether a finished case was made from ``source`` (always, for datasets that cannot tell)."""
+    if source is None:
+        return True
+    try:
+        stored = json.loads((case_dir / "sample.json").read_text(encoding="utf-8")).get("source")
+    except (OSError, ValueError):
+        return False  # unreadable: make it again
+    return stored == json.loads(json.dumps(source))  # compared as stored (tuples become lists)
 
 
 def _case_ids(dataset: Any) -> list[str]:
@@ -158,8 +183,10 @@ def preprocess_dataset(
         on_error: "raise" stops at the first failing case; "skip" records it in the summary.
 
     Returns:
-        Summary dict: ``total`` (cases in the shard), ``written``, ``skipped``, ``failed`` (id -> error),
-        ``seconds``, ``out_dir``, ``shard``, ``case_ids`` (all cases of ``dataset``, in its order).
+        Summary dict: ``total`` (cases in the shard), ``written``, ``skipped`` (already done),
+        ``stale`` (done from a source that has changed since, hence written again; part of ``written``),
+        ``failed`` (id -> error), ``seconds``, ``out_dir``, ``shard``, ``case_ids`` (all cases of
+        ``dataset``, in its order).
         ``CachedDataset(summary)`` reads exactly these cases back, in this order.
     """
     if on_error not in ("raise", "skip"):
@@ -178,11 +205,20 @@ def preprocess_dataset(
     my_ids = {cid for _, cid in mine}
     # Leftovers of an interrupted run of this shard (other shards' temp folders are theirs).
     remove_stale_temps(out_dir, my_ids)
-    todo = [(i, cid) for i, cid in mine if not (out_dir / cid / "sample.json").is_file()]
+    todo, stale = [], 0
+    for i, cid in mine:
+        source = _fingerprint(dataset, i)
+        done = (out_dir / cid / "sample.json").is_file()
+        if done and not _is_current(out_dir / cid, source):
+            stale += 1
+        elif done:
+            continue
+        todo.append((i, cid, source, (out_dir / cid).exists()))  # replace a stale or incomplete case
     summary: dict[str, Any] = {
         "total": len(mine),
         "written": 0,
         "skipped": len(mine) - len(todo),
+        "stale": stale,
         "failed": {},
         "out_dir": str(out_dir),
         "shard": f"{i_shard}/{n_shard}",
@@ -199,9 +235,9 @@ def preprocess_dataset(
     try:
         if workers <= 1 or len(todo) <= 1:
             _init_worker(dataset, spec, out_dir, torch.get_num_threads())
-            for i, cid in todo:
+            for i, cid, source, overwrite in todo:
                 try:
-                    _process(i, cid)
+                    _process(i, cid, source, overwrite)
                     summary["written"] += 1
                 except Exception as exc:  # reported per case or re-raised
                     failed(cid, exc)
@@ -211,7 +247,7 @@ def preprocess_dataset(
             # spawn: forking a process whose OpenMP pool is live can deadlock the children.
             ctx = mp.get_context("spawn")
             with ProcessPoolExecutor(workers, ctx, _init_worker, (dataset, spec, out_dir, threads)) as pool:
-                futures = {pool.submit(_process, i, cid): cid for i, cid in todo}
+                futures = {pool.submit(_process, i, cid, src, over): cid for i, cid, src, over in todo}
                 try:
                     for fut in as_completed(futures):
                         try:
@@ -311,6 +347,13 @@ class CachedDataset(Dataset):
     @property
     def case_ids(self) -> list[str]:
         return list(self._ids)
+
+    def reports(self) -> list[str]:
+        """The report of every case, in order, without reading any image."""
+        return [
+            json.loads((self.root / c / "sample.json").read_text(encoding="utf-8")).get("report", "")
+            for c in self._ids
+        ]
 
     def __getitem__(self, index: int) -> dict:
         case = self.root / self._ids[index]

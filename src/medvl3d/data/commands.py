@@ -6,6 +6,7 @@ import argparse
 import json
 
 from medvl3d.data.cache import run_preprocess
+from medvl3d.data.dicom import UNEVEN_CHOICES
 from medvl3d.data.io import volume_info
 from medvl3d.data.preprocess import IntensitySpec, PreprocessSpec
 
@@ -32,7 +33,9 @@ def _format_info(info: dict) -> str:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    info = volume_info(args.volume, modality=args.modality, series_uid=args.series_uid)
+    info = volume_info(
+        args.volume, modality=args.modality, series_uid=args.series_uid, uneven_slices=args.uneven_slices
+    )
     print(json.dumps(info, indent=1) if args.json else _format_info(info))
     return 0
 
@@ -41,7 +44,16 @@ def spec_from_args(args: argparse.Namespace) -> PreprocessSpec:
     """Build the PreprocessSpec described by the `preprocess` options."""
     if args.spec:
         with open(args.spec, encoding="utf-8") as fh:
-            return PreprocessSpec.from_dict(json.load(fh))
+            try:
+                data = json.load(fh)
+            except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+                raise ValueError(f"--spec {args.spec}: not a JSON PreprocessSpec ({exc})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"--spec {args.spec}: expected a JSON object of PreprocessSpec fields")
+        try:
+            return PreprocessSpec.from_dict(data)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"--spec {args.spec}: {exc}") from None
     return PreprocessSpec(
         orientation=args.orientation,
         spacing=None if args.native_spacing else tuple(args.spacing),
@@ -65,8 +77,9 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
         on_error="skip" if args.skip_errors else "raise",
     )
     failed = summary["failed"]
+    redone = f" ({summary['stale']} redone: their source changed)" if summary.get("stale") else ""
     print(
-        f"shard {summary['shard']}: {summary['written']} written, {summary['skipped']} already done, "
+        f"shard {summary['shard']}: {summary['written']} written{redone}, {summary['skipped']} already done, "
         f"{len(failed)} failed of {summary['total']} cases in {summary['seconds']:.1f} s "
         f"-> {summary['out_dir']}"
     )
@@ -82,6 +95,13 @@ def register(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--modality", choices=["CT", "MR"], help="override the detected modality")
     p.add_argument("--series-uid", help="series to read from a DICOM folder holding several")
+    p.add_argument(
+        "--uneven-slices",
+        choices=UNEVEN_CHOICES,
+        default="error",
+        help="a DICOM series with gaps or uneven slice spacing: refuse it (error, the default) or "
+        "interpolate it onto an even grid (resample)",
+    )
     p.set_defaults(func=cmd_info)
 
     d = PreprocessSpec()

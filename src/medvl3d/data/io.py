@@ -6,6 +6,10 @@ geometry (shape, affine, orientation, NIfTI header) is kept, so that :func:`writ
 array living on the RAS grid (e.g. a predicted mask) back in the source file's own geometry, where it
 overlays the input voxel for voxel in any viewer.
 
+A header that cannot place the image in space (an all-zero, zero-spacing or NaN affine) is refused;
+oblique or sheared axes and implausible voxel sizes are read with a :class:`GeometryWarning`. The slices of
+a DICOM series are checked to form an even stack before they are stacked (:mod:`medvl3d.data.dicom`).
+
 Affines follow the nibabel convention: they map (i, j, k) voxel indices to RAS+ millimetres.
 SimpleITK speaks LPS, which differs from RAS by the sign of the first two world axes only, so the
 conversion is exact.
@@ -14,6 +18,7 @@ conversion is exact.
 from __future__ import annotations
 
 import gzip
+import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +29,7 @@ import numpy as np
 from nibabel import orientations as nio
 
 from medvl3d.atomic import atomic_path
+from medvl3d.data.dicom import UnevenSlices, check_slice_geometry, resample_stack
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
@@ -34,6 +40,18 @@ MODALITIES = ("CT", "MR", "unknown")
 
 # RAS <-> LPS: flip the first two world axes.
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+#: Voxel sizes (mm) outside this range are implausible for a medical image: reading one warns.
+PLAUSIBLE_SPACING_MM = (0.01, 50.0)
+#: Voxel axes further than this (degrees) from the nearest world axis make a volume oblique: it warns.
+OBLIQUE_WARN_DEG = 1.0
+#: Voxel axes meeting further than this (degrees) from a right angle make a sheared grid: it warns.
+SHEAR_WARN_DEG = 0.1
+
+
+class GeometryWarning(UserWarning):
+    """A volume whose header is valid but unusual enough that results may be wrong (oblique or sheared
+    axes, implausible voxel sizes)."""
 
 
 @dataclass
@@ -105,6 +123,55 @@ def _to_3d(array: np.ndarray, path: Path) -> np.ndarray:
         kind = f"{array.ndim}D"
         raise ValueError(f"{path}: image is {kind} with shape {tuple(array.shape)}; a 3D volume is needed")
     return array
+
+
+def _check_geometry(affine: np.ndarray, shape: tuple[int, ...], path: Path) -> None:
+    """Refuse headers that cannot place the image in space; warn about oblique or sheared axes and
+    implausible voxel sizes (reorientation uses flips and permutations only, so an oblique or sheared
+    volume reaches the model as stored)."""
+    if not np.isfinite(affine).all():
+        raise ValueError(f"{path}: the affine (voxel -> world map) holds NaN or infinite values")
+    if min(shape) < 2:
+        raise ValueError(
+            f"{path}: image shape {tuple(shape)} has fewer than 2 voxels along an axis; a 3D volume is needed"
+        )
+    spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    shown = " x ".join(f"{v:g}" for v in spacing)
+    if spacing.min() < 1e-6:
+        raise ValueError(
+            f"{path}: the header gives voxel sizes {shown} mm: an axis of zero length (all-zero or "
+            "zero-spacing affine), so the image cannot be placed in space"
+        )
+    unit = affine[:3, :3] / spacing
+    if abs(float(np.linalg.det(unit))) < 1e-6:
+        raise ValueError(
+            f"{path}: the affine's voxel axes are parallel, so the image cannot be placed in space"
+        )
+    cosines = np.clip(np.abs((unit.T @ unit)[np.triu_indices(3, 1)]), 0.0, 1.0)
+    shear = 90.0 - float(np.degrees(np.arccos(cosines.max())))
+    if shear > SHEAR_WARN_DEG:
+        warnings.warn(
+            f"{path}: the voxel axes are sheared (they meet {shear:.2g} degrees off a right angle); the "
+            "volume is used on its sheared grid, not resampled",
+            GeometryWarning,
+            stacklevel=3,
+        )
+    tilt = float(np.degrees(np.arccos(np.clip(np.abs(unit).max(axis=0), 0.0, 1.0))).max())
+    if shear <= SHEAR_WARN_DEG and tilt > OBLIQUE_WARN_DEG:
+        warnings.warn(
+            f"{path}: the voxel axes are oblique to the patient axes by up to {tilt:.1f} degrees; the volume "
+            "is reoriented by axis flips and permutations only, so it stays tilted",
+            GeometryWarning,
+            stacklevel=3,
+        )
+    lo, hi = PLAUSIBLE_SPACING_MM
+    if spacing.min() < lo or spacing.max() > hi:
+        warnings.warn(
+            f"{path}: voxel size {shown} mm is implausible for a medical image (expected {lo:g} to {hi:g} mm "
+            "per axis); check the header",
+            GeometryWarning,
+            stacklevel=3,
+        )
 
 
 def _check_finite(array: np.ndarray, path: Path) -> None:
@@ -196,7 +263,9 @@ def list_dicom_series(folder: Path | str) -> list[str]:
     return list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
 
 
-def _read_dicom(folder: Path, series_uid: str | None) -> tuple[np.ndarray, np.ndarray, str | None]:
+def _read_dicom(
+    folder: Path, series_uid: str | None, uneven_slices: UnevenSlices = "error"
+) -> tuple[np.ndarray, np.ndarray, str | None]:
     import SimpleITK as sitk
 
     series = list_dicom_series(folder)
@@ -212,21 +281,30 @@ def _read_dicom(folder: Path, series_uid: str | None) -> tuple[np.ndarray, np.nd
         series_uid = series[0]
     elif series_uid not in series:
         raise ValueError(f"{folder}: no series {series_uid!r}; found {', '.join(map(repr, series))}")
-    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_uid)
+    files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_uid))
     if len(files) < 2:
         raise ValueError(f"{folder}: series {series_uid!r} has {len(files)} slice(s); a 3D volume is needed")
+    # The reader stacks whatever it is given: check the slice positions first.
+    stack = check_slice_geometry(files, f"{folder}: series {series_uid!r}", uneven_slices, folder)
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
+    reader.SetFileNames(files if stack.even else stack.files)
     reader.MetaDataDictionaryArrayUpdateOn()
+    # An uneven stack, checked above, is resampled below; ITK's own warning about it would only confuse.
+    warn = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(stack.even and warn)
     try:
         # GDCM applies RescaleSlope/Intercept once, so CT comes out in HU; it also decodes JPEG 2000.
         img = reader.Execute()
     except RuntimeError as exc:
         raise ValueError(f"{folder}: cannot read DICOM series: {str(exc).strip().splitlines()[-1]}") from exc
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(warn)
     modality = None
     if reader.HasMetaDataKey(0, "0008|0060"):
         modality = reader.GetMetaData(0, "0008|0060").strip().upper() or None
     data, affine = _sitk_to_numpy(img, folder)
+    if not stack.even:
+        data, affine = resample_stack(data, affine, stack)
     return data, affine, modality
 
 
@@ -259,6 +337,7 @@ def read_volume(
     modality: str | None = None,
     reorient: bool = True,
     series_uid: str | None = None,
+    uneven_slices: UnevenSlices = "error",
 ) -> Volume:
     """Read a NIfTI/NRRD/MHA file or a DICOM series folder into a RAS-oriented :class:`Volume`.
 
@@ -267,17 +346,24 @@ def read_volume(
         modality: "CT" or "MR" when known; otherwise DICOM's Modality tag or an intensity heuristic.
         reorient: permute/flip the array to RAS (exact, no resampling).
         series_uid: which series to read when a DICOM folder holds several.
+        uneven_slices: a DICOM series with gaps or uneven slice increments is an error (``"error"``) or
+            is interpolated linearly onto an even grid of its smallest increment (``"resample"``).
 
     Raises:
         FileNotFoundError: the path does not exist.
-        ValueError: unreadable/truncated file, not 3D, NaN/inf voxels, ambiguous DICOM folder.
+        ValueError: unreadable/truncated file, not 3D, NaN/inf voxels, an affine that cannot place the
+            image (all-zero, zero spacing), ambiguous DICOM folder, DICOM slices that do not form an even
+            stack (duplicates, gaps, mixed orientations; see :mod:`medvl3d.data.dicom`).
+
+    Warns:
+        GeometryWarning: oblique or sheared voxel axes, implausible voxel sizes.
     """
     path = Path(path)
     _check_exists(path)
     header = None
     file_modality = None
     if path.is_dir():
-        data, affine, file_modality = _read_dicom(path, series_uid)
+        data, affine, file_modality = _read_dicom(path, series_uid, uneven_slices)
     elif _is_nifti(path):
         data, affine, header = _read_nifti(path)
     elif _is_itk(path):
@@ -289,6 +375,7 @@ def read_volume(
         )
     data = _to_3d(data, path)
     _check_finite(data, path)
+    _check_geometry(affine, data.shape, path)
     source_affine = affine.copy()
     source_shape = tuple(data.shape)
     orientation = "".join(nib.aff2axcodes(affine))
@@ -449,9 +536,15 @@ def write_volume(volume_or_array: Volume | Any, path: Path | str, reference: Vol
     return write_like(volume_or_array, reference, path)
 
 
-def volume_info(path: Path | str, *, modality: str | None = None, series_uid: str | None = None) -> dict:
+def volume_info(
+    path: Path | str,
+    *,
+    modality: str | None = None,
+    series_uid: str | None = None,
+    uneven_slices: UnevenSlices = "error",
+) -> dict:
     """Geometry and intensity statistics of a volume (what `medvl3d info` prints)."""
-    vol = read_volume(path, modality=modality, series_uid=series_uid)
+    vol = read_volume(path, modality=modality, series_uid=series_uid, uneven_slices=uneven_slices)
     data = vol.array
     pct = (0.5, 5, 50, 95, 99.5)
     values = np.percentile(data, pct) if data.size else [float("nan")] * len(pct)

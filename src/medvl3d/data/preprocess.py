@@ -27,6 +27,10 @@ from medvl3d.typed import build_dataclass, to_plain
 
 _VALID_AXES = ({"L", "R"}, {"A", "P"}, {"S", "I"})
 
+#: Largest grid a volume may be resampled to (2**31 voxels: 8 GiB as float32). A bigger one comes from a
+#: wrong header (1000 mm voxels) or a wrong spacing option, and would fail deep inside torch.
+MAX_RESAMPLED_VOXELS = 2**31
+
 
 def _tuple(value: Any, n: int, name: str, kind: type = float) -> tuple | None:
     if value is None:
@@ -301,6 +305,22 @@ def _crop_pad(
     return take(image), (take(label) if label is not None else None), np.asarray(affine) @ shift
 
 
+def _check_resampled_size(
+    shape: tuple[int, ...], affine: np.ndarray, spacing: tuple[float, ...], where: str
+) -> None:
+    """Refuse a resampling whose output grid (``floor(n * old / new)`` per axis) would not fit in memory."""
+    old = np.asarray(spacing_from_affine(affine))
+    out = np.floor(np.asarray(shape) * old / np.asarray(spacing, dtype=np.float64))
+    if float(np.prod(out)) > MAX_RESAMPLED_VOXELS:
+        size, new = " x ".join(f"{v:g}" for v in old), " x ".join(f"{v:g}" for v in spacing)
+        raise ValueError(
+            f"{where}: resampling {'x'.join(map(str, shape))} voxels of {size} mm to {new} mm would make "
+            f"{'x'.join(f'{v:.0f}' for v in out)} voxels ({float(np.prod(out)) * 4 / 2**40:.3g} TiB as "
+            f"float32), over the limit of {MAX_RESAMPLED_VOXELS} voxels; check the file's voxel size or the "
+            "preprocessing spacing"
+        )
+
+
 def preprocess_sample(sample: dict, spec: PreprocessSpec) -> dict:
     """Apply ``spec`` to a dataset sample (``image`` [C, X, Y, Z] in HU/a.u., optional ``label``).
 
@@ -335,6 +355,7 @@ def preprocess_sample(sample: dict, spec: PreprocessSpec) -> dict:
         affine = new_affine
 
     if spec.spacing is not None:
+        _check_resampled_size(tuple(image.shape[1:]), affine, spec.spacing, str(meta.get("path", "sample")))
         if spec.antialias:
             image = antialias(image, spacing_from_affine(affine), spec.spacing)
         image, label, affine = resample(image, affine, spec.spacing, label=label)

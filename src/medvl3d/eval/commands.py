@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from medvl3d.infer.commands import PROMPTS_HELP
+from medvl3d.infer.commands import PROMPTS_HELP, device_option
 
 
 def register(subparsers) -> None:
@@ -33,13 +33,9 @@ def register(subparsers) -> None:
     s.add_argument("--checkpoint", required=True, help="checkpoint folder (or a run folder)")
     s.add_argument("--data", required=True, help="dataset root (MSD, KiTS23, JSONL manifest, SynthCT-VL)")
     s.add_argument("--split", default="valid")
-    s.add_argument(
-        "--format", default=None, help="dataset layout (default: as in training)"
-    )
+    s.add_argument("--format", default=None, help="dataset layout (default: as in training)")
     s.add_argument("--nsd-tolerance", type=float, default=2.0, help="NSD tolerance in mm (default 2)")
-    s.add_argument(
-        "--overlap", type=float, default=None, help="sliding-window overlap"
-    )
+    s.add_argument("--overlap", type=float, default=None, help="sliding-window overlap")
     s.add_argument("-o", "--out", default=None, help="also write the full results as JSON here")
     s.add_argument("--json", action="store_true", help="print JSON instead of markdown")
     s.add_argument("--device", default=None)
@@ -57,7 +53,7 @@ def _evaluate_diagnosis(args: argparse.Namespace) -> int:
         split=args.split,
         labels=labels,
         bootstrap=args.bootstrap,
-        device=args.device,
+        device=device_option(args.device),
         progress=sys.stderr.isatty(),
         prompts=args.prompts,
     )
@@ -76,7 +72,7 @@ def _evaluate_segmentation(args: argparse.Namespace) -> int:
         split=args.split,
         format=args.format,
         nsd_tolerance_mm=args.nsd_tolerance,
-        device=args.device,
+        device=device_option(args.device),
         window={"overlap": args.overlap} if args.overlap is not None else None,
         progress=sys.stderr.isatty(),
     )

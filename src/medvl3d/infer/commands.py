@@ -16,6 +16,16 @@ def _axes(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected array axes like 1,2, got {text!r}") from None
 
 
+def device_option(value: str | None) -> str | None:
+    """The ``--device`` value, checked before anything is loaded (the error names the option)."""
+    from medvl3d.device import check_device_name
+
+    try:
+        return check_device_name(value)
+    except ValueError as exc:
+        raise ValueError(f"--device: {exc}") from None
+
+
 def register(subparsers) -> None:
     """Add ``diagnose`` and ``segment`` to ``medvl3d``."""
     p = subparsers.add_parser("diagnose", help="zero-shot diagnosis of one volume with a checkpoint")
@@ -39,9 +49,7 @@ def register(subparsers) -> None:
     p.add_argument("--checkpoint", required=True, help="checkpoint folder (or a run folder)")
     p.add_argument("-o", "--out", required=True, help="output mask (.nii.gz, .nii, .nrrd or .mha)")
     p.add_argument("--json-out", default=None, help="volumes JSON (default: the mask's name with .json)")
-    p.add_argument(
-        "--overlap", type=float, default=None, help="sliding-window overlap"
-    )
+    p.add_argument("--overlap", type=float, default=None, help="sliding-window overlap")
     p.add_argument(
         "--flip-axes",
         type=_axes,
@@ -57,11 +65,13 @@ def _diagnose(args: argparse.Namespace) -> int:
     from medvl3d.infer import Predictor, parse_labels
 
     labels = parse_labels(args.labels)  # before loading anything: an empty list fails fast
-    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, prompts=args.prompts)
+    device = device_option(args.device)
+    predictor = Predictor.from_checkpoint(args.checkpoint, device=device, prompts=args.prompts)
     predictor.require("embeddings", "medvl3d diagnose")
     probs = predictor.set_volume(args.volume).diagnose(labels)
     if args.json:
-        print(json.dumps({"volume": args.volume, "probabilities": probs}, indent=2))
+        # allow_nan=False: NaN is not JSON (the Predictor refuses non-finite outputs before this).
+        print(json.dumps({"volume": args.volume, "probabilities": probs}, indent=2, allow_nan=False))
     else:
         width = max(len("label"), *(len(k) for k in probs))
         print(f"{'label':<{width}}  probability")
@@ -86,8 +96,9 @@ def _segment(args: argparse.Namespace) -> int:
     from medvl3d.infer import Predictor
 
     prepare_output_path(args.out, inputs=[args.volume])  # before the model runs: a bad path fails fast
+    device = device_option(args.device)
     window = {k: v for k, v in (("overlap", args.overlap), ("flip_axes", args.flip_axes)) if v is not None}
-    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, window=window)
+    predictor = Predictor.from_checkpoint(args.checkpoint, device=device, window=window)
     predictor.require("logits", "medvl3d segment")
     result = predictor.set_volume(args.volume, progress=args.progress).segment()
     json_path = Path(args.json_out) if args.json_out else json_beside(args.out)

@@ -112,6 +112,16 @@ class Predictor:
                 f"({(self.info.get('model') or {}).get('name')})"
             )
 
+    def require_finite(self, values: torch.Tensor | np.ndarray, what: str) -> None:
+        """A ValueError naming the checkpoint when a model output holds NaN or inf (NaN weights, or an
+        overflow): a NaN probability must never pass for an answer."""
+        finite = torch.isfinite(values).all() if torch.is_tensor(values) else np.isfinite(values).all()
+        if not bool(finite):
+            where = self.info.get("path", "this checkpoint")
+            raise ValueError(
+                f"{where}: the model gives NaN or infinite {what}; its weights or this input are broken"
+            )
+
     @classmethod
     def from_checkpoint(
         cls,
@@ -125,6 +135,7 @@ class Predictor:
         ``prompts`` (a ``PromptSet`` or a YAML file of one) replaces the prompts stored in the checkpoint;
         ``window`` (fields of ``SlidingWindowConfig``) the sliding-window settings of a segmentation one.
         """
+        resolve_device("auto" if device is None else str(device))  # before loading: a bad name fails fast
         if prompts is not None and not isinstance(prompts, PromptSet):
             prompts = PromptSet.from_yaml(prompts)  # before loading the model: a bad file fails fast
         model, info = load_model(path)
@@ -213,10 +224,12 @@ class Predictor:
         self._image_emb = self._probs = None
         if self.outputs == "embeddings":
             self._image_emb = self.encode_images([prepared["image"]])
+            self.require_finite(self._image_emb, f"image embeddings for {source}")
         else:
             self._probs = sliding_window_probabilities(
                 self.model, prepared["image"], self.window, self.device, progress=progress
             )
+            self.require_finite(self._probs, f"class probabilities for {source}")
         self._prep_meta = prepared["meta"]
         self.volume, self.volume_path = volume, source
         return self
@@ -277,6 +290,7 @@ class Predictor:
             pos, neg = self.prompt_embeddings(label)
             sims = self.model.score(img, torch.stack([pos, neg])).float()  # [N, 2]
             out[:, j] = torch.softmax(float(scale) * sims, dim=-1)[:, 0].cpu().numpy()
+        self.require_finite(out, "probabilities")
         return out
 
     def diagnose(self, labels: str | Sequence[str]) -> dict[str, float]:

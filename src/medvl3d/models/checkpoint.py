@@ -55,6 +55,7 @@ __all__ = [
     "load_train_state",
     "load_encoder",
     "read_weights",
+    "check_finite_weights",
     "check_family",
     "unwrap_model",
 ]
@@ -259,6 +260,17 @@ def read_weights(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise ValueError(f"{path}: cannot read safetensors weights: {exc}") from exc
 
 
+def check_finite_weights(state: dict[str, torch.Tensor], source: str) -> None:
+    """A ValueError naming ``source`` and the tensors when any floating-point weight is NaN or infinite
+    (a diverged or damaged checkpoint, whose every prediction would be NaN)."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ValueError(
+            f"{source}: {len(bad)} of {len(state)} weight tensors hold NaN or infinite values "
+            f"(e.g. {bad[:3]}); the checkpoint is unusable (training diverged or the file is damaged)"
+        )
+
+
 def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """Load ``state`` into ``model``; any missing, unexpected or mis-shaped key is a ValueError naming it."""
     own = model.state_dict()
@@ -288,12 +300,14 @@ def load_model(
 
     Raises:
         FileNotFoundError: the folder or its ``config.json`` / ``model.safetensors`` is missing.
-        ValueError: the weights do not match the config (names the mismatched keys).
+        ValueError: the weights do not match the config (names the mismatched keys) or hold NaN/inf.
     """
     folder = resolve_checkpoint(path)
     info = read_info(folder)
     model = _build_model(info["model"], str(folder / CONFIG_NAME))
-    load_state_strict(model, read_weights(folder), str(folder / WEIGHTS_NAME))
+    state = read_weights(folder)
+    check_finite_weights(state, str(folder / WEIGHTS_NAME))
+    load_state_strict(model, state, str(folder / WEIGHTS_NAME))
     if device is not None:
         model = model.to(device)
     model.eval()
@@ -348,4 +362,5 @@ def load_encoder(path: str | os.PathLike) -> tuple[Any, dict[str, torch.Tensor],
     encoder = {k[len(prefix) :]: v for k, v in read_weights(folder).items() if k.startswith(prefix)}
     if not encoder:
         raise ValueError(f"{weights}: no {prefix}* weights in this checkpoint")
+    check_finite_weights(encoder, str(weights))
     return getattr(cfg, key), encoder, str(weights)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +20,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from medvl3d.atomic import atomic_path
+from medvl3d.csvfile import unlimited_fields
 from medvl3d.schema import ATTRIBUTES, CTRATE_LABELS, attribute_codes, encode_attribute
 from medvl3d.text.attributes import AttributeParser, default_parser
 from medvl3d.text.labeller import report_problem
@@ -37,7 +40,7 @@ def read_csv(path: str | Path, required: Sequence[str] = ()) -> tuple[list[dict[
     if not path.is_file():
         raise FileNotFoundError(f"CSV file not found: {path}")
     try:
-        with path.open(newline="", encoding="utf-8-sig") as fh:
+        with path.open(newline="", encoding="utf-8-sig") as fh, unlimited_fields():  # reports of any length
             reader = csv.DictReader(fh)
             rows = list(reader)
             columns = list(reader.fieldnames or [])
@@ -52,6 +55,34 @@ def read_csv(path: str | Path, required: Sequence[str] = ()) -> tuple[list[dict[
             "(choose one with --text-column)"
         )
     return [{k: (v or "") for k, v in row.items() if k is not None} for row in rows], columns
+
+
+#: Column of every output table holding the row's position in the input (0-based, header not counted), so
+#: results can be joined back to their input; an input column of that name is kept as the row id instead.
+ROW_ID = "index"
+
+
+def check_output(out: str | Path | None, inputs: Sequence[str | Path | None]) -> Path | None:
+    """Check an output path before any work: refuse one of the inputs (writing it would destroy the
+    input) or a folder, and create its parent folder. Returns ``out`` as a Path (None stays None).
+
+    Raises:
+        ValueError: ``out`` is an input or a folder.
+        OSError: the parent folder cannot be created (naming it).
+    """
+    if out is None:
+        return None
+    out = Path(out)
+    if out.is_dir():
+        raise ValueError(f"{out}: is a folder; --out needs a file name")
+    for source in inputs:
+        if source is not None and out.exists() and Path(source).exists() and os.path.samefile(out, source):
+            raise ValueError(f"{out}: refusing to write over the input {source}; choose another --out")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OSError(f"{out}: cannot create the output folder {out.parent}: {exc.strerror}") from None
+    return out
 
 
 def _atomic_write(path: str | Path, write: Any) -> Path:
@@ -126,7 +157,8 @@ def parse_descriptions(
 ) -> AttributeResult:
     """Parse every lesion description of a CSV into the 7 Malenia attributes.
 
-    The output keeps the input columns and adds ``pred_organ``, ``pred_<attribute>`` (value name),
+    The output keeps the input columns (after ``index``, the row's position in the input) and adds
+    ``pred_organ``, ``pred_<attribute>`` (value name),
     ``pred_<attribute>_code`` and ``problem`` (why a description could not be read: empty, no words,
     not English). When the CSV also has coded attribute columns (the annotation-sheet format), the
     accuracy per group (``group_column``, e.g. the lesion type) and attribute is computed: empty cells
@@ -142,8 +174,10 @@ def parse_descriptions(
         parser: the attribute parser (the built-in one if None).
 
     Raises:
-        ValueError: a missing text column, an unknown organ, or an unknown code in a coded column.
+        ValueError: a missing text column, an unknown organ, an unknown code in a coded column, or
+            ``out`` is the input file.
     """
+    check_output(out, [path])
     parser = parser or default_parser()
     rows, columns = read_csv(path, [text_column])
     has_organ = organ_column is not None and organ_column in columns
@@ -161,7 +195,8 @@ def parse_descriptions(
         except ValueError as exc:
             raise ValueError(f"{where}: {exc}") from None
         codes = {a: encode_attribute(organ, a, v) if organ and v else None for a, v in values.items()}
-        record: dict[str, Any] = dict(row, pred_organ=organ or "", problem=report_problem(text) or "")
+        record: dict[str, Any] = {ROW_ID: i, **row, "pred_organ": organ or ""}
+        record["problem"] = report_problem(text) or ""
         for attr in ATTRIBUTES:
             record[f"pred_{attr}"] = values[attr] or ""
             record[f"pred_{attr}_code"] = "" if codes[attr] is None else codes[attr]
@@ -175,7 +210,7 @@ def parse_descriptions(
             correct = int(codes[attr] in gold)
             for group in ([row[group_by]] if group_by else []) + ["all"]:
                 hits.setdefault(group, {}).setdefault(attr, []).append(correct)
-    out_columns = columns + ["pred_organ"]
+    out_columns = [ROW_ID] * (ROW_ID not in columns) + columns + ["pred_organ"]
     out_columns += [f"pred_{a}{s}" for a in ATTRIBUTES for s in ("", "_code")] + ["problem"]
     if out is not None:
         write_csv(out, out_rows, out_columns)
@@ -220,9 +255,11 @@ def label_reports(
 ) -> LabelResult:
     """Label every report of a CSV with the 18 CT-RATE abnormalities.
 
-    Writes (when ``out`` is given) the non-label input columns, then per label its probability and a 0/1
-    column ``<label> (pred)`` at ``threshold``, and ``problem``. When all 18 label columns are present,
-    per-label and macro AUROC/F1 are computed with :func:`medvl3d.text.labeller.evaluate_labeller`.
+    Writes (when ``out`` is given) ``index`` (the row's position in the input), the non-label input
+    columns but the report, then per label its probability and a 0/1 column ``<label> (pred)`` at
+    ``threshold``, and ``problem``. Writing over the input file is refused (it would lose the reports).
+    When all 18 label columns are present, per-label and macro AUROC/F1 are computed with
+    :func:`medvl3d.text.labeller.evaluate_labeller`.
 
     Args:
         model: a fitted labeller saved with ``ReportLabeller.save`` (the rule labeller if None).
@@ -230,6 +267,7 @@ def label_reports(
     """
     from medvl3d.text.labeller import ReportLabeller, evaluate_labeller
 
+    check_output(out, [path, model])
     rows, columns = read_csv(path, [text_column])
     rows = rows[:limit] if limit is not None else rows
     if not rows:
@@ -241,14 +279,15 @@ def label_reports(
     labels = list(labeller.labels)
     keep = [c for c in columns if c not in labels and c != text_column]
     out_rows = []
-    for row, p, problem in zip(rows, probs, problems):
-        record: dict[str, Any] = {c: row[c] for c in keep}
+    for i, (row, p, problem) in enumerate(zip(rows, probs, problems)):
+        record: dict[str, Any] = {ROW_ID: i, **{c: row[c] for c in keep}}
         for lab, value in zip(labels, p):
             record[lab] = f"{value:.4f}"
             record[f"{lab} (pred)"] = int(value >= threshold)
         record["problem"] = problem or ""
         out_rows.append(record)
-    out_columns = keep + [c for lab in labels for c in (lab, f"{lab} (pred)")] + ["problem"]
+    out_columns = [ROW_ID] * (ROW_ID not in keep) + keep
+    out_columns += [c for lab in labels for c in (lab, f"{lab} (pred)")] + ["problem"]
     if out is not None:
         write_csv(out, out_rows, out_columns)
     metrics = None
@@ -276,7 +315,11 @@ def summarize_reports(
     """Summarise reports from a CSV and/or given texts into their high-level findings.
 
     Returns (and writes as JSONL when ``out`` is given) one record per report: ``{"index", "report",
-    "summary"}`` plus the CSV's other columns. When the CSV has the 18 CT-RATE label columns, the rule
+    "summary", "problem"}`` plus the CSV's other columns. ``problem`` says why a report has no
+    meaningful summary (empty, no words, not English for the rule backend; see
+    :func:`~medvl3d.text.summariser.summary_problem`): its summary reads "no acute findings.", which
+    must not pass for a normal study, so such reports are also named in a warning. Writing over the
+    input file is refused. When the CSV has the 18 CT-RATE label columns, the rule
     labeller scores the full reports and the summaries against them (AUROC/F1): a summary that drops or
     invents findings scores lower than its report.
 
@@ -285,8 +328,9 @@ def summarize_reports(
             serving ``model``; answers are cached in ``cache_dir``, by default
             ``~/.cache/medvl3d/llm_summaries``, so each report is sent once).
     """
-    from medvl3d.text.summariser import build_summariser
+    from medvl3d.text.summariser import build_summariser, summary_problem
 
+    check_output(out, [path])
     records: list[dict[str, Any]] = []
     columns: list[str] = []
     if path is not None:
@@ -311,6 +355,8 @@ def summarize_reports(
     for i, record in enumerate(tqdm(records, desc="summarise", disable=len(records) < 50, leave=False)):
         record["index"] = i
         record["summary"] = summariser.summarise(record["report"])
+        record["problem"] = summary_problem(record["report"], backend) or ""
+    _warn_problems([r["problem"] for r in records], "summaries say nothing about their studies")
     if out is not None:
         write_jsonl(out, records)
     metrics = None
@@ -325,6 +371,19 @@ def summarize_reports(
             for name, key in (("full report", "report"), ("summary", "summary"))
         }
     return SummaryResult(records, metrics)
+
+
+def _warn_problems(problems: Sequence[str], consequence: str) -> None:
+    """One warning counting the reports of each problem, when there are any."""
+    counts = {p: problems.count(p) for p in dict.fromkeys(problems) if p}
+    if counts:
+        listed = ", ".join(f"{n} {p}" for p, n in counts.items())
+        warnings.warn(
+            f"{sum(counts.values())} of {len(problems)} reports cannot be read ({listed}): their "
+            f"{consequence} (see the problem column)",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 @dataclass

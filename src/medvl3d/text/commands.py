@@ -124,7 +124,10 @@ def _summarize(args: argparse.Namespace) -> int:
         print(f"summarised {len(result.records)} reports -> {args.out}")
     else:
         for record in result.records:
-            print(json.dumps({"index": record["index"], "summary": record["summary"]}, ensure_ascii=False))
+            shown = {"index": record["index"], "summary": record["summary"]}
+            if record["problem"]:
+                shown["problem"] = record["problem"]
+            print(json.dumps(shown, ensure_ascii=False))
     if result.metrics:
         print("labeller on the full reports vs on their summaries (CT-RATE label columns as truth):")
         print(format_table(result.metrics))

@@ -206,6 +206,7 @@ class HFTextEncoder(TextEncoder):
 
     def __init__(self, name: str, folder: Path, *, pooling: str, max_length: int, cache_size: int) -> None:
         from transformers import AutoModel, AutoTokenizer  # a core dependency
+
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
             model = AutoModel.from_pretrained(str(folder), local_files_only=True)

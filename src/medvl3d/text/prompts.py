@@ -20,10 +20,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from medvl3d.schema import ATTRIBUTES, attribute_values
 from medvl3d.text.summariser import NO_FINDINGS
+from medvl3d.yamlfile import read_yaml
 
 DEFAULT_POSITIVE: tuple[str, ...] = ("{}.",)
 DEFAULT_NEGATIVE: tuple[str, ...] = (NO_FINDINGS,)
@@ -135,9 +134,7 @@ class PromptSet:
     def from_yaml(cls, path: str | Path) -> PromptSet:
         """Read a prompt config from a YAML file (keys as in ``to_dict``)."""
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: prompt config not found")
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = read_yaml(path, "prompt config") or {}
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a mapping with 'positive'/'negative' template lists")
         try:

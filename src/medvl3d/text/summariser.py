@@ -69,6 +69,21 @@ class Summariser(Protocol):
         ...
 
 
+def summary_problem(report: object, backend: str = "rule") -> str | None:
+    """Why a report has no meaningful summary, or None when it has one.
+
+    The labeller's :func:`~medvl3d.text.labeller.report_problem`: ``"empty"``, ``"no words"``, ``"not a
+    string"`` and, for the rule backend (which reads English only), ``"not English"``. A summariser still
+    answers ``"no acute findings."`` for such a report, which would pass for a normal study: callers
+    flag these reports (the ``problem`` column of ``medvl3d text summarize``) or keep them out of
+    training text.
+    """
+    from medvl3d.text.labeller import report_problem  # the labeller's check (the module loads sklearn)
+
+    problem = report_problem(report)
+    return None if problem == "not English" and backend != "rule" else problem
+
+
 def _check_report(report: object) -> str:
     if not isinstance(report, str):
         raise ValueError(f"report must be a string, got {type(report).__name__}")

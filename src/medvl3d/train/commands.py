@@ -9,6 +9,18 @@ from __future__ import annotations
 import argparse
 
 
+def _allow_change_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--allow-change",
+        dest="allow_changes",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="when resuming, accept a changed config value that alters what the run trains, e.g. "
+        "--allow-change train.steps (repeatable; recorded in the run's config_changes.jsonl)",
+    )
+
+
 def register(subparsers) -> None:
     """Add ``train`` and ``finetune`` to ``medvl3d``."""
     p = subparsers.add_parser(
@@ -27,6 +39,7 @@ def register(subparsers) -> None:
         help="override a config value, e.g. --set optim.lr=3e-4 (repeatable)",
     )
     p.add_argument("-o", "--out", default=None, help="run folder (sets output)")
+    _allow_change_option(p)
     p.set_defaults(func=_train)
 
     p = subparsers.add_parser(
@@ -37,14 +50,13 @@ def register(subparsers) -> None:
         "--label-fraction trains on a deterministic subset of the labelled cases.",
     )
     p.add_argument("config", nargs="?", default=None, help="segmentation experiment YAML (optional)")
-    p.add_argument(
-        "--checkpoint", default=None, help="pretrained checkpoint: start from its encoder"
-    )
+    p.add_argument("--checkpoint", default=None, help="pretrained checkpoint: start from its encoder")
     p.add_argument("--from-scratch", action="store_true", help="random initialisation (ignore any encoder)")
     p.add_argument("--label-fraction", type=float, default=None, help="fraction of training cases, (0, 1]")
     p.add_argument("--data", default=None, help="dataset root (sets data.root)")
     p.add_argument("-o", "--out", default=None, help="run folder (sets output)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    _allow_change_option(p)
     p.set_defaults(func=_finetune)
 
 
@@ -52,7 +64,8 @@ def _train(args: argparse.Namespace) -> int:
     from medvl3d.train import train
 
     overrides = [*args.overrides, *([f"output={args.out}"] if args.out else [])]
-    run_dir = train(args.config, overrides)
+    allowed = {"allow_changes": args.allow_changes} if args.allow_changes else {}
+    run_dir = train(args.config, overrides, **allowed)
     print(f"run folder: {run_dir}")
     return 0
 
@@ -68,6 +81,7 @@ def _finetune(args: argparse.Namespace) -> int:
         data=args.data,
         out=args.out,
         overrides=args.overrides,
+        allow_changes=args.allow_changes,
     )
     print(f"run folder: {run_dir}")
     return 0

@@ -10,6 +10,7 @@ number of loader workers (which prefetch ahead).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -136,6 +137,19 @@ class SubsetDataset(Dataset):
         ids = getattr(self.base, "case_ids", None)
         return None if ids is None else [ids[i] for i in self.indices]
 
+    def reports(self) -> list[str] | None:
+        """The reports of these cases, when the base dataset can list them without reading volumes."""
+        reports = getattr(self.base, "reports", None)
+        if reports is None:
+            return None
+        every = reports()
+        return None if every is None else [every[i] for i in self.indices]
+
+    def source_fingerprint(self, i: int) -> dict | None:
+        """The base dataset's fingerprint of this case (None when it has none), for the cache."""
+        fingerprint = getattr(self.base, "source_fingerprint", None)
+        return None if fingerprint is None else fingerprint(self.indices[i])
+
 
 def label_subset(n: int, fraction: float, seed: int) -> list[int]:
     """Indices of ``round(fraction * n)`` cases (at least one), sorted: the first cases of a permutation
@@ -169,6 +183,12 @@ class TextSourceDataset(Dataset):
     ``auto`` takes the report when it is not empty and generated text otherwise. Summaries and generated
     texts are deterministic per sample and memoised per index.
 
+    A report the summariser cannot read (empty, no words, not English for the rule summariser; see
+    :func:`medvl3d.text.summariser.summary_problem`) would be summarised as "no acute findings." and
+    teach the model that its volume is normal. With ``summary``, such cases are left out, with a warning
+    naming them, when ``base`` can list its reports (``base.reports()``: the dataset layouts and the
+    cache); otherwise reading one is an error naming the case.
+
     Args:
         base: the dataset whose samples get a ``text``.
         source: report | summary | generated | auto.
@@ -192,17 +212,53 @@ class TextSourceDataset(Dataset):
         self._memo: dict[int, str] = {}
         self._summariser = None
         self._generator = None
+        self._backend = "rule"
+        self.indices: list[int] = list(range(len(base)))
         if source == "summary":
-            from medvl3d.text.summariser import build_summariser
+            from medvl3d.text.summariser import build_summariser, summariser_config
 
-            self._summariser = build_summariser(summariser_cfg)
+            typed = summariser_config(summariser_cfg)
+            self._summariser, self._backend = build_summariser(typed), typed.backend
+            self.indices = self._readable_cases()
         if source in ("generated", "auto"):
             from medvl3d.text.generator import build_text_generator
 
             self._generator = build_text_generator(generator_cfg)
 
+    def _readable_cases(self) -> list[int]:
+        """Indices of the cases whose report can be summarised (all of them when the base cannot list its
+        reports: each is then checked when read); warns about the others."""
+        from medvl3d.text.summariser import summary_problem
+
+        lister = getattr(self.base, "reports", None)
+        reports = lister() if lister is not None else None
+        if reports is None:
+            return list(range(len(self.base)))
+        problems = [summary_problem(r, self._backend) for r in reports]
+        keep = [i for i, p in enumerate(problems) if p is None]
+        dropped = [i for i, p in enumerate(problems) if p is not None]
+        if not dropped:
+            return keep
+        ids = getattr(self.base, "case_ids", None) or list(range(len(reports)))
+        counts = {p: problems.count(p) for p in dict.fromkeys(problems) if p}
+        detail = ", ".join(f"{n} {p}" for p, n in counts.items())
+        named = ", ".join(f"{ids[i]} ({problems[i]})" for i in dropped[:5])
+        if not keep:
+            raise ValueError(
+                f"none of the {len(reports)} reports can be summarised by the {self._backend!r} summariser "
+                f"({detail}, e.g. {named}); use text_source 'report' or 'generated'"
+            )
+        warnings.warn(
+            f"{len(dropped)} of {len(reports)} cases are left out of training: the {self._backend!r} "
+            f"summariser cannot read their reports ({detail}, e.g. {named}), and 'no acute findings.' "
+            "would teach the model that their volumes are normal",
+            UserWarning,
+            stacklevel=3,
+        )
+        return keep
+
     def __len__(self) -> int:
-        return len(self.base)
+        return len(self.indices)
 
     def _text(self, i: int, sample: dict) -> str:
         report = sample.get("report") or ""
@@ -210,16 +266,26 @@ class TextSourceDataset(Dataset):
             return report
         if i not in self._memo:
             if self.source == "summary":
-                self._memo[i] = self._summariser.summarise(report) if report.strip() else ""
+                from medvl3d.text.summariser import summary_problem
+
+                problem = summary_problem(report, self._backend)
+                if problem is not None:
+                    case = (sample.get("meta") or {}).get("case_id", i)
+                    raise ValueError(
+                        f"sample {case!r}: the {self._backend!r} summariser cannot read its report "
+                        f"({problem}); fix or remove the case, or use text_source 'report' or 'generated'"
+                    )
+                self._memo[i] = self._summariser.summarise(report)
             else:
                 self._memo[i] = self._generator.generate(self.raw[i] if self.raw is not None else sample)
         return self._memo[i]
 
     def __getitem__(self, i: int) -> dict:
-        sample = dict(self.base[i])
-        text = self._text(i, sample)
+        index = self.indices[i]
+        sample = dict(self.base[index])
+        text = self._text(index, sample)
         if not text.strip():
-            case = (sample.get("meta") or {}).get("case_id", i)
+            case = (sample.get("meta") or {}).get("case_id", index)
             raise ValueError(
                 f"sample {case!r} has no text for text_source={self.source!r} (empty report); "
                 "use text_source 'auto' or 'generated' for volumes without reports"

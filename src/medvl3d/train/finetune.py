@@ -81,7 +81,9 @@ def _warn_preprocess_mismatch(cfg: ExperimentConfig) -> None:
             )
 
 
-def finetune(config: str | os.PathLike | None = None, **options: Any) -> Path:
+def finetune(
+    config: str | os.PathLike | None = None, *, allow_changes: Sequence[str] = (), **options: Any
+) -> Path:
     """Train a segmentation model; returns its run folder.
 
     Args:
@@ -90,7 +92,8 @@ def finetune(config: str | os.PathLike | None = None, **options: Any) -> Path:
             image encoder the model starts from), `from_scratch` (ignore any encoder checkpoint in the
             config), `label_fraction` (train on this fraction of the labelled cases, e.g. 0.01, 0.1, 1),
             `data` (`data.root`), `out` (`output`), `overrides` (further `section.key=value` settings).
+        allow_changes: config keys a resume may change (see :func:`medvl3d.train.train`).
     """
     from medvl3d.train.loop import train
 
-    return train(finetune_config(config, **options))
+    return train(finetune_config(config, **options), allow_changes=allow_changes)

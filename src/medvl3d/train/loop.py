@@ -11,6 +11,7 @@ stopped.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import random
@@ -29,11 +30,12 @@ from torch.utils.data import Dataset
 
 import medvl3d
 from medvl3d.atomic import atomic_write_text
-from medvl3d.config import ExperimentConfig, config_to_dict, load_config, save_config
+from medvl3d.config import ExperimentConfig, config_to_dict, load_config
 from medvl3d.models import checkpoint as ckpt
 from medvl3d.train.data import BatchOrder, DrawnDataset, build_dataset, build_loader
 from medvl3d.train.distributed import DistInfo, all_reduce_mean, cleanup_distributed, init_distributed
 from medvl3d.train.optim import build_optimizer, build_scheduler
+from medvl3d.train.run_folder import RunFolder
 from medvl3d.train.tasks.base import DataFacts, Task, TaskContext, build_task, task_class
 
 __all__ = ["train", "forward_backward", "make_info", "Callback"]
@@ -252,6 +254,7 @@ def train(
     task: nn.Module | None = None,
     dataset: Dataset | None = None,
     callbacks: Sequence[Callback] = (),
+    allow_changes: Sequence[str] = (),
 ) -> Path:
     """Train (or resume) the experiment described by ``cfg``; return its run folder.
 
@@ -263,9 +266,13 @@ def train(
         dataset: the training dataset of dict samples (default: ``cfg.data``'s train split, preprocessed,
             with ``text``).
         callbacks: called as ``cb(step, metrics)`` after every optimiser step.
+        allow_changes: dotted config keys (or sections) a resume may change although they alter what is
+            trained, e.g. ``["train.steps", "optim.lr"]``; the changes are recorded in the run folder.
 
     Launch on several processes or nodes with ``torchrun`` (see :mod:`medvl3d.train.distributed`);
-    the run folder gets ``config.yaml``, ``metrics.jsonl``, ``tb/`` and ``checkpoints/``.
+    the run folder gets ``config.yaml``, ``metrics.jsonl``, ``tb/`` and ``checkpoints/``. One process
+    trains into a folder at a time, and a resume with a config that changes what the run trains is
+    refused before anything is written (see :mod:`medvl3d.train.run_folder`).
     """
     if not isinstance(cfg, ExperimentConfig):
         cfg = load_config(cfg, overrides)
@@ -276,9 +283,23 @@ def train(
     tc = cfg.train
     if tc.steps < 1 or tc.accum_steps < 1:
         raise ValueError(f"train.steps and train.accum_steps must be >= 1, got {tc.steps}, {tc.accum_steps}")
+    sections = {f.name for f in dataclasses.fields(ExperimentConfig)}
+    unknown = [k for k in allow_changes if k.split(".")[0] not in sections]
+    if unknown:
+        raise ValueError(
+            f"allow_changes (--allow-change): {unknown} name no config section ({sorted(sections)})"
+        )
     info = init_distributed(tc.device, tc.dist_timeout_min)
+    run = RunFolder(cfg.output, main=info.is_main)
     try:
-        return _run(cfg, info, model, task, dataset, callbacks)
+        run.lock()  # before anything else: a second process into the same folder stops here
+        try:
+            out = _run(cfg, info, model, task, dataset, callbacks, run, allow_changes)
+        except BaseException:
+            run.release(failed=True)
+            raise
+        run.release()
+        return out
     finally:
         cleanup_distributed()
 
@@ -290,13 +311,19 @@ def _run(
     task: nn.Module | None,
     dataset: Dataset | None,
     callbacks: Sequence[Callback],
+    run: RunFolder,
+    allow_changes: Sequence[str],
 ) -> Path:
     tc, device = cfg.train, dinfo.device
     run_dir = Path(cfg.output)
     ckpt_dir = run_dir / "checkpoints"
-    if dinfo.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
+    if dinfo.is_main and ckpt_dir.exists():
+        ckpt.latest_checkpoint(ckpt_dir, repair=True)  # rank 0 alone undoes a killed re-save
+    if dinfo.distributed:
+        dist.barrier()
+    last = ckpt.latest_checkpoint(ckpt_dir) if ckpt_dir.exists() else None
+    # Every rank compares (and so fails alike) before anything is built or written.
+    changes = run.check_resume(cfg, last, allow_changes)
 
     task_cls: Any = type(task) if task is not None else task_class(cfg.task.name)
     if dataset is None:  # first: bad data paths fail before any model is built
@@ -327,11 +354,6 @@ def _run(
         dataset = DrawnDataset(dataset, transform, tc.seed)
 
     step, consumed = 0, 0
-    if dinfo.is_main and ckpt_dir.exists():
-        ckpt.latest_checkpoint(ckpt_dir, repair=True)  # rank 0 alone undoes a killed re-save
-    if dinfo.distributed:
-        dist.barrier()
-    last = ckpt.latest_checkpoint(ckpt_dir) if ckpt_dir.exists() else None
     if last is not None:
         state = ckpt.load_train_state(last)
         from safetensors.torch import load_file
@@ -365,6 +387,7 @@ def _run(
     if tc.compile:
         runner = torch.compile(runner)
 
+    run.record_start(cfg, changes, step)  # config.yaml of a new run, or the accepted changes of a resume
     if step >= tc.steps:
         return run_dir
     loader = build_loader(

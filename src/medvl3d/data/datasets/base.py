@@ -6,6 +6,9 @@ label maps against their image and building the samples of docs/contracts.md hap
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -38,6 +41,26 @@ class CaseRecord:
     modality: str | None = None
     split: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def file_signature(path: Path) -> list | None:
+    """``[size, mtime_ns]`` of a file; for a folder (a DICOM series) the number of files in it and a
+    sha256 of their names, sizes and times; None when the path is missing. Rewriting or replacing a
+    file changes its signature without reading it."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    if not path.is_dir():
+        return [st.st_size, st.st_mtime_ns]
+    entries = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in path.iterdir() if p.is_file())
+    return ["folder", len(entries), hashlib.sha256(json.dumps(entries).encode()).hexdigest()]
+
+
+def digest(value: Any) -> str:
+    """sha256 of a JSON-able value (other objects by their ``str``)."""
+    text = json.dumps(value, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def strip_nifti_suffix(name: str) -> str:
@@ -170,6 +193,21 @@ class VolumeDataset(Dataset):
     @property
     def case_ids(self) -> list[str]:
         return [r.case_id for r in self.records]
+
+    def reports(self) -> list[str]:
+        """The report of every case, in order, without reading any volume."""
+        return [r.report for r in self.records]
+
+    def source_fingerprint(self, index: int) -> dict:
+        """What case ``index`` is made from: the signature of its image and label files
+        (:func:`file_signature`) and a digest of its record (report, labels, lesions, ...). A
+        preprocessing cache stores it beside each case and redoes cases whose fingerprint changed."""
+        rec = self.records[index]
+        files = [p for p in (rec.image, rec.label) if p is not None]
+        return {
+            "files": {str(p): file_signature(Path(p)) for p in files},
+            "record": digest(dataclasses.asdict(rec)),
+        }
 
     def load_image(self, record: CaseRecord) -> Volume:
         """Read the image of a case (layouts override this for special encodings, e.g. raw CT-RATE)."""

@@ -20,7 +20,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from medvl3d.data.datasets.base import CaseRecord, VolumeDataset, strip_nifti_suffix
+from medvl3d.csvfile import unlimited_fields
+from medvl3d.data.datasets.base import CaseRecord, VolumeDataset, digest, strip_nifti_suffix
 from medvl3d.data.io import Volume, read_volume, reorient_array, spacing_from_affine
 from medvl3d.text.reports import join_report
 
@@ -49,7 +50,8 @@ def find_csv(root: Path, split: str, kind: str) -> Path | None:
 
 
 def _read_csv(path: Path) -> dict[str, dict[str, str]]:
-    with open(path, newline="", encoding="utf-8-sig") as fh:  # tolerate a byte-order mark
+    # utf-8-sig tolerates a byte-order mark; reports have no length limit.
+    with open(path, newline="", encoding="utf-8-sig") as fh, unlimited_fields():
         reader = csv.DictReader(fh)
         if reader.fieldnames is None or "VolumeName" not in reader.fieldnames:
             raise ValueError(f"{path}: CSV has no 'VolumeName' column (columns: {reader.fieldnames})")
@@ -216,6 +218,12 @@ class CTRateDataset(VolumeDataset):
         if not path.is_file():
             raise FileNotFoundError(f"{path}: label map for {image.name} (label_suffix={suffix!r}) not found")
         return path
+
+    def source_fingerprint(self, index: int) -> dict:
+        """As :meth:`VolumeDataset.source_fingerprint`, plus the case's metadata row (rescale, spacing)."""
+        out = super().source_fingerprint(index)
+        out["metadata"] = digest(self.metadata.get(self.records[index].case_id))
+        return out
 
     def load_image(self, record: CaseRecord) -> Volume:
         """Fixed volumes are read as they are; raw ones get slope/intercept and the metadata spacing."""
