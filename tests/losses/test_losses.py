@@ -116,6 +116,8 @@ def _worker(rank: int, world: int, port: int, img: torch.Tensor, txt: torch.Tens
             gi, gt = torch.autograd.grad(loss, (li, lt))
             result[name] = (loss.detach(), gi, gt)
         torch.save(result, f"{out}/rank{rank}.pt")
+        # Leave together: a rank tearing gloo down while its peer still talks aborts (SIGABRT) at random.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
