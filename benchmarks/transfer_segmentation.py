@@ -63,6 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pretrain-steps", type=int, default=400)
     p.add_argument("--nsd-tolerance", type=float, default=11.0, help="mm (one voxel of the 32^3 grid)")
     p.add_argument("--table-only", action="store_true", help="print the table from the saved JSONs")
+    p.add_argument("--redo", action="store_true", help="rerun cells whose result JSON already exists")
     p.add_argument(
         "--prepare-only",
         action="store_true",
@@ -210,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         for seed in args.seeds:
             for fraction in args.fractions:
                 for row in args.models:
+                    if not args.redo and (RESULTS / f"{row}_f{fraction:g}_s{seed}.json").is_file():
+                        continue  # a cell measured earlier (the table is assembled across sessions)
                     rec = finetune_one(row, fraction, seed, args, out)
                     print(f"{row} f={fraction:g} s={seed}: Dice {rec['mean']['dice']:.3f}", flush=True)
     records = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]

@@ -93,6 +93,20 @@ def test_operational_changes_need_no_permission(tmp_path):
     }
 
 
+def test_a_key_added_to_the_schema_since_the_run_started_is_its_default_not_a_change(tmp_path):
+    """A run trained before `data.preprocess.antialias` existed resumes (or is reused) without permission;
+    setting the new key to another value than its default is still a change."""
+    run = _train(_cfg(tmp_path / "run"))
+    cfg_path = ckpt.latest_checkpoint(run / "checkpoints") / "config.json"
+    info = json.loads(cfg_path.read_text("utf-8"))
+    del info["train"]["data"]["preprocess"]["antialias"]  # as an older medvl3d wrote it
+    cfg_path.write_text(json.dumps(info), "utf-8")
+    _train(_cfg(tmp_path / "run"))
+    assert not (run / CHANGES_NAME).exists()
+    with pytest.raises(ValueError, match=r"data\.preprocess\.antialias False -> True"):
+        _train(_cfg(tmp_path / "run", data={"preprocess": {"antialias": True}}))
+
+
 def test_config_changes_lists_nested_and_missing_keys():
     old = {"a": {"b": 1, "c": [1, 2]}, "d": {}}
     new = {"a": {"b": 2, "c": [1, 2], "e": 3}, "d": {"x": 1}}

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from medvl3d.atomic import atomic_write_text
-from medvl3d.config import ExperimentConfig, config_to_dict, save_config
+from medvl3d.config import ExperimentConfig, config_from_dict, config_to_dict, save_config
 
 try:  # POSIX; elsewhere runs are not locked
     import fcntl
@@ -189,6 +189,11 @@ class RunFolder:
             if not source.is_file():
                 return {}
             saved = config_to_dict(load_config(source))
+        else:
+            # A key added to the config schema after the run started reads as its default, not a change.
+            # A saved config that no longer parses is compared as written.
+            with contextlib.suppress(ValueError, TypeError):
+                saved = config_to_dict(config_from_dict(saved))
         changes = config_changes(saved, config_to_dict(cfg))
         free = (*OPERATIONAL_KEYS, *allow_changes)
         refused = {k: v for k, v in changes.items() if not _covered(k, free)}
