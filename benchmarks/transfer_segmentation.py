@@ -173,27 +173,31 @@ def _group_mean(organs: dict, names: tuple[str, ...]) -> dict:
 
 
 def table(records: list[dict]) -> str:
-    """Mean ± std over seeds: rows = model, columns = Dice per organ group (and mean NSD) per fraction."""
-    fractions = sorted({r["label_fraction"] for r in records})
-    head = ["model"] + [f"{g} {f:g}" for f in fractions for g in (*GROUPS, "NSD")]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in MODELS:
-        cells = [row]
-        for f in fractions:
+    """One table per label fraction: rows = model, columns = Dice / NSD per organ group and over all
+    organs, mean ± std over seeds (n = seeds measured)."""
+    out = []
+    for f in sorted({r["label_fraction"] for r in records}):
+        cases = {r["n_train_cases"] for r in records if r["label_fraction"] == f}
+        out.append(f"**{f:.0%} of the labels** ({'/'.join(map(str, sorted(cases)))} training cases)\n")
+        head = ["model", *GROUPS, "all organs", "n"]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for row in MODELS:
             runs = [r for r in records if r["row"] == row and r["label_fraction"] == f]
-            for g in (*GROUPS, "NSD"):
-                vals = [r["mean"]["nsd"] if g == "NSD" else r["groups"][g]["dice"] for r in runs]
-                cells.append(_fmt(vals))
-        if any(c != "-" for c in cells[1:]):
+            if not runs:
+                continue
+            cells = [row]
+            for g in (*GROUPS, None):
+                pick = (lambda r, m: r["mean"][m]) if g is None else (lambda r, m, g=g: r["groups"][g][m])
+                cells.append(" / ".join(_fmt([pick(r, m) for r in runs]) for m in ("dice", "nsd")))
+            cells.append(str(len(runs)))
             lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        out.append("\n".join(lines) + "\n")
+    return "\n".join(out)
 
 
 def _fmt(vals: list[float]) -> str:
-    if not vals:
-        return "-"
     sd = statistics.pstdev(vals) if len(vals) > 1 else 0.0
-    return f"{statistics.fmean(vals):.3f}±{sd:.3f} (n={len(vals)})"
+    return f"{statistics.fmean(vals):.2f}±{sd:.2f}"
 
 
 def main(argv: list[str] | None = None) -> int:
