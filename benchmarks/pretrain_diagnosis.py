@@ -5,12 +5,28 @@ method with its tiny CPU config (``configs/<method>_synth_tiny.yaml``) for every
 zero-shot diagnosis on the ``valid`` split and prints macro AUROC per abnormality group and the modality
 gap (before / after the knowledge bank) as mean ± std over seeds.
 
-Besides the three methods, ``clip_summary`` is plain CLIP trained on the same summarised reports as
-BrgSA: BrgSA differs from CLIP in two ways (summaries and the knowledge bank), and this row tells them
-apart.
+Besides the methods with their (faithful) defaults, the ablations are rows: ``clip_summary`` is plain
+CLIP trained on the same summarised reports as BrgSA (BrgSA without the bank: it tells summaries and the
+knowledge bank apart); ``brgsa_cosine_read`` reads the bank with our first softmax(cos / 0.05);
+``brgsa_both_score`` scores with our first cos(v_rec, t_rec); ``brgsa_v1`` is our whole first version
+(that read and score, gaussian entries, cross terms, normalised MSE at 0.1, learnt scale);
+``gtgm_reports`` trains GTGM on the paired reports instead of generated text.
 
-    python benchmarks/pretrain_diagnosis.py                     # defaults: ~50 min on 2 CPU cores
+Beside the AUROCs, the table gives what tells whether the bank bridges, measured on the valid cases paired
+with the text each run trained on (summaries, reports or generated text): the modality gap before and
+after the bank, the centroid cosine, the mean paired cosine, the fraction of bank entries both modalities
+pick and the attention entropy (:mod:`medvl3d.eval.alignment`). ``--ceiling`` adds the supervised
+ceiling per group (``benchmarks/supervised_ceiling.py``) on the same data.
+
+The abnormality groups are selectable: ``--groups learnable`` keeps findings that a supervised classifier
+learns at 32^3 (cardiomegaly, pleural effusion, emphysema) at <= 2% of the training cases and holds
+pericardial effusion out of training, where the default groups (pericardial effusion, hiatal hernia,
+consolidation underrepresented) have a supervised ceiling of 0.30-0.59 and cannot show a gain;
+``--underrepresented`` / ``--unseen`` name any CT-RATE labels.
+
+    python benchmarks/pretrain_diagnosis.py                     # defaults: ~50 min per 4 rows on 2 cores
     python benchmarks/pretrain_diagnosis.py --steps 60 --seeds 0   # a quick look
+    python benchmarks/pretrain_diagnosis.py --groups learnable --ceiling --out runs/bench_learnable
     python benchmarks/pretrain_diagnosis.py --evaluate-only --prompts configs/prompts/ct_clip.yaml
 
 Every run folder, each evaluation JSON and ``results.json`` are kept under ``--out``.
@@ -26,20 +42,52 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+# Our first BrgSA, whole: bank read, entries, score and loss (`BRGSA_CROSS_LOSS`).
+_BRGSA_V1 = [
+    "model.overrides.bank_read=cosine_tau",
+    "model.overrides.bank_init=normal",
+    "model.overrides.bank_score=both_recon",
+    "task.params.cross_weight=0.5",
+    "task.params.mse_weight=0.1",
+    "task.params.mse=normalized",
+    "task.params.learn_scale=true",
+]
 # Row name -> (config under configs/, extra overrides).
 METHODS = {
     "clip": ("clip_synth_tiny.yaml", []),
     "clip_summary": ("clip_synth_tiny.yaml", ["data.text_source=summary"]),
     "brgsa": ("brgsa_synth_tiny.yaml", []),
+    "brgsa_cosine_read": ("brgsa_synth_tiny.yaml", ["model.overrides.bank_read=cosine_tau"]),
+    "brgsa_both_score": ("brgsa_synth_tiny.yaml", ["model.overrides.bank_score=both_recon"]),
+    "brgsa_v1": ("brgsa_synth_tiny.yaml", _BRGSA_V1),
     "gtgm": ("gtgm_synth_tiny.yaml", []),
+    "gtgm_reports": ("gtgm_synth_tiny.yaml", ["data.text_source=report"]),
+}
+DEFAULT_METHODS = ["clip", "clip_summary", "brgsa", "gtgm"]
+# --groups presets: (underrepresented, unseen); None = the generator's defaults.
+GROUP_PRESETS: dict[str, tuple[list[str] | None, list[str] | None]] = {
+    "default": (None, None),
+    "learnable": (["Cardiomegaly", "Pleural effusion", "Emphysema"], ["Pericardial effusion"]),
 }
 COLUMNS = (
     ("seen", "AUROC seen"),
     ("underrepresented", "AUROC underrepresented"),
     ("unseen", "AUROC unseen"),
     ("macro", "AUROC all"),
-    ("gap_before", "gap"),
-    ("gap_after", "gap after bank"),
+    ("gap_before", "gap (reports)"),
+    ("gap_after", "gap after bank (reports)"),
+)
+# Alignment on the text each run trained on (medvl3d.eval.alignment).
+ALIGN_COLUMNS = (
+    ("gap", "gap"),
+    ("gap_rec", "gap after bank"),
+    ("centroid_cos", "centroid cos"),
+    ("paired_cos", "paired cos"),
+    ("paired_cos_image_rec", "paired cos (v_rec, t)"),
+    ("bank_shared", "entries shared"),
+    ("bank_overlap", "attention overlap"),
+    ("bank_entropy_image", "entropy image"),
+    ("bank_entropy_text", "entropy text"),
 )
 
 
@@ -56,7 +104,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=400, help="optimiser steps per run")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS))
+    p.add_argument(
+        "--groups",
+        default="default",
+        choices=list(GROUP_PRESETS),
+        help="abnormality groups of the generated data (see the module docstring)",
+    )
+    p.add_argument("--underrepresented", default=None, help="comma-separated labels at <= 2%% in train")
+    p.add_argument("--unseen", default=None, help="comma-separated labels absent from train")
+    p.add_argument("--ceiling", action="store_true", help="add the supervised ceiling per group")
+    p.add_argument("--ceiling-steps", type=int, default=800, help="training steps of the ceiling")
     p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples per evaluation")
     p.add_argument("--workers", type=int, default=2, help="processes for data generation")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="extra config overrides")
@@ -69,12 +127,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def label_groups(args: argparse.Namespace) -> tuple[list[str] | None, list[str] | None]:
+    """(underrepresented, unseen) labels: the preset of ``--groups``, each replaced by its explicit flag."""
+    under, unseen = GROUP_PRESETS[args.groups]
+    if args.underrepresented is not None:
+        under = [n.strip() for n in args.underrepresented.split(",") if n.strip()]
+    if args.unseen is not None:
+        unseen = [n.strip() for n in args.unseen.split(",") if n.strip()]
+    return under, unseen
+
+
 def ensure_data(args: argparse.Namespace, out: Path) -> Path:
-    """Generate SynthCT-VL once (reused when its splits.json exists)."""
+    """Generate SynthCT-VL once (reused when its splits.json exists and has the requested groups)."""
     from medvl3d.data.synth import generate
 
-    data = Path(args.data) if args.data else out / "synthct"
+    under, unseen = label_groups(args)
+    custom = under is not None or unseen is not None
+    data = Path(args.data) if args.data else out / ("synthct" if not custom else f"synthct-{args.groups}")
     if (data / "splits.json").is_file():
+        groups = json.loads((data / "splits.json").read_text(encoding="utf-8"))["abnormalities"]
+        for name, want in (("underrepresented", under), ("unseen", unseen)):
+            if want is not None and sorted(groups.get(name, [])) != sorted(want):
+                raise SystemExit(
+                    f"{data} holds {name} = {groups.get(name)}, not the requested {want}; "
+                    "pass another --data or --out"
+                )
         return data
     # The tiny configs expect volumes on their 32^3 model grid; keep the default field of view.
     s = args.size
@@ -88,9 +165,33 @@ def ensure_data(args: argparse.Namespace, out: Path) -> Path:
         spacing=spacing,
         seed=args.data_seed,
         workers=args.workers,
+        underrepresented=under,
+        unseen_abnormalities=unseen,
     )
     print(f"generated SynthCT-VL in {time.time() - t0:.0f} s -> {data}", file=sys.stderr)
     return data
+
+
+def alignment(run_dir: Path, data: Path) -> dict[str, float]:
+    """`medvl3d.eval.alignment` of a trained run on the valid split, with the text it trained on."""
+    import medvl3d
+    from medvl3d.config import load_config
+    from medvl3d.data.datasets import open_split
+    from medvl3d.eval.alignment import alignment_report, training_texts
+
+    cfg = load_config(run_dir / "config.yaml")
+    predictor = medvl3d.load(run_dir, device="cpu")
+    valid = open_split(data, "valid")
+    samples = [valid[i] for i in range(len(valid))]
+    generate = None
+    if cfg.data.text_source in ("generated", "auto"):
+        from medvl3d.text.generator import build_text_generator
+
+        generate = build_text_generator(cfg.data.generator).generate
+    texts = training_texts(samples, cfg.data.text_source, cfg.data.summariser, generate)
+    keep = [i for i, t in enumerate(texts) if t]
+    emb = predictor.encode_images([predictor.preprocess(samples[i]) for i in keep], 16)
+    return alignment_report(predictor.model, emb, [texts[i] for i in keep])
 
 
 def _suffix(args: argparse.Namespace) -> str:
@@ -142,6 +243,7 @@ def run_one(method: str, seed: int, data: Path, out: Path, args: argparse.Namesp
         **{g: report.groups.get(g, {}).get("auroc") for g in ("seen", "underrepresented", "unseen")},
         "gap_before": report.modality_gap.get("before_bank"),
         "gap_after": report.modality_gap.get("after_bank"),
+        "alignment": alignment(run_dir, data),
         "per_label": {name: m.auroc for name, m in report.per_label.items() if m.auroc is not None},
         "train_s": t_train,
         "total_s": time.time() - t0,
@@ -164,8 +266,9 @@ def _mean_std(values: list[float | None]) -> str:
     return f"{statistics.mean(v):.3f} ± {statistics.stdev(v):.3f}"
 
 
-def table(results: list[dict], methods: list[str], seeds: list[int]) -> str:
-    """One markdown table: rows = methods, columns = group AUROCs and gaps, mean ± std over seeds."""
+def table(results: list[dict], methods: list[str], seeds: list[int], ceiling: dict | None = None) -> str:
+    """Markdown tables, mean ± std over seeds: group AUROCs and report gaps per method (with the supervised
+    ceiling per group when measured), then the alignment on each run's training text."""
     head = "| method | " + " | ".join(title for _, title in COLUMNS) + " |"
     lines = [
         f"Zero-shot diagnosis on SynthCT-VL (valid split), mean ± std over seeds {seeds}",
@@ -176,6 +279,22 @@ def table(results: list[dict], methods: list[str], seeds: list[int]) -> str:
     for m in methods:
         rows = [r for r in results if r["method"] == m]
         lines.append(f"| {m} | " + " | ".join(_mean_std([r[key] for r in rows]) for key, _ in COLUMNS) + " |")
+    if ceiling is not None:
+        cells = [_mean_std([ceiling["groups"].get(key)]) for key in ("seen", "underrepresented", "unseen")]
+        cells += [_mean_std([ceiling["macro"]]), "", ""]
+        lines.append("| supervised ceiling | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Alignment on the valid cases paired with each run's training text",
+        "",
+        "| method | " + " | ".join(title for _, title in ALIGN_COLUMNS) + " |",
+        "|" + "---|" * (len(ALIGN_COLUMNS) + 1),
+    ]
+    for m in methods:
+        rows = [r.get("alignment") or {} for r in results if r["method"] == m]
+        lines.append(
+            f"| {m} | " + " | ".join(_mean_std([r.get(key) for r in rows]) for key, _ in ALIGN_COLUMNS) + " |"
+        )
     return "\n".join(lines)
 
 
@@ -199,9 +318,17 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     data = ensure_data(args, out)
     results = [run_one(m, s, data, out, args) for s in args.seeds for m in args.methods]
-    record = json.dumps({"args": vars(args), "results": results}, indent=2)
+    ceiling = None
+    if args.ceiling:
+        sys.path.insert(0, str(REPO / "benchmarks"))
+        import supervised_ceiling
+
+        ceiling = supervised_ceiling.ceiling(
+            supervised_ceiling.parse_args(["--data", str(data), "--steps", str(args.ceiling_steps)])
+        )
+    record = json.dumps({"args": vars(args), "results": results, "ceiling": ceiling}, indent=2)
     (out / f"results{_suffix(args)}.json").write_text(record, encoding="utf-8")
-    print(table(results, args.methods, args.seeds))
+    print(table(results, args.methods, args.seeds, ceiling))
     print("\nPer-label AUROC, mean over seeds\n")
     print(label_table(results, args.methods))
     print(f"\n(total {time.time() - t0:.0f} s; per-run JSON under {out})")

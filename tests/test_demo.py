@@ -96,7 +96,8 @@ def one_torch_thread():
 @needs_minilm
 def test_run_demo_end_to_end_on_a_small_budget(tmp_path, monkeypatch, capsys, one_torch_thread):
     # The same code path as `make demo` (generate -> read back -> labeller -> BrgSA pretraining with the
-    # packaged config -> zero-shot diagnosis), on 16 + 12 volumes and 2 steps instead of 96 + 48 and 150.
+    # packaged config -> zero-shot diagnosis -> calibration -> organ fine-tuning -> report), on 16 + 12
+    # volumes and 2 + 2 steps instead of 96 + 48 and 150 + 120.
     from medvl3d.models.checkpoint import latest_checkpoint
 
     monkeypatch.chdir(tmp_path)  # nothing may land in the working folder (e.g. a default runs/ output)
@@ -104,10 +105,19 @@ def test_run_demo_end_to_end_on_a_small_budget(tmp_path, monkeypatch, capsys, on
     stale = out / "brgsa" / "checkpoints" / "step-00000009"  # a run left by an earlier demo
     stale.mkdir(parents=True)
     (stale.parent / "last").write_text("step-00000009", encoding="utf-8")
-    assert run_demo(out, n_train=16, n_test=12, steps=2) == 0
+    assert run_demo(out, n_train=16, n_test=12, steps=2, seg_steps=2) == 0
     assert not stale.exists()  # trained from scratch, not resumed from (or refused by) the old run
     printed = capsys.readouterr().out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "brgsa",
+        "diagnosis.json",
+        "organs",
+        "preview",
+        "report.html",
+        "report.json",
+        "synthct",
+    ]
 
     # A complete checkpoint of the last step, written by the training loop.
     ckpt = latest_checkpoint(out / "brgsa" / "checkpoints")
@@ -139,3 +149,16 @@ def test_run_demo_end_to_end_on_a_small_budget(tmp_path, monkeypatch, capsys, on
     macro = re.search(r"^\| \*\*macro\*\* \| \| (\d+) labels \| (\d\.\d{3}) \[", printed, re.MULTILINE)
     assert macro and int(macro.group(1)) == defined and macro.group(2) == f"{report['macro']['auroc']:.3f}"
     assert "demo finished in" in printed
+
+    # Calibrated on the first 11 valid cases; the report shows the 12th with the calibration and the masks.
+    cal = json.loads((ckpt / "config.json").read_text(encoding="utf-8"))["calibration"]
+    assert cal["method"] == "isotonic" and cal["fitted_on"]["n_cases"] == 11
+    assert f"report: {(out / 'report.html').resolve()}" in printed.splitlines()[-1]
+    content = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert content["volume"].endswith("valid_12_a_1.nii.gz")
+    vl, seg = content["runs"]
+    assert vl["family"] == "vl" and set(vl["diagnosis"]["calibration"].values()) <= {"label", "pooled"}
+    assert vl["out_of_distribution"]["checked"] == ["input profile", "embedding"]
+    assert seg["family"] == "seg" and seg["segmentation"]["labels"]["liver"]["id"] == 1
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert "Diagnosis: cpu_resenc_clip" in page and "Segmentation: cpu_resenc_seg" in page

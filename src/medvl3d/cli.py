@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "medvl3d.train.commands",
     "medvl3d.infer.commands",
     "medvl3d.eval.commands",
+    "medvl3d.viz.commands",
 )
 
 

@@ -4,7 +4,11 @@
 2. read one generated volume back through the real loader and describe it (`medvl3d info`);
 3. label the generated reports with the rule report labeller and score it against the ground truth;
 4. pretrain a tiny BrgSA model (knowledge bank, summarised reports) on CPU;
-5. zero-shot diagnosis of the held-out split from text prompts, with per-group AUROC and the modality gap.
+5. zero-shot diagnosis of the held-out split from text prompts, with per-group AUROC and the modality gap;
+6. calibrate its probabilities (isotonic, per label) on the held-out split, all but its last case;
+7. fine-tune an organ segmentation model from the pretrained image encoder;
+8. write the visual report of the last held-out case (``report.html``): calibrated probabilities, the
+   out-of-distribution verdict, organ masks in three views, provenance.
 """
 
 from __future__ import annotations
@@ -38,7 +42,10 @@ def register(subparsers) -> None:
     p.add_argument("--n-train", type=int, default=96, help="generated training volumes")
     p.add_argument("--n-test", type=int, default=48, help="generated held-out volumes")
     p.add_argument("--steps", type=int, default=150, help="pretraining steps")
-    p.set_defaults(func=lambda args: run_demo(args.out, args.n_train, args.n_test, args.steps))
+    p.add_argument("--seg-steps", type=int, default=120, help="organ segmentation fine-tuning steps")
+    p.set_defaults(
+        func=lambda args: run_demo(args.out, args.n_train, args.n_test, args.steps, args.seg_steps)
+    )
 
 
 def _step(title: str) -> None:
@@ -59,13 +66,52 @@ def _label_generated_reports(data: Path, split: str) -> str:
     return format_table({"rule labeller": table})
 
 
-def run_demo(out: str | Path, n_train: int = 96, n_test: int = 48, steps: int = 150) -> int:
+def _calibrate(run: Path, data: Path) -> Path:
+    """Fit isotonic calibration (and the out-of-distribution reference) on every valid case but the last,
+    the one the report shows, and store it in the checkpoint; returns that last case's volume."""
+    from medvl3d.data.datasets import open_split
+    from medvl3d.eval.calibration import store_calibration
+    from medvl3d.eval.diagnosis import evaluate_diagnosis
+    from medvl3d.train.data import SubsetDataset
+
+    valid = open_split(data, "valid")
+    held = SubsetDataset(valid, list(range(len(valid) - 1)))
+    report = evaluate_diagnosis(run, held, split="valid", bootstrap=0, calibrate="isotonic", progress=True)
+    assert report.fitted is not None and report.calibration is not None
+    report.fitted.fitted_on["data"] = str(data.resolve())
+    report.fitted.fitted_on["cases"] = f"the first {len(held)} of {len(valid)} (the last is the report's)"
+    where = store_calibration(run, report.fitted)
+    print(report.calibration.to_markdown())
+    print(f"stored in {where}")
+    return Path(valid[len(valid) - 1]["meta"]["path"])
+
+
+def _report(volume: Path, checkpoints: list[Path], out: Path) -> Path:
+    from medvl3d.viz.report import build_report
+
+    report = build_report(volume, checkpoints, progress=True)
+    verdict = {True: "out of distribution", False: "within the training distribution", None: "not checked"}
+    print(f"{volume.name}: {verdict[report.out_of_distribution]}")
+    top = (
+        sorted(report.runs[0].diagnosis.items(), key=lambda kv: -kv[1])[:3]
+        if report.runs[0].diagnosis
+        else []
+    )
+    print("most likely: " + ", ".join(f"{k} {v:.2f}" for k, v in top))
+    # Without matplotlib (the viz extra) the page keeps its text and tables and says how to get the images.
+    return report.write(out / "report.html", out / "report.json")
+
+
+def run_demo(
+    out: str | Path, n_train: int = 96, n_test: int = 48, steps: int = 150, seg_steps: int = 120
+) -> int:
     """Run the demo into `out`; returns 0. Each step prints what it measured."""
     from medvl3d.data.io import volume_info
     from medvl3d.data.synth import generate, preview
     from medvl3d.eval.diagnosis import evaluate_diagnosis
     from medvl3d.extras import MissingExtra
     from medvl3d.train import train
+    from medvl3d.train.finetune import finetune
 
     out = Path(out)
     data = out / "synthct"
@@ -74,7 +120,14 @@ def run_demo(out: str | Path, n_train: int = 96, n_test: int = 48, steps: int = 
     _step("1. SynthCT-VL: generating volumes, reports, label maps and lesion attributes")
     # 32^3 volumes covering the default 320 x 352 x 352 mm field of view: the tiny model's own grid.
     summary = generate(
-        data, n_train=n_train, n_test=n_test, size=(32, 32, 32), spacing=(10.0, 11.0, 11.0), seed=0, workers=2
+        data,
+        n_train=n_train,
+        n_test=n_test,
+        size=(32, 32, 32),
+        spacing=(10.0, 11.0, 11.0),
+        seed=0,
+        workers=2,
+        progress=True,
     )
     print(f"{summary['n_train']} train + {summary['n_test']} valid volumes -> {data}")
     try:
@@ -97,7 +150,12 @@ def run_demo(out: str | Path, n_train: int = 96, n_test: int = 48, steps: int = 
     print(_label_generated_reports(data, "valid"))
 
     _step(f"4. Pretraining a tiny BrgSA model on CPU ({steps} steps)")
-    overrides = [f"data.root={data}", f"train.steps={steps}", f"train.ckpt_every={steps}"]
+    overrides = [
+        f"data.root={data}",
+        f"train.steps={steps}",
+        f"train.ckpt_every={steps}",
+        "train.progress=true",
+    ]
     # The demo trains from scratch every time: a run folder left by an older medvl3d (another model in the
     # config) would otherwise be resumed and refused as a mismatched checkpoint.
     if (out / "brgsa").exists():  # a failed removal must say so, not surface as a checkpoint mismatch
@@ -107,7 +165,7 @@ def run_demo(out: str | Path, n_train: int = 96, n_test: int = 48, steps: int = 
     print(f"checkpoint: {run}")
 
     _step("5. Zero-shot diagnosis of the held-out split from text prompts")
-    report = evaluate_diagnosis(run, data, split="valid", bootstrap=200, progress=False)
+    report = evaluate_diagnosis(run, data, split="valid", bootstrap=200, progress=True)
     print(report.to_markdown())
     report.to_json(out / "diagnosis.json")
     print(
@@ -116,5 +174,23 @@ def run_demo(out: str | Path, n_train: int = 96, n_test: int = 48, steps: int = 
         "effusion are diagnosed zero-shot (README, 'Zero-shot diagnosis on SynthCT-VL'); the same\n"
         "commands run the GPU configs (configs/*_synth_gpu.yaml)."
     )
+
+    _step("6. Calibrating the probabilities on held-out cases (isotonic, per label)")
+    case = _calibrate(run, data)
+
+    _step(f"7. Fine-tuning an organ segmentation model from the pretrained encoder ({seg_steps} steps)")
+    if (out / "organs").exists():
+        shutil.rmtree(out / "organs")
+    organs = finetune(
+        checkpoint=run,
+        data=data,
+        out=out / "organs",
+        overrides=[f"train.steps={seg_steps}", f"train.ckpt_every={seg_steps}", "train.progress=true"],
+    )
+    print(f"checkpoint: {organs}")
+
+    _step("8. Visual report of a held-out case")
+    page = _report(case, [run, organs], out)
     print(f"\ndemo finished in {time.time() - t_start:.0f} s; outputs under {out}")
+    print(f"report: {page.resolve()}  (open it in a browser)")
     return 0

@@ -74,11 +74,10 @@ def test_report_numbers_groups_and_gap(ckpt, monkeypatch):
     pred = Predictor.from_checkpoint(ckpt, device="cpu")
     ds = _Cases()
     truth = np.array([[ds[i]["labels"][k] for k in LABELS] for i in range(len(ds))])
-    # scores with known AUROCs: perfect for effusion, inverted for emphysema
-    scores = np.stack([truth[:, 0] * 0.5 + 0.25, 1 - truth[:, 1] * 0.6 - 0.1, np.linspace(0, 1, 12)], 1)
-    monkeypatch.setattr(
-        pred, "probabilities", lambda emb, labels: scores[:, [LABELS.index(n) for n in labels]]
-    )
+    # scores with known AUROCs: perfect for effusion, inverted for emphysema (as prompt logits)
+    scores = np.stack([truth[:, 0] * 0.5 + 0.25, 1 - truth[:, 1] * 0.6 - 0.1, np.linspace(0.01, 0.99, 12)], 1)
+    logits = np.log(scores / (1 - scores))
+    monkeypatch.setattr(pred, "logits", lambda emb, labels: logits[:, [LABELS.index(n) for n in labels]])
     groups = {"seen": ["pleural effusion", "Cardiomegaly"], "unseen": ["Emphysema"]}
     rep = evaluate_diagnosis(pred, ds, labels=None, bootstrap=200, groups=groups, progress=False)
     assert rep.labels == list(LABELS) and rep.n_cases == 12

@@ -183,3 +183,18 @@ def test_prompts_override_the_checkpoints(ckpt, volume, tmp_path, capsys):
     assert main([*args, "--prompts", str(yaml_path)]) == 2
     err = capsys.readouterr().err
     assert "prompts.yaml" in err and "placeholder" in err
+
+
+def test_spacing_gives_an_array_its_geometry(ckpt, volume):
+    path, arr, affine = volume  # affine = diag(2, 2, 3)
+    pred = Predictor.from_checkpoint(ckpt, device="cpu")
+    by_affine = pred.set_volume(arr.astype(np.float32), affine=affine).image_embedding.clone()
+    by_spacing = pred.set_volume(arr.astype(np.float32), spacing=(2, 2, 3)).image_embedding
+    torch.testing.assert_close(by_spacing, by_affine)
+    assert pred.volume.spacing == (2.0, 2.0, 3.0) and pred.profile.fov_mm == (60.0, 68.0, 96.0)
+    with pytest.raises(ValueError, match="affine= or spacing=, not both"):
+        pred.set_volume(arr, affine=affine, spacing=(2, 2, 3))
+    with pytest.raises(ValueError, match="carries its own geometry"):
+        pred.set_volume(path, spacing=(1, 1, 1))
+    with pytest.raises(ValueError, match="3 positive mm values"):
+        pred.set_volume(arr, spacing=(1, 0, 1))

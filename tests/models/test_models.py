@@ -219,24 +219,76 @@ def test_vl_model_outputs_and_logit_scale(vit):
 
 def test_score_is_cosine_without_bank_and_bridged_with_bank(vit):
     a, b = torch.randn(3, 32), torch.randn(4, 32)
-    torch.testing.assert_close(vit.score(a, b), F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).t())
+    cos = F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).t()
+    torch.testing.assert_close(vit.score(a, b), cos)
     assert vit.reconstruct(a) is a
+    # The authors' score (default): mean of cos(v, t) and cos(v_rec, t), the text not reconstructed.
     m = create_model("test_vit_clip", bank_size=16)
+    assert m.config.bank_score == "image_recon"
     rec = m.bank.reconstruct
-    expected = 0.5 * (F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).t() + rec(a) @ rec(b).t())
-    torch.testing.assert_close(m.score(a, b), expected)
+    torch.testing.assert_close(m.score(a, b), 0.5 * (cos + rec(a) @ F.normalize(b, dim=-1).t()))
+    # Our first score: both sides reconstructed; "plain": the bank is left out of scoring.
+    m.config.bank_score = "both_recon"
+    torch.testing.assert_close(m.score(a, b), 0.5 * (cos + rec(a) @ rec(b).t()))
+    m.config.bank_score = "plain"
+    torch.testing.assert_close(m.score(a, b), cos)
+    with pytest.raises(ValueError, match="bank_score"):
+        create_model("test_vit_clip", bank_size=16, bank_score="nearest")
+
+
+def test_knowledge_bank_softmax_dot_read_is_soft_and_shared():
+    """The authors' read: softmax of the plain dot product with orthogonally initialised entries."""
+    torch.manual_seed(0)
+    bank = KnowledgeBank(16, 16)  # square: the entries form an orthogonal matrix
+    assert bank.read == "softmax_dot" and bank.init == "orthogonal"
+    e = bank.entries.detach()
+    torch.testing.assert_close(e @ e.t(), torch.eye(16), atol=1e-5, rtol=0)
+    emb = torch.randn(6, 16)
+    w = torch.softmax(F.normalize(emb, dim=-1) @ e.t(), dim=-1)
+    torch.testing.assert_close(bank.attention(emb), w)
+    torch.testing.assert_close(bank.mixture(emb), w @ e)
+    torch.testing.assert_close(bank.reconstruct(emb), F.normalize(w @ e, dim=-1))
+    # Soft at initialisation: logits within +-1, so no entry takes more than e/(e + 15/e) of the mass
+    # and the attention entropy is close to that of the uniform distribution.
+    assert float(w.max()) < math.e / (math.e + 15 / math.e)
+    stats = bank.usage(emb, torch.randn(6, 16))
+    assert float(stats["bank_entropy_image"]) > 0.9 and float(stats["bank_overlap"]) > 0.8
+    # K > dim: orthonormal columns (rows of norm sqrt(dim / K)).
+    wide = KnowledgeBank(32, 8).entries.detach()
+    torch.testing.assert_close(wide.t() @ wide, torch.eye(8), atol=1e-5, rtol=0)
+
+
+def test_knowledge_bank_usage_counts_shared_entries():
+    bank = KnowledgeBank(4, 4, temperature=0.01, read="cosine_tau")
+    with torch.no_grad():
+        bank.entries.copy_(torch.eye(4))
+    img = torch.eye(4)[[0, 0, 1]]  # images pick entries 0 and 1
+    txt = torch.eye(4)[[1, 2, 2]]  # texts pick entries 1 and 2: one of the three used entries is shared
+    stats = bank.usage(img, txt)
+    assert float(stats["bank_shared"]) == pytest.approx(1 / 3)
+    # Near-hard attention: entropy ~0; mean masses (2/3, 1/3, 0, 0) and (0, 1/3, 2/3, 0) overlap by 1/3.
+    assert float(stats["bank_entropy_image"]) < 0.01 and float(stats["bank_entropy_text"]) < 0.01
+    assert float(stats["bank_overlap"]) == pytest.approx(1 / 3, abs=1e-3)
+    same = bank.usage(img, img)
+    assert float(same["bank_shared"]) == 1.0 and float(same["bank_overlap"]) == pytest.approx(1.0)
 
 
 def test_knowledge_bank_reconstruction():
+    """Our first read (`cosine_tau`): softmax(cos / tau) over unit-norm gaussian entries."""
     torch.manual_seed(0)
-    bank = KnowledgeBank(8, 4, temperature=0.5)
+    bank = KnowledgeBank(8, 4, temperature=0.5, read="cosine_tau", init="normal")
+    torch.testing.assert_close(bank.entries.norm(dim=-1), torch.ones(8))
     emb = torch.randn(5, 4)
     w = torch.softmax(F.normalize(emb, dim=-1) @ F.normalize(bank.entries, dim=-1).t() / 0.5, dim=-1)
     torch.testing.assert_close(bank.reconstruct(emb), F.normalize(w @ bank.entries, dim=-1))
     torch.testing.assert_close(bank.attention(emb).sum(-1), torch.ones(5))
     # At a low temperature an embedding equal to an entry is rebuilt as (nearly) that entry.
-    sharp = KnowledgeBank(8, 16, temperature=0.01)
+    sharp = KnowledgeBank(8, 16, temperature=0.01, read="cosine_tau")
     entry = sharp.entries[3:4].detach()
     assert (sharp.reconstruct(entry) @ F.normalize(entry, dim=-1).t()).item() > 0.99
+    with pytest.raises(ValueError, match="read"):
+        KnowledgeBank(8, 4, read="nearest")
+    m = create_model("test_vit_clip", bank_size=8, bank_read="cosine_tau", bank_init="normal")
+    assert m.bank.read == "cosine_tau" and m.bank.init == "normal"
     with pytest.raises(ValueError, match="width"):
         bank.reconstruct(torch.randn(2, 5))

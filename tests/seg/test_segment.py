@@ -98,3 +98,25 @@ def test_segment_refuses_its_input_and_leaves_no_partial_mask(
     out = tmp_path / "mask.nii.gz"
     assert main(["segment", str(ct), "--checkpoint", str(coarse_seg), "-o", str(out)]) == 2
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_segment_targets_and_lesion_prompts(coarse_seg, real_dir):
+    pred = Predictor.from_checkpoint(coarse_seg, device="cpu").set_volume(
+        real_dir / "totalseg" / "example_ct_sm.nii.gz"
+    )
+    full = pred.segment()
+    only_b = pred.segment(targets=["B"])  # names are matched case-insensitively
+    assert only_b.label_names == {0: "background", 2: "b"}
+    np.testing.assert_array_equal(only_b.mask, np.where(full.mask == 2, 2, 0))
+    assert set(only_b.volumes_ml()) == {"b"} and only_b.lesions == []
+    assert json.loads(only_b.to_json())["labels"]["b"]["voxels"] == int((only_b.mask == 2).sum())
+    with pytest.raises(
+        ValueError, match=r"unknown segmentation targets \['c'\]; this checkpoint segments \['a', 'b'\]"
+    ):
+        pred.segment(targets="a, c")
+    for prompt in ({"describe": "a round hypodense lesion"}, {"attributes": {"density": "hypodense"}}):
+        with pytest.raises(
+            ValueError,
+            match=r"needs a lesion-segmentation \('malenia' family\) checkpoint, but this one holds a 'seg'",
+        ):
+            pred.segment(**prompt)

@@ -467,13 +467,27 @@ def test_bad_input_errors(tmp_path):
         AttributeParser(tmp_path / "missing.yaml")
 
 
-def test_unknown_code_in_a_descriptions_csv_is_named(tmp_path):
+def test_a_bad_code_cell_flags_its_row_and_the_rest_is_scored(tmp_path):
     path = tmp_path / "d.csv"
     path.write_text(
-        "case,organ,shape,report\nc1,kidney,7,A round lesion in the left kidney.\n", encoding="utf-8"
+        "case,organ,shape,density,report\n"
+        "c1,kidney,7,1,A round hypodense lesion in the left kidney.\n"
+        "c2,kidney,2,x,An irregular hypodense lesion in the right kidney.\n"
+        "c3,brain,1,1,A round hypodense lesion.\n"
+        "c4,kidney,1,3,A round hyperdense lesion in the right kidney.\n",
+        encoding="utf-8",
     )
-    with pytest.raises(ValueError, match=r"d.csv, row 2: unknown shape code 7 for kidney"):
-        parse_descriptions(path)
+    with pytest.warns(UserWarning, match=r"3 of 4 rows of .*d.csv are flagged"):
+        result = parse_descriptions(path, out=tmp_path / "out.csv")
+    first = "d.csv, row 2: unknown shape code 7 for kidney; codes: {1: 'round-like', 2: 'irregular'}"
+    assert result.flagged[0].endswith(first)
+    assert "row 3: density 'x' is not a code" in result.flagged[1]
+    assert "row 4: unknown organ 'brain'" in result.flagged[2]
+    # Scored: the good cells of rows 1, 2 and 4 (row 3 has no organ, so none of its cells).
+    assert result.accuracy["all"]["shape"] == (1.0, 2)
+    assert result.accuracy["all"]["density"] == (1.0, 2)
+    assert [r["flag"] != "" for r in result.rows] == [True, True, True, False]
+    assert "flag" in (tmp_path / "out.csv").read_text(encoding="utf-8").splitlines()[0].split(",")
     path.write_text("case,organ,report\nc1,kidney,A round lesion in the left kidney.\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"no column 'text'; the columns are: case, organ, report"):
         parse_descriptions(path, text_column="text")

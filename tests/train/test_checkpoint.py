@@ -41,8 +41,10 @@ def test_round_trip_gives_identical_embeddings(tmp_path, model):
         assert torch.equal(loaded.encode_text(texts), model.encode_text(texts))
     import medvl3d
 
-    again, _ = medvl3d.load(folder)
-    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), model.state_dict().values()))
+    again = medvl3d.load(folder, device="cpu")  # a Predictor around the rebuilt model
+    assert again.info["step"] == 5 and again.family == "vl" and not again.model.training
+    state = again.model.state_dict()
+    assert all(torch.equal(a, b) for a, b in zip(state.values(), model.state_dict().values()))
 
 
 def test_mismatched_config_is_an_error_naming_keys(tmp_path, model):

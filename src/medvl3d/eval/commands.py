@@ -27,6 +27,15 @@ def register(subparsers) -> None:
     d.add_argument("--json", action="store_true", help="print JSON instead of markdown")
     d.add_argument("--device", default=None)
     d.add_argument("--prompts", default=None, help=PROMPTS_HELP)
+    d.add_argument(
+        "--calibrate",
+        choices=("isotonic", "platt", "temperature"),
+        default=None,
+        help="fit per-label calibrators and an out-of-distribution reference on these (held-out) cases and "
+        "store them in the checkpoint's config.json (the weights are not touched)",
+    )
+    d.add_argument("--folds", type=int, default=5, help="cross-fitting folds of the calibration numbers")
+    d.add_argument("--html", default=None, help="also write a page of ROC curves and reliability diagrams")
     d.set_defaults(func=_evaluate_diagnosis)
 
     s = sub.add_parser("segmentation", help="Dice, NSD and HD95 per class of a segmentation checkpoint")
@@ -39,7 +48,23 @@ def register(subparsers) -> None:
     s.add_argument("-o", "--out", default=None, help="also write the full results as JSON here")
     s.add_argument("--json", action="store_true", help="print JSON instead of markdown")
     s.add_argument("--device", default=None)
+    s.add_argument("--html", default=None, help="also write a page of Dice box plots per class")
     s.set_defaults(func=_evaluate_segmentation)
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Before any work: output paths that are writable and not an input, and plotting for ``--html``."""
+    from medvl3d.viz.html import check_output_path
+
+    inputs = [args.checkpoint, args.data]
+    for option in ("out", "html"):
+        path = getattr(args, option, None)
+        if path is not None:
+            check_output_path(path, f"--{option}", inputs)
+    if args.html is not None:
+        from medvl3d.extras import require
+
+        require("matplotlib", "viz", "--html")
 
 
 def _evaluate_diagnosis(args: argparse.Namespace) -> int:
@@ -47,6 +72,9 @@ def _evaluate_diagnosis(args: argparse.Namespace) -> int:
     from medvl3d.infer import parse_labels
 
     labels = parse_labels(args.labels) if args.labels is not None else None
+    _check_outputs(args)
+    if args.folds < 2:
+        raise ValueError(f"--folds: need at least 2, got {args.folds}")
     report = evaluate_diagnosis(
         args.checkpoint,
         args.data,
@@ -56,16 +84,28 @@ def _evaluate_diagnosis(args: argparse.Namespace) -> int:
         device=device_option(args.device),
         progress=sys.stderr.isatty(),
         prompts=args.prompts,
+        calibrate=args.calibrate,
+        folds=args.folds,
     )
     if args.out:
         report.to_json(args.out)
+    if args.html:
+        from medvl3d.viz.eval_pages import write_diagnosis_page
+
+        write_diagnosis_page(report, args.html)
     print(report.to_json() if args.json else report.to_markdown())
+    if report.fitted is not None:
+        from medvl3d.eval.calibration import store_calibration
+
+        where = store_calibration(args.checkpoint, report.fitted)
+        print(f"calibration ({args.calibrate}, {report.n_cases} cases) stored in {where}", file=sys.stderr)
     return 0
 
 
 def _evaluate_segmentation(args: argparse.Namespace) -> int:
     from medvl3d.eval.segmentation import evaluate_segmentation
 
+    _check_outputs(args)
     report = evaluate_segmentation(
         args.checkpoint,
         args.data,
@@ -78,5 +118,9 @@ def _evaluate_segmentation(args: argparse.Namespace) -> int:
     )
     if args.out:
         report.to_json(args.out)
+    if args.html:
+        from medvl3d.viz.eval_pages import write_segmentation_page
+
+        write_segmentation_page(report, args.html)
     print(report.to_json() if args.json else report.to_markdown())
     return 0

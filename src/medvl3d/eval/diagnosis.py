@@ -5,6 +5,12 @@ The modality gap (Liang et al., "Mind the Gap", 2022; BrgSA) is the Euclidean di
 centroids of the L2-normalised image embeddings and the L2-normalised text embeddings of the same eval
 cases' reports. It is measured on the raw embeddings ("before the bank") and, for models with a BrgSA
 knowledge bank, on their bank reconstructions ("after the bank").
+
+Calibration (:mod:`medvl3d.eval.calibration`) is measured on the raw zero-shot probabilities, on the
+checkpoint's stored calibration when it has one, and, with ``calibrate=METHOD``, on a fresh cross-fitted
+fit, which the report then carries (``report.fitted``, for
+:func:`~medvl3d.eval.calibration.store_calibration`).
+AUROC, F1, accuracy and precision are always those of the raw scores.
 """
 
 from __future__ import annotations
@@ -21,6 +27,12 @@ import torch
 from torch.utils.data import Dataset
 
 from medvl3d.atomic import atomic_write_text
+from medvl3d.eval.calibration import (
+    CalibrationSummary,
+    cross_fitted_probabilities,
+    fit_calibration,
+    summarise_calibration,
+)
 from medvl3d.eval.metrics import (
     METRICS,
     LabelMetrics,
@@ -29,9 +41,19 @@ from medvl3d.eval.metrics import (
     nanmean_or_none,
     percentile_interval,
 )
+from medvl3d.infer.calibration import Calibration, sigmoid
+from medvl3d.infer.ood import InputProfile, input_profile
 from medvl3d.losses import modality_gap
 
-__all__ = ["DiagnosisReport", "evaluate_diagnosis", "modality_gap", "load_label_groups", "GROUPS"]
+__all__ = [
+    "DiagnosisReport",
+    "ScoredCases",
+    "evaluate_diagnosis",
+    "modality_gap",
+    "load_label_groups",
+    "score_cases",
+    "GROUPS",
+]
 
 GROUPS: tuple[str, ...] = ("seen", "underrepresented", "unseen")
 
@@ -74,6 +96,10 @@ class DiagnosisReport:
     bootstrap: int
     meta: dict[str, Any] = field(default_factory=dict)
     probabilities: list[list[float]] | None = None
+    truth: list[list[int]] | None = None
+    calibration: CalibrationSummary | None = None
+    fitted: Calibration | None = None
+    ood: dict[str, Any] | None = None
 
     def group_of(self, label: str) -> str:
         for g, info in self.groups.items():
@@ -91,6 +117,8 @@ class DiagnosisReport:
             "macro": self.macro,
             "groups": self.groups,
             "modality_gap": self.modality_gap,
+            "calibration": None if self.calibration is None else self.calibration.to_dict(),
+            "out_of_distribution": self.ood,
             "meta": self.meta,
         }
 
@@ -132,6 +160,15 @@ class DiagnosisReport:
             "",
             f"Modality gap (centroid distance): before bank {_fmt(gap.get('before_bank'))}, after {after}",
         ]
+        if self.calibration is not None:
+            lines += ["", self.calibration.to_markdown()]
+        if self.ood is not None:
+            kinds = ", ".join(f"{k} {n}" for k, n in self.ood["by_check"].items() if n) or "none"
+            lines += [
+                "",
+                f"Out of distribution by the checkpoint's stored reference: {self.ood['flagged']} of "
+                f"{self.ood['checked']} cases (failed checks: {kinds})",
+            ]
         return "\n".join(lines)
 
 
@@ -194,6 +231,38 @@ def _model_input(predictor: Any, sample: dict, index: int) -> torch.Tensor:
     return image
 
 
+@dataclass
+class ScoredCases:
+    """Every case of an evaluation set, encoded once and scored.
+
+    Attributes:
+        labels: the evaluated label names.
+        truth: 0/1 ``[N, L]``.
+        logits: prompt logits ``[N, L]`` (raw probabilities are their sigmoid).
+        image_emb: normalised image embeddings ``[N, E]``.
+        reports: each case's report ("" when it has none).
+        profiles: each case's input profile (empty for preprocessed cases, whose raw grid is gone).
+    """
+
+    labels: list[str]
+    truth: np.ndarray
+    logits: np.ndarray
+    image_emb: torch.Tensor
+    reports: list[str]
+    profiles: list[InputProfile]
+
+
+def _raw_profile(sample: dict) -> InputProfile:
+    from medvl3d.data.io import Volume, spacing_from_affine
+
+    meta = sample.get("meta") or {}
+    affine = np.asarray(meta["affine"], dtype=np.float64)
+    array = torch.as_tensor(sample["image"]).numpy()[0]
+    return input_profile(
+        Volume(array, affine, spacing_from_affine(affine), "RAS", meta.get("modality", "CT"))
+    )
+
+
 def score_dataset(
     predictor: Any,
     dataset: Dataset,
@@ -205,7 +274,23 @@ def score_dataset(
     """Encode every case once and score ``labels``; ``preprocessed`` cases are fed to the model as they are.
 
     Returns:
-        ``(labels, truth [N, L], probs [N, L], image_emb [N, E], reports)``.
+        ``(labels, truth [N, L], raw probs [N, L], image_emb [N, E], reports)`` (see :func:`score_cases`).
+    """
+    s = score_cases(predictor, dataset, labels, batch_size, progress, preprocessed)
+    return s.labels, s.truth, sigmoid(s.logits), s.image_emb, s.reports
+
+
+def score_cases(
+    predictor: Any,
+    dataset: Dataset,
+    labels: Sequence[str] | None,
+    batch_size: int = 4,
+    progress: bool = True,
+    preprocessed: bool = False,
+    profiles: bool = False,
+) -> ScoredCases:
+    """Encode every case once and compute the prompt logits of ``labels`` (and, with ``profiles``, each raw
+    case's input profile for an out-of-distribution reference).
 
     Raises:
         ValueError: an empty dataset, a requested label no case is annotated with, or a case lacking one.
@@ -215,13 +300,15 @@ def score_dataset(
     n = len(dataset)
     if n == 0:
         raise ValueError("the evaluation dataset is empty")
-    images, truth_dicts, reports, embs = [], [], [], []
+    images, truth_dicts, reports, embs, found = [], [], [], [], []
     for i in tqdm(range(n), desc="encode", disable=not progress):
         sample = dataset[i]
         meta = sample.get("meta", {}) or {}
         predictor.check_modality(
             str(meta.get("modality", "unknown")), str(meta.get("path", meta.get("case_id")))
         )
+        if profiles and not preprocessed:
+            found.append(_raw_profile(sample))
         images.append(_model_input(predictor, sample, i) if preprocessed else predictor.preprocess(sample))
         truth_dicts.append(dict(sample.get("labels") or {}))
         reports.append(sample.get("report") or "")
@@ -247,8 +334,7 @@ def score_dataset(
             if name not in d:
                 raise ValueError(f"case {i} has no annotation for label {name!r}")
             truth[i, j] = int(d[name])
-    probs = predictor.probabilities(image_emb, names)
-    return names, truth, probs, image_emb, reports
+    return ScoredCases(names, truth, predictor.logits(image_emb, names), image_emb, reports, found)
 
 
 @torch.no_grad()
@@ -283,6 +369,8 @@ def evaluate_diagnosis(
     progress: bool = True,
     prompts: Any = None,
     preprocessed: bool = False,
+    calibrate: str | None = None,
+    folds: int = 5,
 ) -> DiagnosisReport:
     """Zero-shot diagnosis of a checkpoint on one split of a labelled dataset.
 
@@ -299,6 +387,13 @@ def evaluate_diagnosis(
         progress: show a progress bar.
         prompts: a ``PromptSet`` or prompt YAML to score with instead of the checkpoint's prompts.
         preprocessed: the cases of ``data`` are preprocessed for the model already (e.g. a training cache).
+        calibrate: fit calibrators of this method ("temperature", "platt", "isotonic") and an
+            out-of-distribution reference on these cases: ``report.fitted``, to store with
+            :func:`~medvl3d.eval.calibration.store_calibration`; the "after" numbers are cross-fitted.
+        folds: folds of the cross-fitting.
+
+    Raises:
+        ValueError: besides bad data, ``calibrate`` on the checkpoint's own training split.
     """
     from medvl3d.infer.predictor import Predictor
 
@@ -314,11 +409,14 @@ def evaluate_diagnosis(
         dataset, root = open_split(data, split), data
     else:  # a Dataset or any sequence of raw samples
         dataset, root = data, None
+    if calibrate is not None and root is not None:
+        _check_held_out(predictor.info, root, split)
     if groups is None:
         groups = load_label_groups(root) if root is not None else {}
-    names, truth, probs, image_emb, reports = score_dataset(
-        predictor, dataset, labels, batch_size, progress, preprocessed
-    )
+    profiles = calibrate is not None or predictor.reference is not None
+    scored = score_cases(predictor, dataset, labels, batch_size, progress, preprocessed, profiles)
+    names, truth, image_emb, reports = scored.labels, scored.truth, scored.image_emb, scored.reports
+    probs = sigmoid(scored.logits)
 
     per_label = {name: binary_metrics(truth[:, j], probs[:, j]) for j, name in enumerate(names)}
     boot: dict[str, np.ndarray] = {}
@@ -351,4 +449,73 @@ def evaluate_diagnosis(
         bootstrap=bootstrap,
         meta=meta,
         probabilities=probs.tolist(),
+        truth=truth.tolist(),
+        **_calibration(predictor, scored, calibrate, folds, seed, meta),
+        ood=_ood_counts(predictor, scored),
     )
+
+
+def _ood_counts(predictor: Any, scored: ScoredCases) -> dict[str, Any] | None:
+    """How many cases the checkpoint's stored reference flags, and by which check (None without one)."""
+    if predictor.reference is None:
+        return None
+    emb = scored.image_emb.cpu().numpy()
+    profiles = scored.profiles or [None] * len(emb)
+    verdicts = [predictor.reference.check(p, e) for p, e in zip(profiles, emb)]
+    by_check = {"field of view": 0, "voxel spacing": 0, "intensity": 0, "modality": 0, "embedding": 0}
+    for v in verdicts:
+        for reason in v.reasons:
+            key = next(
+                (k for k in by_check if reason.startswith(("image " if k == "embedding" else k))), "intensity"
+            )
+            by_check[key] += 1
+    return {
+        "checked": len(verdicts),
+        "flagged": sum(v.out_of_distribution for v in verdicts),
+        "by_check": by_check,
+    }
+
+
+def _check_held_out(info: dict, root: str | os.PathLike, split: str) -> None:
+    """A ValueError when ``root``/``split`` is the data the checkpoint was trained on: calibrating on the
+    training cases would fit the model's overconfidence on them, not its behaviour on new cases."""
+    data = ((info.get("train") or {}).get("data")) or {}
+    trained_root, trained_split = data.get("root"), data.get("train_split", "train")
+    if trained_root and split == trained_split and Path(trained_root).resolve() == Path(root).resolve():
+        raise ValueError(
+            f"{root}: split {split!r} is the data {info.get('path', 'the checkpoint')} was trained on; "
+            "calibrate on held-out cases (e.g. --split valid)"
+        )
+
+
+def _resolved(meta: dict) -> str | None:
+    return None if meta["data"] is None else str(Path(meta["data"]).resolve())
+
+
+def _calibration(
+    predictor: Any, scored: ScoredCases, method: str | None, folds: int, seed: int, meta: dict
+) -> dict[str, Any]:
+    """The report's ``calibration`` summary and, when ``method`` is given, the ``fitted`` calibration."""
+    kinds = {"raw": sigmoid(scored.logits)}
+    stored_in_sample = False
+    if predictor.calibration is not None:
+        kinds["stored"], _ = predictor.calibrate(scored.logits, scored.labels)
+        fitted_on = predictor.calibration.fitted_on
+        stored_in_sample = (fitted_on.get("data"), fitted_on.get("split")) == (_resolved(meta), meta["split"])
+    fitted = None
+    if method is not None:
+        kinds["cross_fitted"] = cross_fitted_probabilities(scored.logits, scored.truth, method, folds, seed)
+        fitted = fit_calibration(
+            scored.logits,
+            scored.truth,
+            scored.labels,
+            method,
+            prompts=meta["prompts"],
+            fitted_on={"data": _resolved(meta), "split": meta["split"]},
+            profiles=scored.profiles,
+            embeddings=scored.image_emb.cpu().numpy(),
+        )
+    summary = summarise_calibration(
+        scored.truth, kinds, scored.labels, method=method, stored_in_sample=stored_in_sample
+    )
+    return {"calibration": summary, "fitted": fitted}

@@ -49,6 +49,11 @@ def register(subparsers) -> None:
     p.add_argument("--checkpoint", required=True, help="checkpoint folder (or a run folder)")
     p.add_argument("-o", "--out", required=True, help="output mask (.nii.gz, .nii, .nrrd or .mha)")
     p.add_argument("--json-out", default=None, help="volumes JSON (default: the mask's name with .json)")
+    p.add_argument(
+        "--targets",
+        default=None,
+        help='comma-separated labels to keep, e.g. "pulmonary artery, pulmonary vein" (default: all)',
+    )
     p.add_argument("--overlap", type=float, default=None, help="sliding-window overlap")
     p.add_argument(
         "--flip-axes",
@@ -68,15 +73,17 @@ def _diagnose(args: argparse.Namespace) -> int:
     device = device_option(args.device)
     predictor = Predictor.from_checkpoint(args.checkpoint, device=device, prompts=args.prompts)
     predictor.require("embeddings", "medvl3d diagnose")
-    probs = predictor.set_volume(args.volume).diagnose(labels)
+    # An out-of-distribution volume is reported by a warning line (OutOfDistributionWarning) and in the
+    # result: in JSON under "out_of_distribution", in the table as a closing note.
+    result = predictor.set_volume(args.volume).diagnose(labels)
     if args.json:
-        # allow_nan=False: NaN is not JSON (the Predictor refuses non-finite outputs before this).
-        print(json.dumps({"volume": args.volume, "probabilities": probs}, indent=2, allow_nan=False))
+        print(json.dumps({**result.to_dict(), "volume": args.volume}, indent=2, allow_nan=False))
     else:
-        width = max(len("label"), *(len(k) for k in probs))
-        print(f"{'label':<{width}}  probability")
-        for name, p in probs.items():
-            print(f"{name:<{width}}  {p:.3f}")
+        print(result.to_table())
+        for note in result.notes:
+            print(f"note: {note}")
+        if result.out_of_distribution:
+            print("note: OUT OF DISTRIBUTION (see the warning): these numbers may be confidently wrong")
     return 0
 
 
@@ -100,7 +107,7 @@ def _segment(args: argparse.Namespace) -> int:
     window = {k: v for k, v in (("overlap", args.overlap), ("flip_axes", args.flip_axes)) if v is not None}
     predictor = Predictor.from_checkpoint(args.checkpoint, device=device, window=window)
     predictor.require("logits", "medvl3d segment")
-    result = predictor.set_volume(args.volume, progress=args.progress).segment()
+    result = predictor.set_volume(args.volume, progress=args.progress).segment(targets=args.targets)
     json_path = Path(args.json_out) if args.json_out else json_beside(args.out)
     result.save(args.out, json_path)
     volumes = result.volumes_ml()

@@ -9,7 +9,26 @@ family for a question is a one-line error naming it.
 P(X) for an abnormality X is the two-way softmax over the similarity of the volume to a positive and a
 negative prompt ensemble (BrgSA, CT-CLIP): each ensemble is the re-normalised mean of its templates'
 text embeddings, similarities come from ``model.score`` (cosine; with a knowledge bank, also through the
-bank) and are multiplied by the model's logit scale.
+bank) and are multiplied by the model's logit scale. A checkpoint calibrated by ``medvl3d evaluate
+diagnosis --calibrate`` maps that score through each label's calibrator
+(:mod:`medvl3d.infer.calibration`) and judges whether the volume is out of the training distribution
+(:mod:`medvl3d.infer.ood`); older checkpoints score exactly as before.
+
+The examples below run as tests (``tests/infer/test_docstrings.py``) with ``vl_checkpoint`` and
+``seg_checkpoint`` tiny checkpoints and ``ct_path`` a real CT:
+
+>>> import medvl3d
+>>> predictor = medvl3d.load(vl_checkpoint).set_volume(ct_path)      # read, preprocess, encode: once
+>>> result = predictor.diagnose(["pleural effusion", "emphysema"])   # cheap: text prompts only
+>>> sorted(result)
+['emphysema', 'pleural effusion']
+>>> 0.0 < result["emphysema"] < 1.0
+True
+>>> sorted(result.to_dict())[:3]
+['calibration', 'checkpoint', 'max_supported']
+>>> organs = medvl3d.load(seg_checkpoint).set_volume(ct_path).segment()
+>>> organs.mask.shape == predictor.volume.shape                        # the input's own grid
+True
 """
 
 from __future__ import annotations
@@ -27,6 +46,9 @@ from torch import nn
 
 from medvl3d.data.io import Volume
 from medvl3d.device import resolve_device
+from medvl3d.infer.calibration import Calibration, sigmoid
+from medvl3d.infer.diagnosis import Diagnosis
+from medvl3d.infer.ood import DistributionReference, InputProfile, OODResult, input_profile
 from medvl3d.infer.segmentation import SegmentationResult, to_input_grid
 from medvl3d.infer.sliding_window import SlidingWindowConfig, sliding_window_probabilities
 from medvl3d.models.checkpoint import load_model
@@ -34,7 +56,11 @@ from medvl3d.models.registry import get_family
 from medvl3d.text.prompts import PromptSet
 from medvl3d.typed import build_dataclass
 
-__all__ = ["Predictor", "parse_labels"]
+__all__ = ["OutOfDistributionWarning", "Predictor", "parse_labels"]
+
+
+class OutOfDistributionWarning(UserWarning):
+    """A volume unlike the data the checkpoint was calibrated on: its answers may be confidently wrong."""
 
 
 def parse_labels(labels: str | Sequence[str]) -> list[str]:
@@ -50,6 +76,11 @@ def parse_labels(labels: str | Sequence[str]) -> list[str]:
     if not out:
         raise ValueError("no abnormality labels given (expected e.g. 'pleural effusion, emphysema')")
     return out
+
+
+def _name_key(name: str) -> str:
+    """A label name as `--targets` matches it: "Pulmonary artery" == "pulmonary_artery"."""
+    return " ".join(name.replace("_", " ").lower().split())
 
 
 def _prompt_templates(cfg: dict) -> PromptSet:
@@ -98,15 +129,40 @@ class Predictor:
         self._prompt_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._image_emb: torch.Tensor | None = None
         self._probs: torch.Tensor | None = None
+        self._lesion_segmenter: Any = None
         self._prep_meta: dict | None = None
         self.volume: Volume | None = None
         self.volume_path: str | None = None
+        self.profile: InputProfile | None = None
+        self.ood: OODResult | None = None
+        self.calibration, self.reference, self.calibration_note = self._read_calibration(info)
+
+    def _read_calibration(self, info: dict) -> tuple[Calibration | None, DistributionReference | None, str]:
+        """The stored calibration and reference; a calibration fitted with other prompts is not used."""
+        entry = info.get("calibration")
+        if not entry:
+            if self.outputs != "embeddings":
+                return None, None, ""
+            return None, None, "uncalibrated: fit with `medvl3d evaluate diagnosis --calibrate`"
+        where = f"{info.get('path', 'checkpoint')}: calibration"
+        calibration = Calibration.from_dict(entry, where)
+        reference = None
+        if calibration.reference:
+            reference = DistributionReference.from_dict(calibration.reference, f"{where}.reference")
+        if calibration.prompts and calibration.prompts != self.prompts.to_dict():
+            return None, reference, "uncalibrated: the checkpoint was calibrated with other prompts"
+        return calibration, reference, ""
 
     def require(self, outputs: str, what: str) -> None:
-        """A ValueError naming the checkpoint unless its family gives `outputs` ("embeddings" or "logits")."""
+        """A ValueError naming the checkpoint unless its family gives `outputs` ("embeddings", "logits" or
+        "lesions": masks with attributes, from a lesion model such as Malenia)."""
         if self.outputs != outputs:
             where = self.info.get("path", "this checkpoint")
-            kind = "vision-language" if outputs == "embeddings" else "segmentation"
+            kind = {
+                "embeddings": "vision-language",
+                "logits": "segmentation",
+                "lesions": "lesion-segmentation ('malenia' family)",
+            }[outputs]
             raise ValueError(
                 f"{where}: {what} needs a {kind} checkpoint, but this one holds a {self.family!r} model "
                 f"({(self.info.get('model') or {}).get('name')})"
@@ -180,6 +236,7 @@ class Predictor:
         volume: Any,
         *,
         affine: np.ndarray | None = None,
+        spacing: Sequence[float] | None = None,
         modality: str | None = None,
         progress: bool = False,
     ) -> Predictor:
@@ -190,15 +247,33 @@ class Predictor:
             volume: a path (NIfTI/NRRD/MHA file or DICOM folder), a ``medvl3d.data.io.Volume``, or a 3D
                 array / ``[1, X, Y, Z]`` tensor in RAS order and raw intensities (HU for CT).
             affine: voxel -> RAS mm map for an array input (default: identity, 1 mm voxels).
+            spacing: voxel size in mm of an array input, instead of ``affine`` (axes along R, A, S).
             modality: modality of an array input (default: the checkpoint's).
             progress: show the sliding window's progress bar.
 
         Raises:
-            FileNotFoundError / ValueError: from ``read_volume`` for a missing or non-3D file.
+            FileNotFoundError / ValueError: from ``read_volume`` for a missing or non-3D file; ``affine`` or
+                ``spacing`` given with a file, or both at once.
+
+        Warns:
+            OutOfDistributionWarning: the checkpoint holds a reference of its training data and the volume
+                is unlike it (also in :attr:`ood` and in every :class:`Diagnosis`).
         """
         from medvl3d.data.io import read_volume, spacing_from_affine
         from medvl3d.data.preprocess import preprocess_sample
 
+        if affine is not None and spacing is not None:
+            raise ValueError("set_volume: give the geometry of an array as affine= or spacing=, not both")
+        if isinstance(volume, (str, os.PathLike, Volume)) and (affine is not None or spacing is not None):
+            raise ValueError(
+                f"set_volume: {volume}: a file or Volume carries its own geometry; affine= and "
+                "spacing= are for arrays"
+            )
+        if spacing is not None:
+            spacing = [float(s) for s in spacing]
+            if len(spacing) != 3 or min(spacing) <= 0:
+                raise ValueError(f"set_volume: spacing must be 3 positive mm values, got {spacing}")
+            affine = np.diag([*spacing, 1.0])
         if isinstance(volume, (str, os.PathLike)):
             volume = read_volume(Path(volume))
         if not isinstance(volume, Volume):
@@ -225,14 +300,27 @@ class Predictor:
         if self.outputs == "embeddings":
             self._image_emb = self.encode_images([prepared["image"]])
             self.require_finite(self._image_emb, f"image embeddings for {source}")
-        else:
+        elif self.outputs == "logits":
             self._probs = sliding_window_probabilities(
                 self.model, prepared["image"], self.window, self.device, progress=progress
             )
             self.require_finite(self._probs, f"class probabilities for {source}")
+        # "lesions": a lesion model's sliding window depends on the query, so segment() runs it
         self._prep_meta = prepared["meta"]
         self.volume, self.volume_path = volume, source
+        self.profile = input_profile(volume)
+        self.ood = self._judge(source)
         return self
+
+    def _judge(self, source: str) -> OODResult | None:
+        """The out-of-distribution verdict on the current volume (None without a stored reference)."""
+        if self.reference is None:
+            return None
+        emb = None if self._image_emb is None else self._image_emb[0].cpu().numpy()
+        verdict = self.reference.check(self.profile, emb)
+        if verdict.out_of_distribution:
+            warnings.warn(OutOfDistributionWarning(verdict.message(source)), stacklevel=3)
+        return verdict
 
     @property
     def image_embedding(self) -> torch.Tensor:
@@ -251,16 +339,85 @@ class Predictor:
             raise ValueError("no volume set: call set_volume(...) first")
         return self._probs
 
-    def segment(self) -> SegmentationResult:
+    def segment(
+        self,
+        *,
+        targets: str | Sequence[str] | None = None,
+        describe: str | None = None,
+        attributes: dict[str, str] | None = None,
+    ) -> SegmentationResult:
         """The label map of the current volume on its own (RAS) grid, with the checkpoint's label names.
 
+        Args:
+            targets: keep only these of the checkpoint's labels (names; case and underscores do not
+                matter: "pulmonary artery" is the label "pulmonary_artery"); others become background.
+            describe: a free-text lesion description (zero-shot lesion segmentation).
+            attributes: lesion attribute values, e.g. ``{"organ": "liver", "density": "hypodense"}``.
+
+        Organ models (per-voxel class logits) answer ``targets``; lesion models (the ``malenia`` family)
+        answer ``describe`` or ``attributes`` (with neither: every lesion they find), and their result's
+        :attr:`~medvl3d.infer.segmentation.SegmentationResult.lesions` carry attributes and volumes.
+
         Raises:
-            ValueError: a vision-language checkpoint, or no volume set.
+            ValueError: a vision-language checkpoint, no volume set, an unknown target, ``describe`` /
+                ``attributes`` with a checkpoint that cannot segment lesions from text (organ models), or
+                ``targets`` with a lesion model.
         """
+        if self.outputs == "lesions":
+            return self._segment_lesions(describe, attributes, targets)
+        if describe is not None or attributes is not None:
+            self.require("lesions", "segment(describe=... / attributes=...)")  # names the family needed
         probs = self.probabilities_map
         assert self._prep_meta is not None and self.volume is not None
         names = self.label_names or {i: f"class_{i}" for i in range(probs.shape[0])}
-        return SegmentationResult(to_input_grid(probs, self._prep_meta), names, self.volume)
+        mask = to_input_grid(probs, self._prep_meta)
+        if targets is not None:
+            keep = self._target_ids(targets, names)
+            mask = np.where(np.isin(mask, keep), mask, 0).astype(mask.dtype)
+            names = {i: n for i, n in names.items() if i == 0 or i in keep}
+        return SegmentationResult(mask, names, self.volume)
+
+    def _segment_lesions(
+        self, describe: str | None, attributes: dict[str, str] | str | None, targets: Any
+    ) -> SegmentationResult:
+        """Zero-shot lesion segmentation of the current volume through the lesion family's segmenter."""
+        from medvl3d.infer.lesions import (
+            LesionQuery,
+            LesionSegmenter,
+            parse_attribute_query,
+            query_from_description,
+        )
+
+        where = self.info.get("path", "this checkpoint")
+        if targets is not None:
+            raise ValueError(
+                f"{where}: targets= picks labels of organ models; a lesion model takes describe= or "
+                "attributes="
+            )
+        if describe is not None and attributes is not None:
+            raise ValueError("segment: give describe= or attributes=, not both")
+        if self.volume is None:
+            raise ValueError("no volume set: call set_volume(...) first")
+        query = None
+        if attributes is not None:
+            query = parse_attribute_query(attributes)
+        elif describe is not None:
+            by_name = getattr(getattr(self.model, "config", None), "query", None) == "name"
+            query = LesionQuery(name=describe, text=describe) if by_name else query_from_description(describe)
+        if self._lesion_segmenter is None:
+            self._lesion_segmenter = LesionSegmenter(self.model, self.info, self.device)
+        return self._lesion_segmenter.segment(self.volume, query)
+
+    def _target_ids(self, targets: str | Sequence[str], names: dict[int, str]) -> list[int]:
+        wanted = parse_labels(targets)
+        by_name = {_name_key(n): i for i, n in names.items() if i != 0}
+        unknown = [t for t in wanted if _name_key(t) not in by_name]
+        if unknown:
+            raise ValueError(
+                f"{self.info.get('path', 'checkpoint')}: unknown segmentation targets {unknown}; this "
+                f"checkpoint segments {sorted(n for i, n in names.items() if i != 0)}"
+            )
+        return [by_name[_name_key(t)] for t in wanted]
 
     # -- text side --------------------------------------------------------------------------------
     @torch.no_grad()
@@ -280,8 +437,8 @@ class Predictor:
         return self._prompt_cache[label]
 
     @torch.no_grad()
-    def probabilities(self, image_emb: torch.Tensor, labels: Sequence[str]) -> np.ndarray:
-        """P(label present) ``[N, L]`` for ``N`` image embeddings: softmax over (positive, negative)."""
+    def logits(self, image_emb: torch.Tensor, labels: Sequence[str]) -> np.ndarray:
+        """Prompt logits ``[N, L]``: scale x (similarity to the positive - to the negative ensemble)."""
         labels = parse_labels(labels)
         scale = self.model.scale() if hasattr(self.model, "scale") else self.model.logit_scale.exp()
         out = np.empty((image_emb.shape[0], len(labels)))
@@ -289,17 +446,51 @@ class Predictor:
         for j, label in enumerate(labels):
             pos, neg = self.prompt_embeddings(label)
             sims = self.model.score(img, torch.stack([pos, neg])).float()  # [N, 2]
-            out[:, j] = torch.softmax(float(scale) * sims, dim=-1)[:, 0].cpu().numpy()
+            out[:, j] = (float(scale) * (sims[:, 0] - sims[:, 1])).cpu().numpy()
+        self.require_finite(out, "probabilities (prompt logits)")
+        return out
+
+    def probabilities(self, image_emb: torch.Tensor, labels: Sequence[str]) -> np.ndarray:
+        """Uncalibrated P(label present) ``[N, L]``: the softmax over (positive, negative) prompt logits."""
+        out = sigmoid(self.logits(image_emb, labels))
         self.require_finite(out, "probabilities")
         return out
 
-    def diagnose(self, labels: str | Sequence[str]) -> dict[str, float]:
-        """Probability of each abnormality in the current volume, e.g. ``{"pleural effusion": 0.81}``.
+    def calibrate(self, logits: np.ndarray, labels: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+        """Calibrated probabilities ``[N, L]`` of prompt logits, and per label how ("label", "pooled" or
+        "none": no stored calibration applies, so the raw score)."""
+        labels = parse_labels(labels)
+        out, how = sigmoid(logits), []
+        for j, label in enumerate(labels):
+            cal, kind = self.calibration.find(label) if self.calibration is not None else (None, "none")
+            if cal is not None:
+                out[:, j] = cal(logits[:, j])
+            how.append(kind)
+        return out, how
+
+    def diagnose(self, labels: str | Sequence[str]) -> Diagnosis:
+        """Probability of each abnormality in the current volume: ``result["pleural effusion"]`` is the
+        calibrated probability when the checkpoint carries a calibration (else the raw score); the
+        :class:`~medvl3d.infer.diagnosis.Diagnosis` also holds the raw scores and the
+        out-of-distribution verdict.
 
         Raises:
             ValueError: an empty label list, or no volume set.
         """
         self.require("embeddings", "zero-shot diagnosis")
         labels = parse_labels(labels)
-        probs = self.probabilities(self.image_embedding, labels)[0]
-        return {label: float(p) for label, p in zip(labels, probs)}
+        logits = self.logits(self.image_embedding, labels)
+        calibrated, how = self.calibrate(logits, labels)
+        raw = sigmoid(logits)[0]
+        cals = [self.calibration.find(x)[0] if self.calibration is not None else None for x in labels]
+        notes = [self.calibration_note] if self.calibration_note else []
+        return Diagnosis(
+            probabilities={x: float(p) for x, p in zip(labels, calibrated[0])},
+            raw={x: float(p) for x, p in zip(labels, raw)},
+            calibration=dict(zip(labels, how)),
+            max_supported={x: None if c is None else c.max_probability for x, c in zip(labels, cals)},
+            ood=self.ood,
+            volume=self.volume_path,
+            checkpoint=self.info.get("path"),
+            notes=notes,
+        )

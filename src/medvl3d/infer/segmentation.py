@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,7 @@ import torch
 from medvl3d.atomic import atomic_write_text
 from medvl3d.data.io import Volume, write_like
 
-__all__ = ["SegmentationResult", "to_input_grid"]
+__all__ = ["Lesion", "SegmentationResult", "to_input_grid"]
 
 
 def to_input_grid(probs: torch.Tensor, meta: dict) -> np.ndarray:
@@ -39,6 +39,37 @@ def to_input_grid(probs: torch.Tensor, meta: dict) -> np.ndarray:
 
 
 @dataclass
+class Lesion:
+    """One lesion found by a lesion-segmentation model: its id in the result's mask, what it is, its size.
+
+    Organ models find none; a lesion model (Malenia: masks whose tokens carry attribute predictions)
+    fills :attr:`SegmentationResult.lesions`, and the visual report lists them.
+
+    Attributes:
+        id: its value in :attr:`SegmentationResult.mask`.
+        name: the lesion type (or the description it was segmented from).
+        volume_ml: its volume in mL.
+        attributes: predicted attribute -> value (``medvl3d.schema`` names: shape, density, margin, ...).
+        score: the model's confidence in it, or None.
+    """
+
+    id: int
+    name: str
+    volume_ml: float
+    attributes: dict[str, str] = field(default_factory=dict)
+    score: float | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "volume_ml": self.volume_ml,
+            "attributes": dict(self.attributes),
+            "score": self.score,
+        }
+
+
+@dataclass
 class SegmentationResult:
     """A label map on the input volume's RAS grid and what it means.
 
@@ -46,11 +77,13 @@ class SegmentationResult:
         mask: integer label map, same shape as `volume.array`.
         label_names: label id -> name (background 0 included when the checkpoint names it).
         volume: the input (its geometry is what `save` writes the mask in).
+        lesions: lesions with attributes, from lesion models (empty for organ models).
     """
 
     mask: np.ndarray
     label_names: dict[int, str]
     volume: Volume
+    lesions: list[Lesion] = field(default_factory=list)
 
     @property
     def voxel_ml(self) -> float:
@@ -79,7 +112,12 @@ class SegmentationResult:
                 for i, name in sorted(self.label_names.items())
                 if i != 0
             },
+            "lesions": [lesion.to_dict() for lesion in self.lesions],
         }
+
+    def to_json(self) -> str:
+        """:meth:`to_dict` as strict JSON (the mask itself is written by :meth:`save`)."""
+        return json.dumps(self.to_dict(), indent=2, allow_nan=False)
 
     def save(self, path: str | os.PathLike, json_path: str | os.PathLike | None = None) -> Path:
         """Write the mask in the input file's own geometry (atomically), and optionally the volumes JSON.

@@ -2,6 +2,7 @@
 
 from medvl3d.losses.barlow import barlow_twins_loss
 from medvl3d.losses.infonce import (
+    alignment_stats,
     centroid_gap,
     clip_loss,
     gather_with_grad,
@@ -12,6 +13,7 @@ from medvl3d.losses.infonce import (
 from medvl3d.losses.siglip import siglip_loss
 
 __all__ = [
+    "alignment_stats",
     "barlow_twins_loss",
     "centroid_gap",
     "clip_loss",

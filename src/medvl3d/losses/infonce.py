@@ -121,6 +121,23 @@ def centroid_gap(image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tenso
         return (ci - ct).norm()
 
 
+def alignment_stats(image_emb: torch.Tensor, text_emb: torch.Tensor) -> dict[str, torch.Tensor]:
+    """How far apart the two modalities are, as 0-dim tensors without gradient.
+
+    ``gap``: the centroid distance (:func:`centroid_gap`); ``centroid_cos``: the cosine between the two
+    centroids (1 when the clouds point the same way, whatever their spread); ``paired_cos``: the mean
+    cosine of each image with its own text (rows are pairs; only when both hold the same number of rows).
+    """
+    out = {"gap": centroid_gap(image_emb, text_emb)}
+    with torch.no_grad():
+        img = F.normalize(image_emb.float(), dim=-1)
+        txt = F.normalize(text_emb.float(), dim=-1)
+        out["centroid_cos"] = F.cosine_similarity(img.mean(0), txt.mean(0), dim=0)
+        if img.shape == txt.shape:
+            out["paired_cos"] = (img * txt).sum(-1).mean()
+    return out
+
+
 def modality_gap(image_emb: torch.Tensor, text_emb: torch.Tensor) -> float:
     """Euclidean distance between the centroids of the L2-normalised image and text embeddings
     (Liang et al. 2022, "Mind the Gap"); 0 when the two clouds share a centre, at most 2."""

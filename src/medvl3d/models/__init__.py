@@ -1,5 +1,6 @@
 """medvl3d.models: model families (vision-language, segmentation), their configs and the registry."""
 
+from medvl3d.models import avfusion as _avfusion  # noqa: F401  (registers the avfusion family)
 from medvl3d.models.clip import TextTower, VLModel, build_image_encoder
 from medvl3d.models.config import (
     MonaiSegConfig,
@@ -25,12 +26,15 @@ from medvl3d.models.registry import (
     register_family,
     register_model,
 )
+from medvl3d.models.malenia import MaleniaConfig, MaleniaModel  # registers the "malenia" family
 from medvl3d.models.resenc3d import ResidualEncoder3D
 from medvl3d.models.vit3d import VisionTransformer3D
 
 __all__ = [
     "Family",
     "KnowledgeBank",
+    "MaleniaConfig",
+    "MaleniaModel",
     "MonaiSegConfig",
     "ResEncConfig",
     "ResidualEncoder3D",

@@ -58,6 +58,7 @@ __all__ = [
     "check_finite_weights",
     "check_family",
     "unwrap_model",
+    "migrate_bank_options",
 ]
 
 FORMAT_VERSION = 2
@@ -208,6 +209,24 @@ def read_info(path: str | os.PathLike) -> dict:
         raise ValueError(
             f"{folder / CONFIG_NAME}: unsupported format_version {version!r} (expected 1 or {FORMAT_VERSION})"
         )
+    return migrate_bank_options(info)
+
+
+def migrate_bank_options(info: dict) -> dict:
+    """A vision-language model section without the bank options (written before they existed) gets the
+    values its model was built and scored with (``LEGACY_BANK_OPTIONS``); fields it records are kept.
+    Returns a copy when anything is filled in."""
+    from medvl3d.models.config import LEGACY_BANK_OPTIONS
+
+    model = info.get("model") or {}
+    config = model.get("config")
+    if model.get("family", "vl") != "vl" or not isinstance(config, dict):
+        return info
+    missing = {k: v for k, v in LEGACY_BANK_OPTIONS.items() if k not in config}
+    if not missing:
+        return info
+    info = json.loads(json.dumps(info))  # a deep copy
+    info["model"]["config"].update(missing)
     return info
 
 

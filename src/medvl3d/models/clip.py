@@ -67,7 +67,13 @@ class VLModel(nn.Module):
             else None
         )
         self.bank = (
-            KnowledgeBank(config.bank_size, config.embed_dim, config.bank_temperature)
+            KnowledgeBank(
+                config.bank_size,
+                config.embed_dim,
+                config.bank_temperature,
+                read=config.bank_read,
+                init=config.bank_init,
+            )
             if config.bank_size
             else None
         )
@@ -95,26 +101,38 @@ class VLModel(nn.Module):
         return emb if self.bank is None else self.bank.reconstruct(emb)
 
     def score(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
-        """Zero-shot similarity `[N, M]`: cosine; with a bank the mean of the cosine of the originals and
-        of their bank reconstructions (BrgSA scoring)."""
+        """Zero-shot similarity `[N, M]`: the cosine cos(v, t); with a bank, as `config.bank_score` says
+        (BrgSA): the mean of cos(v, t) and cos(v_rec, t) ("image_recon", the authors' score), or of
+        cos(v, t) and cos(v_rec, t_rec) ("both_recon"), or cos(v, t) alone ("plain")."""
         img = F.normalize(image_emb, dim=-1)
         txt = F.normalize(text_emb, dim=-1)
         sim = img @ txt.t()
-        if self.bank is not None:
-            sim = 0.5 * (sim + self.bank.reconstruct(img) @ self.bank.reconstruct(txt).t())
-        return sim
+        if self.bank is None or self.config.bank_score == "plain":
+            return sim
+        img_rec = self.bank.reconstruct(img)
+        txt_side = self.bank.reconstruct(txt) if self.config.bank_score == "both_recon" else txt
+        return 0.5 * (sim + img_rec @ txt_side.t())
 
-    def forward(self, image: torch.Tensor, texts: list[str]) -> dict[str, torch.Tensor]:
+    def forward(
+        self, image: torch.Tensor, texts: list[str], return_pooled: bool = False
+    ) -> dict[str, torch.Tensor]:
         """Normalised `image_features` `[B, E]`, `text_features` `[N, E]`, the clamped `logit_scale`, plus
-        `logit_bias` (SigLIP models) and `image_recon` / `text_recon` (models with a bank)."""
+        `logit_bias` (SigLIP models), `image_recon` / `text_recon` (normalised bank reconstructions) and
+        `image_mixture` / `text_mixture` (unnormalised) for models with a bank, and with `return_pooled`
+        the image tower's pooled features `image_pooled` `[B, F]` (before the projection)."""
+        pooled = self.visual(image)
         out = {
-            "image_features": self.encode_image(image),
+            "image_features": F.normalize(self.image_proj(pooled), dim=-1),
             "text_features": self.encode_text(texts),
             "logit_scale": self.scale(),
         }
+        if return_pooled:
+            out["image_pooled"] = pooled
         if self.logit_bias is not None:
             out["logit_bias"] = self.logit_bias
         if self.bank is not None:
-            out["image_recon"] = self.bank.reconstruct(out["image_features"])
-            out["text_recon"] = self.bank.reconstruct(out["text_features"])
+            for side in ("image", "text"):
+                mixture = self.bank.mixture(out[f"{side}_features"])
+                out[f"{side}_mixture"] = mixture
+                out[f"{side}_recon"] = F.normalize(mixture, dim=-1)
         return out

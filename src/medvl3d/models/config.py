@@ -15,6 +15,12 @@ from typing import Any, ClassVar, Literal
 from medvl3d.typed import build_dataclass, replace_config, to_plain
 
 VISION_ARCHS = ("vit", "resenc")
+#: Knowledge-bank options of `VLConfig` (see `medvl3d.models.knowledge_bank` and `VLModel.score`).
+BANK_READS = ("softmax_dot", "cosine_tau")
+BANK_INITS = ("orthogonal", "normal")
+BANK_SCORES = ("image_recon", "both_recon", "plain")
+#: What a vision-language config written before these options existed used (`models.checkpoint`).
+LEGACY_BANK_OPTIONS = {"bank_read": "cosine_tau", "bank_init": "normal", "bank_score": "both_recon"}
 
 
 def _check_size(img_size: tuple[int, ...], where: str) -> None:
@@ -161,7 +167,14 @@ class VLConfig:
         embed_dim: joint embedding size.
         vision_proj: image projection, "linear" or "mlp".
         bank_size: entries of the BrgSA knowledge bank (0 = no bank).
-        bank_temperature: softmax temperature of the bank attention.
+        bank_read: how the bank is read (`medvl3d.models.knowledge_bank`): "softmax_dot" (the BrgSA
+            authors' code) or "cosine_tau" (softmax of the cosine / `bank_temperature`, our first version).
+        bank_init: initialisation of the entries: "orthogonal" (the authors') or "normal" (unit-norm
+            gaussian, our first version).
+        bank_temperature: softmax temperature of the "cosine_tau" read.
+        bank_score: zero-shot similarity of a model with a bank (`VLModel.score`): "image_recon" averages
+            cos(v, t) with cos(v_rec, t) (the authors'), "both_recon" with cos(v_rec, t_rec) (our first
+            version), "plain" is cos(v, t) alone.
         init_logit_scale: initial log of the contrastive logit scale (log(1/0.07) as in CLIP).
         init_logit_bias: initial SigLIP logit bias; None = the model has no bias (CLIP-style losses).
     """
@@ -173,7 +186,10 @@ class VLConfig:
     embed_dim: int = 32
     vision_proj: str = "linear"
     bank_size: int = 0
+    bank_read: str = "softmax_dot"
+    bank_init: str = "orthogonal"
     bank_temperature: float = 0.05
+    bank_score: str = "image_recon"
     init_logit_scale: float = math.log(1 / 0.07)
     init_logit_bias: float | None = None
 
@@ -185,6 +201,13 @@ class VLConfig:
                 f"VLConfig.bank_size must be >= 0 and bank_temperature > 0, got {self.bank_size}, "
                 f"{self.bank_temperature}"
             )
+        for name, allowed in (
+            ("bank_read", BANK_READS),
+            ("bank_init", BANK_INITS),
+            ("bank_score", BANK_SCORES),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"VLConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (tuples become lists); `model_config_from_dict` inverts it."""

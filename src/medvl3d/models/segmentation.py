@@ -16,7 +16,26 @@ from medvl3d.models.config import MonaiSegConfig, MonaiUNetConfig, ResEncConfig,
 from medvl3d.models.unet_decoder import UNetDecoder, UNETRNeck, unetr_strides
 from medvl3d.models.vit3d import evenly_spaced_blocks
 
-__all__ = ["SegmentationModel", "MonaiSegmentationModel"]
+__all__ = ["SegmentationModel", "MonaiSegmentationModel", "encoder_pyramid"]
+
+
+def encoder_pyramid(
+    enc: ResEncConfig | ViTConfig, vit_levels: int
+) -> tuple[nn.Module | None, list[int] | None, list[int], list[tuple[int, int, int]]]:
+    """How a U-Net decoder reads an encoder: `(neck, blocks, channels, strides)`.
+
+    The CNN's stage maps are used directly (no neck, all stages); the ViT's token grids after `vit_levels`
+    evenly spaced blocks go through a UNETR neck. `channels` and `strides` describe the resulting feature
+    maps, finest first (what `UNetDecoder` takes).
+    """
+    if isinstance(enc, ResEncConfig):
+        widths = [min(enc.width * 2**i, enc.max_width) for i in range(len(enc.stage_blocks))]
+        return None, None, widths, [(enc.stem_stride * 2**i,) * 3 for i in range(len(widths))]
+    assert isinstance(enc, ViTConfig)
+    n = min(vit_levels, enc.depth)
+    channels = [max(16, enc.width // 2 ** (n - 1 - i)) for i in range(n)]  # finest first
+    neck = UNETRNeck(enc.width, enc.patch_size, n, channels)
+    return neck, evenly_spaced_blocks(enc.depth, n), channels, unetr_strides(enc.patch_size, n)
 
 
 class SegmentationModel(nn.Module):
@@ -33,18 +52,7 @@ class SegmentationModel(nn.Module):
         self.config = config
         enc = config.encoder
         self.encoder = build_image_encoder(enc)
-        self.neck: nn.Module | None = None
-        if isinstance(enc, ResEncConfig):
-            channels = list(self.encoder.widths)
-            strides = [(enc.stem_stride * 2**i,) * 3 for i in range(len(channels))]
-            self._blocks = None
-        else:
-            assert isinstance(enc, ViTConfig)
-            n = min(config.vit_levels, enc.depth)
-            self._blocks = evenly_spaced_blocks(enc.depth, n)
-            strides = unetr_strides(enc.patch_size, n)
-            channels = [max(16, enc.width // 2 ** (n - 1 - i)) for i in range(n)]  # finest first
-            self.neck = UNETRNeck(enc.width, enc.patch_size, n, channels)
+        self.neck, self._blocks, channels, strides = encoder_pyramid(enc, config.vit_levels)
         self.decoder = UNetDecoder(
             channels,
             strides,

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from medvl3d.atomic import atomic_path
 from medvl3d.csvfile import unlimited_fields
-from medvl3d.schema import ATTRIBUTES, CTRATE_LABELS, attribute_codes, encode_attribute
+from medvl3d.schema import ATTRIBUTES, CTRATE_LABELS, LESION_ORGANS, attribute_codes, encode_attribute
 from medvl3d.text.attributes import AttributeParser, default_parser
 from medvl3d.text.labeller import report_problem
 
@@ -122,6 +122,9 @@ class AttributeResult:
     columns: list[str]
     #: group (lesion type, then "all") -> attribute -> (accuracy, number of coded cells)
     accuracy: dict[str, dict[str, tuple[float, int]]] = field(default_factory=dict)
+    #: one line per flagged row ("<file>, row 5: unknown shape code 7 for kidney"); its bad cells are not
+    #: scored, the rest of the sheet is
+    flagged: list[str] = field(default_factory=list)
 
 
 def gold_codes(cell: str, organ: str, attribute: str, where: str) -> set[int] | None:
@@ -159,11 +162,13 @@ def parse_descriptions(
 
     The output keeps the input columns (after ``index``, the row's position in the input) and adds
     ``pred_organ``, ``pred_<attribute>`` (value name),
-    ``pred_<attribute>_code`` and ``problem`` (why a description could not be read: empty, no words,
-    not English). When the CSV also has coded attribute columns (the annotation-sheet format), the
-    accuracy per group (``group_column``, e.g. the lesion type) and attribute is computed: empty cells
-    are skipped, a cell with several codes ("1、2") counts a prediction of any of them as correct, and a
-    prediction of None counts as wrong.
+    ``pred_<attribute>_code``, ``problem`` (why a description could not be read: empty, no words,
+    not English) and ``flag`` (why a coded cell of the row could not be scored). When the CSV also has
+    coded attribute columns (the annotation-sheet format), the accuracy per group (``group_column``, e.g.
+    the lesion type) and attribute is computed: empty cells are skipped, a cell with several codes ("1、2")
+    counts a prediction of any of them as correct, and a prediction of None counts as wrong. A bad cell
+    (a code that is not a number or not in the schema, an unknown organ) flags its row and is left out of
+    the accuracy; the rest of the sheet is still scored, and a warning counts the flagged rows.
 
     Args:
         path: the CSV file.
@@ -174,8 +179,7 @@ def parse_descriptions(
         parser: the attribute parser (the built-in one if None).
 
     Raises:
-        ValueError: a missing text column, an unknown organ, an unknown code in a coded column, or
-            ``out`` is the input file.
+        ValueError: a missing text column or ``out`` is the input file.
     """
     check_output(out, [path])
     parser = parser or default_parser()
@@ -184,39 +188,62 @@ def parse_descriptions(
     coded = [a for a in ATTRIBUTES if a in columns]
     group_by = group_column if group_column in columns else None
     hits: dict[str, dict[str, list[int]]] = {}
-    out_rows = []
+    out_rows, flagged = [], []
     for i, row in enumerate(tqdm(rows, desc="parse descriptions", disable=len(rows) < 500, leave=False)):
         where = f"{path}, row {i + 2}"
-        text = row[text_column]
-        organ = (row[organ_column].strip().lower() or None) if has_organ else None
-        try:
-            organ = organ or parser.infer_organ(text)
-            values = parser.parse(text, organ)
-        except ValueError as exc:
-            raise ValueError(f"{where}: {exc}") from None
-        codes = {a: encode_attribute(organ, a, v) if organ and v else None for a, v in values.items()}
-        record: dict[str, Any] = {ROW_ID: i, **row, "pred_organ": organ or ""}
-        record["problem"] = report_problem(text) or ""
-        for attr in ATTRIBUTES:
-            record[f"pred_{attr}"] = values[attr] or ""
-            record[f"pred_{attr}_code"] = "" if codes[attr] is None else codes[attr]
-        out_rows.append(record)
+        record, flags = _parse_row(parser, row, i, text_column, organ_column if has_organ else None)
+        organ = record["pred_organ"] or None
         for attr in coded:
             if not row[attr].strip():
                 continue
-            if organ is None:
-                raise ValueError(f"{where}: {attr} is coded but the organ is unknown; add an organ column")
-            gold = gold_codes(row[attr], organ, attr, where)
-            correct = int(codes[attr] in gold)
+            try:
+                if organ is None:
+                    raise ValueError(f"{attr} is coded but the organ is unknown; add an organ column")
+                gold = gold_codes(row[attr], organ, attr, where)
+            except ValueError as exc:
+                flags.append(str(exc).removeprefix(f"{where}: "))
+                continue
+            correct = int(record[f"pred_{attr}_code"] in gold)
             for group in ([row[group_by]] if group_by else []) + ["all"]:
                 hits.setdefault(group, {}).setdefault(attr, []).append(correct)
+        record["flag"] = "; ".join(flags)
+        flagged += [f"{where}: {record['flag']}"] * bool(flags)
+        out_rows.append(record)
     out_columns = [ROW_ID] * (ROW_ID not in columns) + columns + ["pred_organ"]
-    out_columns += [f"pred_{a}{s}" for a in ATTRIBUTES for s in ("", "_code")] + ["problem"]
+    out_columns += [f"pred_{a}{s}" for a in ATTRIBUTES for s in ("", "_code")] + ["problem", "flag"]
     if out is not None:
         write_csv(out, out_rows, out_columns)
+    if flagged:
+        warnings.warn(
+            f"{len(flagged)} of {len(rows)} rows of {path} are flagged and their bad cells not scored "
+            f"(see the flag column); first: {flagged[0]}",
+            UserWarning,
+            stacklevel=2,
+        )
     groups = sorted(g for g in hits if g != "all") + ["all"] * ("all" in hits)
     accuracy = {g: {a: (float(np.mean(v)), len(v)) for a, v in hits[g].items()} for g in groups}
-    return AttributeResult(out_rows, out_columns, accuracy)
+    return AttributeResult(out_rows, out_columns, accuracy, flagged)
+
+
+def _parse_row(
+    parser: AttributeParser, row: dict[str, str], index: int, text_column: str, organ_column: str | None
+) -> tuple[dict[str, Any], list[str]]:
+    """One output record (input columns + predictions) and the flags of its organ cell."""
+    text = row[text_column]
+    flags = []
+    organ = (row[organ_column].strip().lower() or None) if organ_column else None
+    if organ is not None and organ not in LESION_ORGANS:
+        flags.append(f"unknown organ {organ!r}; known: {', '.join(LESION_ORGANS)}")
+        organ = None
+    organ = organ or parser.infer_organ(text)
+    values = parser.parse(text, organ)
+    codes = {a: encode_attribute(organ, a, v) if organ and v else None for a, v in values.items()}
+    record: dict[str, Any] = {ROW_ID: index, **row, "pred_organ": organ or ""}
+    record["problem"] = report_problem(text) or ""
+    for attr in ATTRIBUTES:
+        record[f"pred_{attr}"] = values[attr] or ""
+        record[f"pred_{attr}_code"] = "" if codes[attr] is None else codes[attr]
+    return record, flags
 
 
 def format_accuracy_table(accuracy: dict[str, dict[str, tuple[float, int]]]) -> str:

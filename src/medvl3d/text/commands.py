@@ -89,6 +89,8 @@ def _attributes(args: argparse.Namespace) -> int:
         + (f" ({problems} unreadable: see the problem column)" if problems else "")
         + (f" -> {args.out}" if args.out else "")
     )
+    for line in result.flagged:
+        print(f"flagged (not scored): {line}")
     if result.accuracy:
         print("per-attribute accuracy against the coded columns (n coded cells):")
         print(format_accuracy_table(result.accuracy))

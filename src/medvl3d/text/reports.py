@@ -503,12 +503,20 @@ def _vocabulary_ratio(text: str) -> float:
 def is_english(text: str, min_ratio: float = 0.15) -> bool:
     """Whether ``text`` reads as English.
 
-    Either at least ``min_ratio`` of its words are English function words (real English reports score
-    0.3-0.5, German/French/Turkish ones below 0.12), or it is a terse finding list ("pleural effusion
-    (bilateral). cardiomegaly.") of which at least half the words are radiology/canonical finding words;
-    a French list shares some Latin terms ("nodule") but not half its words.
+    The language identifier (:mod:`medvl3d.text.language`, py3langid) decides; where it is unsure (short,
+    term-only text such as "pleural effusion (bilateral). cardiomegaly.") the text is English when at
+    least half its words are English function, radiology or canonical finding words. A confident other
+    language is never English: a French list shares some Latin terms ("nodule") but is identified as
+    French. ``min_ratio`` is kept for callers of the former word-list rule and no longer used.
     """
-    return english_ratio(text) >= min_ratio or _vocabulary_ratio(text) >= 0.5
+    from medvl3d.text.language import CONFIDENT, identify_language
+
+    code, prob = identify_language(text)
+    if code == "en":
+        return True
+    if prob >= CONFIDENT or not code:
+        return False
+    return _vocabulary_ratio(text) >= 0.5
 
 
 @lru_cache(maxsize=1)

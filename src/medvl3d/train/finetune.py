@@ -57,7 +57,9 @@ def finetune_config(
     if from_scratch:
         sets.append("model.encoder_from=null")
     cfg = load_config(config if config is not None else _default_config(), sets)
-    if cfg.task.name != "segmentation":
+    from medvl3d.train.tasks import task_class
+
+    if not task_class(cfg.task.name).needs_label:  # segmentation, avfusion: tasks that learn label maps
         raise ValueError(f"finetune trains segmentation; the config's task is {cfg.task.name!r}")
     if cfg.model.encoder_from is not None:
         _warn_preprocess_mismatch(cfg)

@@ -242,6 +242,30 @@ def _build_model_and_task(cfg: ExperimentConfig, facts: DataFacts) -> tuple[nn.M
     return model, build_task(cfg.task.name, model, **cfg.task.params)
 
 
+def _check_same_model_config(last: Path, model: nn.Module) -> None:
+    """A vision-language run resumes only with the knowledge-bank options its checkpoint was trained with:
+    their defaults changed (BrgSA as its authors built it), and a run started before would otherwise
+    continue as a different model with the same weights. (Changes of the experiment config itself are
+    checked by `RunFolder.check_resume`.)"""
+    from medvl3d.models.config import LEGACY_BANK_OPTIONS
+
+    saved = ckpt.read_info(last)["model"]  # migrated: a pre-option checkpoint reads as what it used
+    config = getattr(ckpt.unwrap_model(model), "config", None)
+    if saved.get("family") != "vl" or not getattr(config, "bank_size", 0):
+        return  # without a bank the options change nothing
+    now = config.to_dict()
+    diff = [k for k in LEGACY_BANK_OPTIONS if now.get(k) != saved["config"].get(k)]
+    if diff:
+        listed = "; ".join(f"{k}: {saved['config'].get(k)!r} -> {now.get(k)!r}" for k in diff)
+        keys = [f"model.overrides.{k}" for k in diff]
+        settings = " ".join(f"--set {key}={saved['config'].get(k)}" for key, k in zip(keys, diff))
+        settings += " " + " ".join(f"--allow-change {key}" for key in keys)
+        raise ValueError(
+            f"{last}: resuming would change the model it was trained as ({listed}); resume with {settings}, "
+            "or train into a new output folder"
+        )
+
+
 def _batches(it: Iterator[dict], n: int) -> list[dict]:
     return [next(it) for _ in range(n)]
 
@@ -358,6 +382,7 @@ def _run(
         state = ckpt.load_train_state(last)
         from safetensors.torch import load_file
 
+        _check_same_model_config(last, model)
         ckpt.load_state_strict(model, load_file(str(last / ckpt.WEIGHTS_NAME)), str(last))
         task.load_state_dict({**task.state_dict(), **state["task_extra"]})
         optimizer.load_state_dict(state["optimizer"])

@@ -65,6 +65,7 @@ class CaseConfig:
     types: dict[str, LesionType] = field(hash=False, compare=False, default_factory=dict)
     compresslevel: int = 1
     variation: str = "standard"  # one of variation.VARIATIONS
+    centre_xyz: tuple[float, float, float] | None = None  # standard variation: field-of-view centre (mm)
 
     def __post_init__(self) -> None:
         if self.variation not in VARIATIONS:
@@ -91,7 +92,7 @@ def case_grids(cfg: CaseConfig, rng: np.random.Generator, phase: str) -> tuple[G
     patient covers more world millimetres with the same template anatomy.
     """
     if cfg.variation == "standard":
-        grid = Grid.centred(cfg.shape_xyz, cfg.spacing_xyz, FOV_CENTRE)
+        grid = Grid.centred(cfg.shape_xyz, cfg.spacing_xyz, cfg.centre_xyz or FOV_CENTRE)
         return grid, grid, None
     wide = draw_wide_params(rng, phase, TISSUE_HU)
     shape, centre = draw_field_of_view(rng, cfg.shape_xyz, cfg.spacing_xyz)

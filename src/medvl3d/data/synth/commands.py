@@ -43,6 +43,13 @@ def register(subparsers) -> None:
         default=DEFAULT_SPACING,
         help="z,y,x voxel size in mm (e.g. 5,2.75,2.75 or 5x2.75x2.75)",
     )
+    p.add_argument(
+        "--centre",
+        type=_triple(float),
+        default=None,
+        help="z,y,x mm of the field-of-view centre (standard variation; default mid-thorax to upper "
+        "abdomen; 75,0,0 centres a crop on the lungs and hila)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lesion-types", default=None, help="lesion type YAML (default: the shipped one)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all CPUs)")
@@ -94,6 +101,7 @@ def _run(args) -> int:
         underrepresented=args.underrepresented,
         unseen_abnormalities=args.unseen_abnormalities,
         variation=args.variation,
+        centre=args.centre,
     )
     print(json.dumps({k: summary[k] for k in ("out_dir", "n_train", "n_test", "seconds", "volumes_per_s")}))
     if args.preview:

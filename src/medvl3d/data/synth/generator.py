@@ -32,6 +32,8 @@ from .writer import write_csv, write_json, write_jsonl
 
 DEFAULT_SIZE = (64, 128, 128)  # D x H x W
 DEFAULT_SPACING = (5.0, 2.75, 2.75)  # z, y, x mm: 320 x 352 x 352 mm, thorax + upper abdomen
+#: (z, y, x) mm: a field of view centred on the lungs and hila (the carina lies 85-100 mm above z = 0).
+LUNG_CENTRE = (75.0, 0.0, 0.0)
 #: Abnormalities that never occur in the training split by default (zero-shot diagnosis).
 DEFAULT_UNSEEN_ABNORMALITIES = ("Bronchiectasis", "Mosaic attenuation pattern")
 #: Abnormalities kept at <= 2% prevalence in the training split by default.
@@ -116,6 +118,7 @@ def generate(
     underrepresented: list[str] | None = None,
     unseen_abnormalities: list[str] | None = None,
     variation: str = "standard",
+    centre: tuple[float, float, float] | None = None,
 ) -> dict:
     """Generate SynthCT-VL under `out_dir`.
 
@@ -135,6 +138,9 @@ def generate(
         variation: "standard" (the fixed phantom) or "wide" (domain randomisation: per-case field of
             view and grid shape, patient size, contrast phase and tissue HU, scanner noise and blur,
             richer anatomy; see `variation.py`). `size` is then the largest field of view.
+        centre: (z, y, x) mm of the field-of-view centre in the body template (standard variation only;
+            default `case.FOV_CENTRE`, mid-thorax to upper abdomen). `LUNG_CENTRE` centres a crop on the
+            lungs and hila (the artery/vein training data: e.g. size 96x128x192 at 1.5 mm).
 
     Returns:
         A summary dict: counts, label prevalence per split, lesions per type, per-stage seconds,
@@ -150,6 +156,12 @@ def generate(
         raise ValueError(f"spacing must be three positive numbers (z, y, x) in mm, got {spacing}")
     if variation not in VARIATIONS:
         raise ValueError(f"unknown variation {variation!r}; known: {list(VARIATIONS)}")
+    if centre is not None:
+        centre = tuple(float(c) for c in centre)
+        if len(centre) != 3:
+            raise ValueError(f"centre must be three numbers (z, y, x) in mm, got {centre}")
+        if variation != "standard":
+            raise ValueError("centre: the wide variation draws its own field of view; use it with 'standard'")
     types = load_lesion_types(lesion_types)
     unseen_t = _check_names(
         "lesion types",
@@ -193,6 +205,7 @@ def generate(
         seed=int(seed),
         types=types,
         variation=variation,
+        centre_xyz=None if centre is None else (centre[2], centre[1], centre[0]),
     )
     workers = max(1, min(workers or os.cpu_count() or 1, len(plans)))
     t_start = time.perf_counter()
@@ -225,6 +238,8 @@ def generate(
     }
     if variation != "standard":  # the standard set's files stay byte-identical to earlier versions
         args["variation"] = variation
+    if centre is not None:
+        args["centre"] = list(centre)
     drawn_seen = [n for n in DRAWN if n not in under and n not in unseen_a]
     write_json(
         out / "splits.json",

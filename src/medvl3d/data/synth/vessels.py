@@ -115,18 +115,43 @@ def _grow(
         )
 
 
-def _companion(seg: Segment, offset_dir: np.ndarray, gap: float) -> tuple[Segment, np.ndarray]:
-    """The artery running beside bronchus `seg`, offset perpendicular to it by radius + gap."""
-    d = seg.direction
+def _perpendicular(offset_dir: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """`offset_dir` made perpendicular to the unit direction `d` (any perpendicular when parallel)."""
     o = offset_dir - (offset_dir @ d) * d
     n = np.linalg.norm(o)
     if n < 1e-3:
         o = np.cross(d, np.array([0, 0, 1.0], np.float32))
         n = np.linalg.norm(o) + 1e-9
-    o = (o / n).astype(np.float32)
-    shift0 = o * (seg.r0 * 2 + gap)
-    shift1 = o * (seg.r1 * 2 + gap)
-    return Segment(seg.p0 + shift0, seg.p1 + shift1, seg.r0, seg.r1, seg.depth), o
+    return (o / n).astype(np.float32)
+
+
+def _companion_tree(
+    bronchi: list[Segment],
+    radii: list[tuple[float, float]],
+    root: np.ndarray,
+    base: np.ndarray,
+    gap: float,
+) -> list[Segment]:
+    """The arteries running beside `bronchi` (a parent before its children, as `_grow` appends them).
+
+    Each artery is offset perpendicular to its bronchus by the two radii plus `gap` and starts where its
+    parent's artery ends, so the arterial tree is connected from `root` (the hilum) to its periphery, like
+    the bronchial tree it follows. `radii` are the arteries' own radii (a dilated bronchus keeps a normal
+    artery beside it: the "signet ring" of bronchiectasis).
+    """
+    ends: dict[tuple[float, ...], tuple[np.ndarray, np.ndarray]] = {}
+    out = []
+    for seg, (r0, r1) in zip(bronchi, radii):
+        start, prev = ends.get(_key(seg.p0), (root, base))
+        o = _perpendicular(prev, seg.direction)
+        end = (seg.p1 + o * (seg.r1 + r1 + gap)).astype(np.float32)
+        out.append(Segment(np.asarray(start, np.float32), end, r0, r1, seg.depth))
+        ends[_key(seg.p1)] = (end, o)
+    return out
+
+
+def _key(p: np.ndarray) -> tuple[float, ...]:
+    return tuple(np.round(np.asarray(p, np.float64), 3).tolist())
 
 
 def build_trees(anat: Anatomy, rng: np.random.Generator, *, bronchiectasis: bool = False) -> Trees:
@@ -171,29 +196,27 @@ def build_trees(anat: Anatomy, rng: np.random.Generator, *, bronchiectasis: bool
             seg_len = rng.uniform(30, 40)
             start_r = 5.5 if k == 0 else 5.0
             _grow(anat, rng, main_end, d, seg_len, start_r, lid, 0, 5, None, sub)
+        radii = [(s.r0, s.r1) for s in sub]  # the arteries' calibre: that of the healthy bronchi
         if bronchiectasis:
             for s in sub:
                 if s.depth >= 2 and s.p1[2] < lc[2]:
                     s.r0, s.r1 = s.r0 * 1.9, s.r1 * 2.1  # dilated, non-tapering lower-lobe bronchi
         airway.extend(sub)
-        # Arteries: main pulmonary artery to the hilum, then one companion per bronchus.
+        # Arteries: main pulmonary artery to the hilum, then one companion per bronchus, from the hilum on.
         hilum = main_end + np.array([0, 8, 4], np.float32)
+        lm[f"artery_hilum_{lid}"] = hilum
         artery += [
             Segment(bif, main_mid + np.array([0, 10, 4], np.float32), 11.0, 10.0),
             Segment(main_mid + np.array([0, 10, 4], np.float32), hilum, 10.0, 9.0),
         ]
-        offsets: dict[int, np.ndarray] = {}
-        base = np.array([0.0, 1.0, 0.3], np.float32)
-        for i, s in enumerate(sub):
-            comp, o = _companion(s, offsets.get(i - 1, base), gap=1.5)
-            offsets[i] = o
-            artery.append(comp)
+        artery += _companion_tree(sub, radii, hilum, np.array([0.0, 1.0, 0.3], np.float32), gap=1.5)
         # Veins: an independent tree from the left atrium, entering the lower hilum.
         vroot = np.array([c[0] + sgn * 30, c[1] - 18, c[2] - 50], np.float32)
         vroot[2] = min(vroot[2], lc[2])
         vroot_in = _nearest_lung_point(lm, lid, vroot, lc)
         vein += [Segment(la, vroot, 8.0, 7.5), Segment(vroot, vroot_in, 7.5, 7.0)]
         vroot = vroot_in
+        lm[f"vein_hilum_{lid}"] = vroot_in
         vsub: list[Segment] = []
         avoid = segment_arrays(sub + [main])
         for target in _lobar_targets(lc, sgn, rng, lower=True):

@@ -12,9 +12,17 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from medvl3d.losses import barlow_twins_loss, centroid_gap, clip_loss, gather_with_grad, siglip_loss
+from medvl3d.losses import (
+    alignment_stats,
+    barlow_twins_loss,
+    centroid_gap,
+    clip_loss,
+    gather_with_grad,
+    siglip_loss,
+)
 from medvl3d.models.clip import VLModel
 from medvl3d.train.augment import AugmentConfig, augment_config, random_view
 from medvl3d.train.tasks.base import Task, TaskContext, log_parts, register_task
@@ -60,7 +68,23 @@ class VLTask(Task):
         )
         out = {"val_macro_auroc": report.macro["auroc"], "val_gap": report.modality_gap["before_bank"]}
         out.update({f"val_{g}_auroc": info["auroc"] for g, info in report.groups.items()})
+        out.update(self._alignment(predictor, valid, cfg))
         return {k: v for k, v in out.items() if v is not None}
+
+    @staticmethod
+    def _alignment(predictor: Any, valid: Sequence[dict], cfg: Any) -> dict[str, float]:
+        """`medvl3d.eval.alignment` on the validation cases paired with the text the model trains on
+        (`val_<stat>_<text_source>`; none for generated text, which is measured on raw volumes)."""
+        from medvl3d.eval.alignment import alignment_report, training_texts
+
+        source = cfg.data.text_source
+        texts = training_texts(valid, source, cfg.data.summariser)
+        if not any(texts):
+            return {}
+        images = [torch.as_tensor(s["image"]) for s, t in zip(valid, texts) if t]
+        emb = predictor.encode_images(images, cfg.data.batch_size)
+        stats = alignment_report(predictor.model, emb, [t for t in texts if t])
+        return {f"val_{k}_{source}": v for k, v in stats.items()}
 
 
 def _check_batch(batch: dict, task: str) -> tuple[torch.Tensor, list[str]]:
@@ -121,67 +145,106 @@ class SigLIPTask(VLTask):
         }
 
 
+#: Our first BrgSA loss, kept as an option: `build_task("brgsa", model, **BRGSA_CROSS_LOSS)` (with
+#: `bank_read="cosine_tau"`, `bank_init="normal"`, `bank_score="both_recon"` on the model for the whole
+#: first version).
+BRGSA_CROSS_LOSS: dict[str, Any] = {
+    "cross_weight": 0.5,
+    "mse_weight": 0.1,
+    "mse": "normalized",
+    "learn_scale": True,
+}
+
+
 @register_task("brgsa")
 class BrgSATask(VLTask):
     """BrgSA (arXiv 2501.03565): CLIP alignment bridged by a knowledge bank shared by both modalities.
 
     loss = InfoNCE(v, t) + rec_weight * InfoNCE(v_rec, t_rec)
            + cross_weight * (InfoNCE(v, t_rec) + InfoNCE(v_rec, t)) / 2
-           + mse_weight * (|v - v_rec|^2 + |t - t_rec|^2) / 2
+           + mse_weight * MSE
 
-    with v, t the normalised embeddings and v_rec, t_rec their bank reconstructions. The cross pairs
-    align each original with the other modality's reconstruction: the paper describes aligning
-    "originals, reconstructions and the cross pairs", and these terms are what makes the bank a bridge
-    (an image must be near the bank mixture its report selects, and vice versa). The MSE term (mean
-    squared L2 distance per embedding, i.e. 2 - 2 cos) keeps the embeddings close to the bank manifold.
+    with v, t the normalised embeddings and v_rec, t_rec their normalised bank reconstructions. The
+    defaults are the authors' code: no cross terms, `mse_weight` 0.5 with MSE the element-wise mean
+    squared error between each embedding and its *unnormalised* bank mixture (averaged over the two
+    modalities), and a fixed logit scale (the model's initial one, 1/0.07; the model's `logit_scale` is
+    frozen). `BRGSA_CROSS_LOSS` is our first version: cross terms at 0.5, `mse="normalized"` (squared L2
+    distance to the normalised reconstruction, i.e. 2 - 2 cos, per embedding) at 0.1 and a learnt scale.
+
+    Besides the loss parts it logs, per batch, the modality gap of the originals (`gap`) and of the
+    reconstructions (`gap_rec`), the centroid cosine, the mean paired cosine, and the bank usage
+    (`KnowledgeBank.usage`: entries both modalities pick, attention overlap and entropy).
+
+    Args:
+        model: a vision-language model with a knowledge bank (`bank_size` > 0).
+        rec_weight: weight of InfoNCE on the reconstructions.
+        cross_weight: weight of the cross pairs (original of one modality, reconstruction of the other).
+        mse_weight: weight of the MSE term.
+        mse: "mixture" (the authors') or "normalized" (ours), see above.
+        learn_scale: train the logit scale (CLIP) instead of keeping it fixed.
+        gather: gather embeddings across ranks.
     """
 
     def __init__(
         self,
         model: VLModel,
         rec_weight: float = 1.0,
-        cross_weight: float = 0.5,
-        mse_weight: float = 0.1,
+        cross_weight: float = 0.0,
+        mse_weight: float = 0.5,
+        mse: str = "mixture",
+        learn_scale: bool = False,
         gather: bool = True,
     ) -> None:
         super().__init__()
         if model.bank is None:
             raise ValueError(
                 "task 'brgsa' needs a model with a knowledge bank: create it with bank_size=K "
-                "(e.g. create_model(name, bank_size=2048))"
+                "(e.g. create_model(name, bank_size=2048)); without a bank, train task 'clip'"
             )
+        if mse not in ("mixture", "normalized"):
+            raise ValueError(f"task 'brgsa': mse must be 'mixture' or 'normalized', got {mse!r}")
         self.model = model
         self.rec_weight = rec_weight
         self.cross_weight = cross_weight
         self.mse_weight = mse_weight
+        self.mse = mse
+        self.learn_scale = learn_scale
         self.gather = gather
+        if not learn_scale:
+            model.logit_scale.requires_grad_(False)  # out of the optimiser and of DDP's reduction
+
+    def _mse(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
+        v, t = out["image_features"], out["text_features"]
+        if self.mse == "mixture":
+            return 0.5 * (F.mse_loss(out["image_mixture"], v) + F.mse_loss(out["text_mixture"], t))
+        v_rec, t_rec = out["image_recon"], out["text_recon"]
+        return 0.5 * ((v - v_rec).pow(2).sum(-1).mean() + (t - t_rec).pow(2).sum(-1).mean())
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         image, text = _check_batch(batch, "brgsa")
         out = self.model(image, text)
         v, t, s = out["image_features"], out["text_features"], out["logit_scale"]
         v_rec, t_rec = out["image_recon"], out["text_recon"]
-        # Each of the four embeddings is gathered across ranks once and reused by the four pairings.
+        # Each embedding is gathered across ranks once and reused by every pairing.
         pairs = (("v", v), ("t", t), ("vr", v_rec), ("tr", t_rec))
         g = {k: gather_with_grad(x) if self.gather else None for k, x in pairs}
         orig = clip_loss(v, t, s, self.gather, all_image=g["v"], all_text=g["t"])
         rec = clip_loss(v_rec, t_rec, s, self.gather, all_image=g["vr"], all_text=g["tr"])
-        cross = 0.5 * (
-            clip_loss(v, t_rec, s, self.gather, all_image=g["v"], all_text=g["tr"])
-            + clip_loss(v_rec, t, s, self.gather, all_image=g["vr"], all_text=g["t"])
-        )
-        mse = 0.5 * ((v - v_rec).pow(2).sum(-1).mean() + (t - t_rec).pow(2).sum(-1).mean())
-        loss = orig + self.rec_weight * rec + self.cross_weight * cross + self.mse_weight * mse
-        parts = log_parts(
-            clip=orig,
-            rec=rec,
-            cross=cross,
-            mse=mse,
-            logit_scale=s,
-            gap=centroid_gap(v, t),
-            gap_rec=centroid_gap(v_rec, t_rec),
-        )
-        return {"loss": loss, **parts}
+        loss = orig + self.rec_weight * rec
+        parts: dict[str, Any] = {"clip": orig, "rec": rec}
+        if self.cross_weight:
+            cross = 0.5 * (
+                clip_loss(v, t_rec, s, self.gather, all_image=g["v"], all_text=g["tr"])
+                + clip_loss(v_rec, t, s, self.gather, all_image=g["vr"], all_text=g["t"])
+            )
+            loss = loss + self.cross_weight * cross
+            parts["cross"] = cross
+        mse = self._mse(out)
+        loss = loss + self.mse_weight * mse
+        parts.update(mse=mse, logit_scale=s, gap_rec=centroid_gap(v_rec, t_rec))
+        parts.update(alignment_stats(v, t))
+        parts.update(self.model.bank.usage(v, t))
+        return {"loss": loss, **log_parts(**parts)}
 
 
 @register_task("gtgm")
@@ -190,19 +253,23 @@ class GTGMTask(VLTask):
 
     loss = (InfoNCE(view1, text) + InfoNCE(view2, text)) / 2 + barlow_weight * BarlowTwins(z1, z2)
 
-    z are the normalised image embeddings of the two views, passed through a projector MLP
-    (Linear-BatchNorm-ReLU-Linear, as in Barlow Twins) when `projector_dim > 0`. The default is no
-    projector, so the view-view term acts on the joint embedding itself and the task has no parameters
-    outside the model (a checkpoint of the model is then the whole state). Under DDP the projector's
-    BatchNorm becomes a SyncBatchNorm on GPUs (the training loop converts the task) and uses per-rank
-    statistics on CPU; the Barlow Twins loss itself uses the gathered batch.
+    As in the paper, z are the image encoder's pooled features of the two views (`barlow_on="features"`),
+    passed through a projector MLP (Linear-BatchNorm-ReLU-Linear, as in Barlow Twins) when
+    `projector_dim > 0`; `barlow_on="embedding"` (our first version) puts the term on the normalised joint
+    embedding instead, whose few dimensions the CLIP term also shapes. The views are crops, flips,
+    rotations, blur and small intensity changes (`AugmentConfig`; `LEGACY_AUGMENT` for our first views).
+    GTGM's point is learning without paired reports: its configs train on `data.text_source: generated`.
+    Under DDP the projector's BatchNorm becomes a SyncBatchNorm on GPUs (the training loop converts the
+    task) and uses per-rank statistics on CPU; the Barlow Twins loss itself uses the gathered batch. The
+    projector lives on the task: it is saved with the training state, not in the model's weights.
 
     Args:
         model: the vision-language model.
         barlow_weight: weight of the Barlow Twins term (0.01 in the paper).
-        barlow_lambda: off-diagonal weight inside Barlow Twins.
+        barlow_lambda: off-diagonal weight inside Barlow Twins (0.0051, as in Barlow Twins).
+        barlow_on: "features" (the image encoder's pooled features) or "embedding" (the joint embedding).
         projector_dim: width of the projector MLP (0 = none).
-        augment: `AugmentConfig` fields as a dict (crop_scale, flip_prob, intensity_scale, ...).
+        augment: `AugmentConfig` fields as a dict (crop_scale, rotate_deg, blur_prob, intensity_scale, ...).
         seed: seed of a private generator for the views (per task instance; offset it per rank in DDP);
             None uses the global RNG.
         gather: gather embeddings across ranks for both losses.
@@ -212,22 +279,26 @@ class GTGMTask(VLTask):
         self,
         model: VLModel,
         barlow_weight: float = 0.01,
-        barlow_lambda: float = 5e-3,
+        barlow_lambda: float = 0.0051,
+        barlow_on: str = "features",
         projector_dim: int = 0,
         augment: dict | AugmentConfig | None = None,
         seed: int | None = None,
         gather: bool = True,
     ) -> None:
         super().__init__()
+        if barlow_on not in ("features", "embedding"):
+            raise ValueError(f"task 'gtgm': barlow_on must be 'features' or 'embedding', got {barlow_on!r}")
         self.model = model
         self.barlow_weight = barlow_weight
         self.barlow_lambda = barlow_lambda
+        self.barlow_on = barlow_on
         self.augment = augment_config(augment)
         self.seed = seed
         self.gather = gather
         self._generator: torch.Generator | None = None
         self._pending_state: torch.Tensor | None = None
-        dim = model.config.embed_dim
+        dim = model.visual.num_features if barlow_on == "features" else model.config.embed_dim
         self.projector: nn.Module | None = None
         if projector_dim > 0:
             self.projector = nn.Sequential(
@@ -267,16 +338,18 @@ class GTGMTask(VLTask):
         image, text = _check_batch(batch, "gtgm")
         gen = self._gen(image.device)
         views = torch.cat([random_view(image, self.augment, gen), random_view(image, self.augment, gen)])
-        out = self.model(views, text)  # one pass for both views: text is encoded once
+        on_features = self.barlow_on == "features"
+        out = self.model(views, text, return_pooled=on_features)  # one pass for both views: text once
         b = image.shape[0]
         v1, v2 = out["image_features"][:b], out["image_features"][b:]
         t, s = out["text_features"], out["logit_scale"]
         t_all = gather_with_grad(t) if self.gather else None  # shared by both views' losses
         clip = 0.5 * sum(clip_loss(v, t, s, self.gather, all_text=t_all) for v in (v1, v2))
-        z = out["image_features"] if self.projector is None else self.projector(out["image_features"])
+        z = out["image_pooled"] if on_features else out["image_features"]
+        z = z if self.projector is None else self.projector(z)
         barlow = barlow_twins_loss(z[:b], z[b:], self.barlow_lambda, self.gather)
         loss = clip + self.barlow_weight * barlow
         return {
             "loss": loss,
-            **log_parts(clip=clip, barlow=barlow, logit_scale=s, gap=centroid_gap(v1, t)),
+            **log_parts(clip=clip, barlow=barlow, logit_scale=s, **alignment_stats(v1, t)),
         }

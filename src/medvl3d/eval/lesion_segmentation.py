@@ -1,0 +1,138 @@
+"""Zero-shot lesion segmentation scored per lesion type: Dice, NSD and lesion-level detection recall.
+
+The types and their queries come from the evaluated folder's own lesion records
+(:func:`medvl3d.data.lesion_knowledge.lesion_table`): a SynthCT-VL folder generated with another
+``--lesion-types`` YAML is scored on its types. A type is *seen* when the checkpoint's training data held
+it (the checkpoint's ``lesion_types`` table), else *unseen*. Each case is queried once per type present
+in it (its most frequent recorded values, without the scan's contrast phase; the name for name-only
+models) on the preprocessed grid, and compared with the union of that type's lesions.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medvl3d.data.lesion_knowledge import lesion_table, records_lesions, type_queries
+
+__all__ = ["LesionTypeScores", "evaluate_lesion_types", "format_lesion_table"]
+
+QUERY_ATTRIBUTES = ("location", "shape", "density", "homogeneity", "margin", "neighbor_relation")
+
+
+@dataclass
+class LesionTypeScores:
+    """Per lesion type: seen or not, per-case Dice and NSD, and lesions detected / present."""
+
+    seen: bool
+    dice: list[float] = field(default_factory=list)
+    nsd: list[float] = field(default_factory=list)
+    detected: int = 0
+    lesions: int = 0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "seen": self.seen,
+            "cases": len(self.dice),
+            "dice": float(np.mean(self.dice)) if self.dice else None,
+            "nsd": float(np.mean(self.nsd)) if self.nsd else None,
+            "recall": self.detected / self.lesions if self.lesions else None,
+            "lesions": self.lesions,
+        }
+
+
+def evaluate_lesion_types(
+    checkpoint: str | os.PathLike,
+    data: str | os.PathLike,
+    split: str = "valid",
+    max_cases: int | None = None,
+    nsd_tolerance_mm: float = 2.0,
+    device: str = "cpu",
+) -> dict[str, dict[str, Any]]:
+    """Scores per lesion type of a Malenia checkpoint on one split of a data folder (see the module doc).
+
+    Returns:
+        type -> {"seen", "cases", "dice", "nsd", "recall", "lesions"}, plus "seen" and "unseen" means.
+
+    Raises:
+        ValueError: a checkpoint of another family, or a split without lesions.
+    """
+    from medvl3d.data.datasets import open_split
+    from medvl3d.data.preprocess import preprocess_sample
+    from medvl3d.eval.seg_metrics import segmentation_metrics
+    from medvl3d.infer.lesions import LesionQuery, LesionSegmenter
+
+    segmenter = LesionSegmenter.from_checkpoint(checkpoint, device)
+    dataset = open_split(Path(data), split)
+    table = lesion_table(records_lesions(dataset), f"{data} ({split})")
+    if not table:
+        raise ValueError(f"{data}: the {split!r} split records no lesions to score")
+    queries = type_queries(table, QUERY_ATTRIBUTES)
+    by_name = segmenter.model.config.query == "name"
+    scores = {name: LesionTypeScores(seen=name in segmenter.knowledge) for name in table}
+    n = len(dataset) if max_cases is None else min(max_cases, len(dataset))
+    for i in range(n):
+        sample = dataset[i]
+        if not sample.get("lesions"):
+            continue
+        prepared = preprocess_sample(sample, segmenter.spec)
+        label = torch.as_tensor(prepared["label"])[0].numpy()
+        spacing = prepared["meta"]["spacing"]
+        for name in sorted({les["type"] for les in sample["lesions"].values()}):
+            query = LesionQuery(name=name) if by_name else LesionQuery(dict(queries[name]))
+            pred = (segmenter.maps(prepared["image"], query)[0] >= 0.5).numpy()
+            ids = [int(k) for k, les in sample["lesions"].items() if les["type"] == name]
+            truth = np.isin(label, ids)
+            if not truth.any():  # resampled away (a lesion smaller than a voxel)
+                continue
+            m = segmentation_metrics(pred.astype(np.uint8), truth.astype(np.uint8), spacing, {1: name},
+                                     nsd_tolerance_mm)[name]  # fmt: skip
+            s = scores[name]
+            s.dice.append(m.dice or 0.0)
+            s.nsd.append(m.nsd or 0.0)
+            for lid in ids:
+                own = label == lid
+                if own.any():
+                    s.lesions += 1
+                    s.detected += int((pred & own).sum() >= 0.1 * own.sum())
+    out = {name: s.summary() for name, s in scores.items() if s.dice}
+    for group, seen in (("seen", True), ("unseen", False)):
+        rows = [r for r in out.values() if r.get("seen") is seen]
+        if rows:
+            out[group] = {
+                k: float(np.mean([r[k] for r in rows if r[k] is not None]))
+                for k in ("dice", "nsd", "recall")
+                if any(r[k] is not None for r in rows)
+            }
+    return out
+
+
+def format_lesion_table(scores: dict[str, dict[str, Any]]) -> str:
+    """Text table: one row per type (seen/unseen), Dice, NSD, detection recall, cases."""
+    head = f"{'lesion type':32s} {'split':>7s} {'Dice':>7s} {'NSD':>7s} {'recall':>7s} {'cases':>6s}"
+    lines = [head, "-" * len(head)]
+
+    def cell(v: Any) -> str:
+        return f"{v:7.3f}" if isinstance(v, float) else f"{'-':>7s}"
+
+    for name, row in scores.items():
+        if name in ("seen", "unseen"):
+            continue
+        kind = "seen" if row["seen"] else "unseen"
+        lines.append(
+            f"{name:32s} {kind:>7s} {cell(row['dice'])} {cell(row['nsd'])} {cell(row['recall'])} "
+            f"{row['cases']:6d}"
+        )
+    for group in ("seen", "unseen"):
+        if group in scores:
+            r = scores[group]
+            lines.append(
+                f"{'mean ' + group:32s} {'':>7s} {cell(r.get('dice'))} {cell(r.get('nsd'))} "
+                f"{cell(r.get('recall'))}"
+            )
+    return "\n".join(lines)

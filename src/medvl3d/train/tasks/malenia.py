@@ -1,0 +1,377 @@
+"""Malenia as a task: lesion masks from mask tokens matched to instances, mask-attribute alignment, CMKI's
+text branch and the auxiliary organ head, on organ-centred patches of SynthCT-VL (or any manifest whose
+cases carry a lesion instance map and per-lesion attributes).
+
+Per image, the lesions of the patch (instance ids of the label map, attributes from the sample's
+``lesions``: what the data folder records, never a lesion type table in code) are matched to the tokens
+by Hungarian matching on Dice + BCE, separately at every decoder layer (deep supervision). Matched tokens
+learn their lesion's mask; per attribute, every token is aligned by multi-positive InfoNCE with the text
+of its lesion's value, or with "no lesion" when unmatched, at every layer (``align="multiscale"``) or at
+the last one only. With CMKI the enhanced text of each lesion's attribute values also predicts its mask.
+The organ head learns the organ map (SynthCT-VL's ``organs`` file, resampled onto the patch grid).
+
+Patches: centred on a lesion voxel with probability ``fg_fraction``, otherwise on a voxel of a lesion-bearing
+organ (organ-centred crops), so that lesions stay visible at the training resolution (about 2 mm).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medvl3d.data.lesion_knowledge import lesion_table, records_lesions, type_queries
+from medvl3d.infer.sliding_window import SlidingWindowConfig
+from medvl3d.losses.mask_matching import attribute_alignment_loss, hungarian_match, mask_loss
+from medvl3d.models.malenia import NAME_ATTRIBUTE, Vocabulary
+from medvl3d.train.tasks.base import Task, TaskContext, log_parts, register_task
+from medvl3d.typed import coerce, to_plain
+
+__all__ = ["MaleniaTask", "LesionPatchSampler"]
+
+#: SynthCT-VL organ label ids that carry lesions (liver, spleen, kidneys, pancreas, lungs, colon).
+LESION_ORGAN_LABELS = (1, 2, 3, 4, 5, 6, 7, 10)
+
+
+class LesionPatchSampler:
+    """Per-sample training transform (picklable): adds the organ map, draws an organ-centred or
+    lesion-centred patch and jitters intensities. ``label`` becomes `[2, X, Y, Z]`: lesion instance ids and
+    organ ids (-1 where the case has no organ map)."""
+
+    def __init__(
+        self, patch_size: tuple[int, int, int], fg_fraction: float, root: str | None, intensity: float
+    ) -> None:
+        self.patch_size, self.fg_fraction, self.root, self.intensity = (
+            patch_size,
+            fg_fraction,
+            root,
+            intensity,
+        )
+        self._organs: dict[str, torch.Tensor] = {}
+
+    def organ_map(self, sample: dict) -> torch.Tensor:
+        """The case's organ map on the preprocessed grid (cached per case), or -1 everywhere."""
+        meta = sample.get("meta") or {}
+        shape = tuple(int(s) for s in meta.get("shape") or sample["image"].shape[1:])
+        rel = meta.get("organs")
+        if not rel:
+            return torch.full(shape, -1, dtype=torch.long)
+        path = Path(rel) if Path(rel).is_absolute() or self.root is None else Path(self.root) / rel
+        key = str(path)
+        if key not in self._organs:
+            from medvl3d.data.io import read_volume
+            from medvl3d.data.preprocess import resample_to_grid
+
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: organ map of case {meta.get('case_id')} not found")
+            vol = read_volume(path, modality="unknown")
+            arr = torch.from_numpy(np.asarray(vol.array).astype(np.int64))[None]
+            self._organs[key] = resample_to_grid(arr, vol.affine, shape, np.asarray(meta["affine"]))[0]
+        return self._organs[key]
+
+    def __call__(self, sample: dict, seed: int) -> dict:
+        meta = sample.get("meta") or {}
+        if sample.get("label") is None:
+            raise ValueError(f"{meta.get('path', 'a case')}: no lesion instance map (malenia needs one)")
+        rng = np.random.default_rng(seed)
+        image = torch.as_tensor(sample["image"]).float()
+        lesions = torch.as_tensor(sample["label"]).long()[0]
+        organs = self.organ_map(sample)
+        if rng.random() < self.fg_fraction and bool((lesions > 0).any()):
+            candidates = (lesions > 0).nonzero()
+        else:
+            candidates = torch.isin(organs, torch.tensor(LESION_ORGAN_LABELS)).nonzero()
+            if len(candidates) == 0:
+                candidates = (lesions >= 0).nonzero()
+        centre = candidates[int(rng.integers(len(candidates)))].tolist()
+        stacked = torch.cat([image, lesions[None].float(), organs[None].float()], 0)
+        patch = _crop(stacked, centre, self.patch_size)
+        img = patch[:1]
+        if self.intensity > 0:
+            gen = torch.Generator().manual_seed(int(seed) % 2**31)
+            scale = 1 + self.intensity * (2 * torch.rand(1, generator=gen) - 1)
+            shift = self.intensity * 0.5 * (2 * torch.rand(1, generator=gen) - 1)
+            img = img * scale + shift + 0.01 * torch.randn(img.shape, generator=gen)
+        return {**sample, "image": img.contiguous(), "label": patch[1:].round().long().contiguous()}
+
+
+def _crop(x: torch.Tensor, centre: list[int], size: tuple[int, int, int]) -> torch.Tensor:
+    """A `size` crop of `[C, X, Y, Z]` centred on `centre`, padded at the borders (image and lesions 0,
+    organ -1)."""
+    out_shape = (x.shape[0], *size)
+    out = torch.zeros(out_shape, dtype=x.dtype)
+    out[2] = -1
+    src, dst = [], []
+    for c, s, n in zip(centre, size, x.shape[1:]):
+        lo = c - s // 2
+        a, b = max(lo, 0), min(lo + s, n)
+        src.append(slice(a, b))
+        dst.append(slice(a - lo, b - lo))
+    out[(slice(None), *dst)] = x[(slice(None), *src)]
+    return out
+
+
+@register_task("malenia")
+class MaleniaTask(Task):
+    """Malenia training (see the module docstring).
+
+    Args:
+        model: a "malenia" model.
+        patch_size: training patch (X, Y, Z), also the inference window.
+        fg_fraction: share of patches centred on a lesion (the rest on a lesion-bearing organ).
+        min_voxels: lesions with fewer voxels in a patch are not targets.
+        intensity: intensity jitter (scale and shift on the windowed [0, 1] scale); 0 = none.
+        lambda_mask, lambda_align, lambda_text, lambda_organ: loss weights.
+        no_lesion_weight: weight of the "no lesion" alignment of unmatched tokens.
+        overlap: sliding-window overlap at validation and inference.
+        val_cases: validation cases scored (zero-shot Dice per lesion type is slow on a CPU).
+        query_keep: the text branch learns from descriptions that keep each attribute with this probability.
+    """
+
+    families: ClassVar[tuple[str, ...]] = ("malenia",)
+    needs_text: ClassVar[bool] = False
+    needs_label: ClassVar[bool] = True
+    validation_keys: ClassVar[tuple[str, ...]] = ("image", "label", "lesions", "meta")
+
+    def __init__(
+        self,
+        model: nn.Module,
+        patch_size: Sequence[int] = (48, 48, 48),
+        fg_fraction: float = 0.7,
+        min_voxels: int = 4,
+        intensity: float = 0.05,
+        lambda_mask: float = 1.0,
+        lambda_align: float = 0.5,
+        lambda_text: float = 1.0,
+        lambda_organ: float = 0.5,
+        no_lesion_weight: float = 0.2,
+        overlap: float = 0.25,
+        val_cases: int = 4,
+        query_keep: float = 0.5,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.patch_size = coerce(list(patch_size), tuple[int, int, int], "malenia task patch_size", TypeError)
+        if not 0 <= fg_fraction <= 1:
+            raise ValueError(f"malenia task fg_fraction must be in [0, 1], got {fg_fraction}")
+        self.fg_fraction, self.min_voxels, self.intensity = (
+            float(fg_fraction),
+            int(min_voxels),
+            float(intensity),
+        )
+        self.weights = dict(mask=lambda_mask, align=lambda_align, text=lambda_text, organ=lambda_organ)
+        self.no_lesion_weight = float(no_lesion_weight)
+        self.window = SlidingWindowConfig(patch_size=self.patch_size, overlap=overlap)
+        self.val_cases = int(val_cases)
+        self.query_keep = float(query_keep)
+        self.table: dict[str, Any] = {}
+
+    # -- data ------------------------------------------------------------------------------------------
+    def sample_transform(self, data: Any) -> LesionPatchSampler:
+        """The patch sampler; also reads the training data's lesion types (names for the name-only model,
+        the knowledge table for the checkpoint)."""
+        from medvl3d.data.datasets import open_split
+
+        root = getattr(data, "root", None)
+        if root is not None:
+            self._read_types(open_split(root, data.train_split, data.format), str(root))
+        return LesionPatchSampler(self.patch_size, self.fg_fraction, root, self.intensity)
+
+    def _read_types(self, dataset: Any, where: str) -> None:
+        self.table = lesion_table(records_lesions(dataset), where)
+        if self.model.config.query == "name":
+            self.model.set_vocabulary(Vocabulary.names(sorted(self.table)))
+
+    def _targets(self, label: torch.Tensor, lesions: dict) -> tuple[torch.Tensor, list[dict]]:
+        """Instance masks `[G, X, Y, Z]` of one patch and their lesion records."""
+        ids = [int(i) for i in label.unique().tolist() if i > 0]
+        keep = [(i, (label == i)) for i in ids]
+        keep = [
+            (i, m) for i, m in keep if int(m.sum()) >= self.min_voxels and (i in lesions or str(i) in lesions)
+        ]
+        if not keep:
+            return torch.zeros((0, *label.shape), device=label.device), []
+        masks = torch.stack([m for _, m in keep]).float()
+        return masks, [lesions.get(i) or lesions[str(i)] for i, _ in keep]
+
+    def _positives(self, records: list[dict], n_tokens: int, matched: tuple) -> dict[str, torch.Tensor]:
+        """Per attribute `[N, V]` positives of one image's tokens (unmatched: "no lesion")."""
+        vocab = self.model.vocabulary
+        out = {}
+        for attr, vals in vocab.values:
+            pos = torch.zeros(n_tokens, len(vals), dtype=torch.bool)
+            pos[:, -1] = True
+            for tok, g in zip(*matched):
+                pos[tok, -1] = False
+                value = records[g].get("type") if attr == NAME_ATTRIBUTE else records[g].get(attr)
+                key = str(value).replace("_", " ") if attr == NAME_ATTRIBUTE else value
+                if key in vals:
+                    pos[tok, vals.index(key)] = True
+                else:  # a value the vocabulary lacks: only the mask is learned from this lesion
+                    pos[tok, :] = False
+            out[attr] = pos
+        return out
+
+    def _description(self, records: list[dict], keep: float = 1.0) -> torch.Tensor:
+        """`[G, V]` weights of each lesion's attribute values over the flattened vocabulary; with `keep` < 1
+        each attribute is kept with that probability (at least one), as zero-shot queries name only some."""
+        vocab = self.model.vocabulary
+        offsets = vocab.offsets()
+        w = torch.zeros(len(records), sum(e - s for s, e in offsets.values()))
+        for g, rec in enumerate(records):
+            attrs = list(offsets)
+            if keep < 1 and len(attrs) > 1:
+                chosen = [a for a in attrs if float(torch.rand(())) < keep]
+                attrs = chosen or [attrs[int(torch.randint(len(attrs), ()))]]
+            for attr in attrs:
+                start = offsets[attr][0]
+                value = rec.get("type") if attr == NAME_ATTRIBUTE else rec.get(attr)
+                key = str(value).replace("_", " ") if attr == NAME_ATTRIBUTE else value
+                if key in vocab.table()[attr]:
+                    w[g, start + vocab.table()[attr].index(key)] = 1.0
+        return w / w.sum(1, keepdim=True).clamp_min(1.0)
+
+    # -- loss ------------------------------------------------------------------------------------------
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        if "image" not in batch or "label" not in batch or "lesions" not in batch:
+            raise ValueError(f"task 'malenia' needs batch keys image, label, lesions; got {sorted(batch)}")
+        image, label = batch["image"], batch["label"]
+        if label.ndim != 5 or label.shape[1] != 2:
+            raise ValueError(
+                "task 'malenia' needs labels [B, 2, X, Y, Z] (lesion ids, organ ids) from its patch sampler, "
+                f"got {tuple(label.shape)}"
+            )
+        out = self.model(image)
+        size = tuple(image.shape[2:])
+        targets = [self._targets(label[b, 0], batch["lesions"][b]) for b in range(image.shape[0])]
+        stages = out["layers"] + (
+            [{"masks": out["masks"], "attr": out["attr"]}] if out.get("text") is not None else []
+        )
+        align_from = 0 if self.model.config.align == "multiscale" else len(stages) - 1
+        mask_terms, align_terms = [], []
+        for k, stage in enumerate(stages):
+            masks = self.model.upsample(stage["masks"], size)
+            m_loss, a_loss = self._stage_loss(masks, stage["attr"], targets, align=k >= align_from)
+            mask_terms.append(m_loss)
+            if a_loss is not None:
+                align_terms.append(a_loss)
+        parts = {"mask": torch.stack(mask_terms).mean(), "align": torch.stack(align_terms).mean()}
+        if out.get("text") is not None:
+            parts["text"] = self._text_loss(out, targets, size)
+        if "organs" in out:
+            organs = label[:, 1]
+            parts["organ"] = (
+                F.cross_entropy(out["organs"], organs.clamp(max=out["organs"].shape[1] - 1), ignore_index=-1)
+                if bool((organs >= 0).any())
+                else out["organs"].sum() * 0.0
+            )
+        loss = sum(self.weights[k] * v for k, v in parts.items())
+        return {"loss": loss, **log_parts(**parts)}
+
+    def _stage_loss(
+        self, masks: torch.Tensor, attr: dict[str, torch.Tensor], targets: list, align: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        pred, truth, logits, positives, matched_all = [], [], {}, {}, []
+        n = masks.shape[1]
+        for b, (tmasks, records) in enumerate(targets):
+            rows, cols = hungarian_match(masks[b].flatten(1), tmasks.flatten(1))
+            pred.append(masks[b][rows].flatten(1))
+            truth.append(tmasks[cols].flatten(1))
+            if align:
+                pos = self._positives(records, n, (rows.tolist(), cols.tolist()))
+                matched = torch.zeros(n, dtype=torch.bool)
+                matched[rows.cpu()] = True
+                matched_all.append(matched)
+                for a, p in pos.items():
+                    logits.setdefault(a, []).append(attr[a][b])
+                    positives.setdefault(a, []).append(p)
+        m_loss = mask_loss(torch.cat(pred), torch.cat(truth))
+        if not align:
+            return m_loss, None
+        matched = torch.cat(matched_all).to(masks.device)
+        a_loss = torch.stack(
+            [
+                attribute_alignment_loss(
+                    torch.cat(logits[a]),
+                    torch.cat(positives[a]).to(masks.device),
+                    matched,
+                    self.no_lesion_weight,
+                )
+                for a in logits
+            ]
+        ).mean()
+        return m_loss, a_loss
+
+    def _text_loss(self, out: dict, targets: list, size: tuple[int, ...]) -> torch.Tensor:
+        """CMKI's text branch: each lesion's enhanced description predicts its mask."""
+        g_max = max(len(r) for _, r in targets)
+        if g_max == 0:
+            return out["text"].sum() * 0.0
+        v = out["text"].shape[1]
+        weights = torch.zeros(len(targets), g_max, v, device=out["text"].device)
+        for b, (_, records) in enumerate(targets):
+            if records:
+                weights[b, : len(records)] = self._description(records, self.query_keep).to(weights.device)
+        logits = self.model.upsample(self.model.text_masks(out, weights), size)
+        pred = torch.cat([logits[b, : len(r)].flatten(1) for b, (_, r) in enumerate(targets) if r])
+        truth = torch.cat([m.flatten(1) for m, r in targets if r])
+        return mask_loss(pred, truth)
+
+    # -- checkpoint and validation ---------------------------------------------------------------------
+    def checkpoint_info(self, ctx: TaskContext) -> dict[str, Any]:
+        info: dict[str, Any] = {
+            "label_names": {"0": "background", "1": "lesion"},
+            "inference": to_plain(self.window),
+            "lesion_types": self.table,
+        }
+        if self.model.config.query == "name":
+            info["type_names"] = sorted(self.table)
+        return info
+
+    def validate(self, model: nn.Module, valid: Sequence[dict], ctx: TaskContext) -> dict[str, float]:
+        """Zero-shot Dice per lesion type on the first `val_cases` validation cases: each type's query is
+        its most frequent recorded values (without the scan's contrast phase)."""
+        from medvl3d.infer.lesions import lesion_maps
+
+        cases = list(valid)[: self.val_cases]
+        table = lesion_table([les for s in cases for les in (s.get("lesions") or {}).values()], "validation")
+        queries = type_queries(
+            table, ("location", "shape", "density", "homogeneity", "margin", "neighbor_relation")
+        )
+        device = next(model.parameters()).device
+        scores: dict[str, list[float]] = {}
+        vocabulary = model.vocabulary
+        try:
+            for sample in cases:
+                label = torch.as_tensor(sample["label"])[0]
+                for name in sorted({les["type"] for les in (sample.get("lesions") or {}).values()}):
+                    query = self._type_query(model, name, queries[name])
+                    maps = lesion_maps(model, torch.as_tensor(sample["image"]), self.window, query, device)
+                    ids = [int(k) for k, les in sample["lesions"].items() if les["type"] == name]
+                    truth = torch.isin(label, torch.tensor(ids))
+                    pred = maps[0] >= 0.5
+                    inter = float((pred & truth).sum())
+                    scores.setdefault(name, []).append(2 * inter / max(1.0, float(pred.sum() + truth.sum())))
+        finally:
+            model.set_vocabulary(vocabulary)  # names asked at validation never join training
+        out = {f"val_dice_{k}": float(np.mean(v)) for k, v in sorted(scores.items())}
+        if out:
+            out["val_dice"] = float(np.mean(list(out.values())))
+        return out
+
+    @staticmethod
+    def _type_query(model: nn.Module, name: str, values: dict[str, str]) -> Any:
+        """The query of one lesion type: its recorded values, or its name for the name-only model."""
+        from medvl3d.infer.lesions import LesionQuery
+
+        if model.config.query != "name":
+            return LesionQuery(dict(values))
+        names = model.vocabulary.table()[NAME_ATTRIBUTE][:-1]
+        if name.replace("_", " ") not in names:
+            model.set_vocabulary(Vocabulary.names([*names, name]))
+        return LesionQuery(name=name)

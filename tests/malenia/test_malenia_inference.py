@@ -1,0 +1,214 @@
+"""Zero-shot lesion inference: queries from attributes and free text, per-window maps, the lesion list,
+masks on real CTs (NIfTI and DICOM) in the input's geometry, and the data-driven lesion type table."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from malenia_helpers import CYST, TUMOUR, lesion_batch
+
+from medvl3d.data.lesion_knowledge import lesion_table, nearest_type, organ_of_location, type_queries
+from medvl3d.infer.lesions import (
+    LesionQuery,
+    LesionSegmenter,
+    find_lesions,
+    parse_attribute_query,
+    query_from_description,
+    window_maps,
+)
+from medvl3d.models import create_model
+
+
+def test_attribute_queries_and_their_errors():
+    q = parse_attribute_query("organ=liver, density=hypodense,margin=well-defined")
+    assert q.attributes == {"organ": "liver", "density": "hypodense", "margin": "well-defined"}
+    assert parse_attribute_query({"shape": "round-like"}).attributes == {"shape": "round-like"}
+    with pytest.raises(ValueError, match="'liver' is not attribute=value"):
+        parse_attribute_query("liver")
+    with pytest.raises(ValueError, match="unknown attribute 'colour'"):
+        parse_attribute_query("colour=red")
+    with pytest.raises(ValueError, match="'dark' is not a value of 'density'"):
+        parse_attribute_query("density=dark")
+    with pytest.raises(ValueError, match="unknown organ 'brain'"):
+        parse_attribute_query("organ=brain")
+    with pytest.raises(ValueError, match="no attribute=value pairs"):
+        parse_attribute_query(" , ")
+
+
+def test_free_text_descriptions_become_queries():
+    q = query_from_description("round hypodense well-defined lesion in the liver")
+    assert q.attributes == {
+        "shape": "round-like",
+        "density": "hypodense",
+        "margin": "well-defined",
+        "organ": "liver",
+    }
+    colon = "Contrast-enhanced CT: irregular wall thickening of the sigmoid colon, attenuation slightly"
+    q = query_from_description(colon + " higher than the adjacent bowel wall")
+    assert q.attributes["location"] == "sigmoid colon" and q.attributes["density"] == "hyperdense"
+    assert "contrast" not in q.attributes  # the phase is the scan's, not the lesion's
+    with pytest.raises(ValueError, match="no lesion attribute could be read"):
+        query_from_description("nothing to see here")
+
+
+def test_lesion_table_comes_from_the_records():
+    table = lesion_table([CYST, CYST, {**CYST, "density": "isodense"}, TUMOUR])
+    assert set(table) == {"liver_cyst", "renal_cell_carcinoma"}
+    assert table["liver_cyst"]["count"] == 3 and table["liver_cyst"]["organ"] == "liver"
+    assert table["liver_cyst"]["density"] == pytest.approx({"hypodense": 2 / 3, "isodense": 1 / 3})
+    assert type_queries(table, ["density", "location"])["liver_cyst"] == {
+        "density": "hypodense",
+        "location": "left lobe",
+    }
+    guess = {k: v for k, v in TUMOUR.items() if k not in ("type", "organ")}
+    assert nearest_type(guess, table)[0] == "renal_cell_carcinoma"
+    assert nearest_type({"location": "left lobe", "density": "isodense"}, table)[0] == "liver_cyst"
+    assert organ_of_location("pancreatic tail") == "pancreas" and organ_of_location(None) is None
+    with pytest.raises(ValueError, match="recorded in liver and in kidney"):
+        lesion_table([CYST, {**CYST, "organ": "kidney"}], "x.jsonl")
+    with pytest.raises(ValueError, match="lacks 'type' or 'organ'"):
+        lesion_table([{"organ": "liver"}])
+
+
+def test_types_of_a_folder_generated_with_another_yaml(tmp_path):
+    """A lesion type the code has never seen is read from the folder's records."""
+    from medvl3d.data.datasets import open_split
+    from medvl3d.data.lesion_knowledge import records_lesions
+    from medvl3d.data.synth import generate
+
+    yaml_text = """version: 1
+types:
+  glowing_liver_blob:
+    organ: liver
+    size_mm: [25, 35]
+    count: [2, 2]
+    attributes:
+      contrast: {contrast-enhanced: 1.0}
+      location: {right lobe: 1.0}
+      shape: {round-like: 1.0}
+      density: {hyperdense: 1.0}
+      homogeneity: {homogeneous: 1.0}
+      margin: {well-defined: 1.0}
+      neighbor_relation: {separate from neighbouring organs: 1.0}
+"""
+    (tmp_path / "types.yaml").write_text(yaml_text, encoding="utf-8")
+    root = tmp_path / "data"
+    generate(root, n_train=2, n_test=0, size=(24, 32, 32), spacing=(12.0, 11.0, 11.0), workers=1,
+             progress=False, lesion_types=tmp_path / "types.yaml")  # fmt: skip
+    table = lesion_table(records_lesions(open_split(root, "train")))
+    assert list(table) == ["glowing_liver_blob"]
+    assert type_queries(table)["glowing_liver_blob"]["density"] == "hyperdense"
+
+
+def test_window_maps_channels_and_lesion_list():
+    torch.manual_seed(0)
+    model = create_model("test_malenia").eval()
+    x = lesion_batch(1)["image"][:1]
+    maps = window_maps(model, x)
+    n_values = sum(len(v) - 1 for _, v in model.vocabulary.values)
+    assert maps.shape == (1, 1 + n_values, 32, 32, 32)
+    assert float(maps[0, 0].min()) >= 0 and float(maps[0, 0].max()) <= 1
+    # Per attribute, the value probabilities sum to one wherever a token covers something.
+    start = 1
+    for _, values in model.vocabulary.values:
+        total = maps[0, start : start + len(values) - 1].sum(0)
+        assert torch.allclose(total[total > 0.5], torch.ones(1), atol=1e-4)
+        start += len(values) - 1
+    queried = window_maps(model, x, LesionQuery({"organ": "kidney", "density": "hyperdense"}))
+    assert queried.shape == maps.shape
+    # find_lesions on a hand-made map: two blobs, the larger first, attributes read inside each.
+    fake = torch.zeros_like(maps[0])
+    fake[0, 2:8, 2:8, 2:8] = 0.9
+    fake[0, 20:23, 20:23, 20:23] = 0.8
+    loc = model.vocabulary.table()["location"]
+    fake[1 + 2 + loc.index("right kidney")] = 1.0  # after the 2 contrast values
+    ids, found = find_lesions(model, fake)
+    assert [f["voxels"] for f in found] == [216, 27]
+    assert found[0]["attributes"]["location"] == "right kidney" and found[0]["organ"] == "kidney"
+    assert int((ids == 1).sum()) == 216
+
+
+@pytest.mark.parametrize("case", ["nifti", "dicom"])
+def test_segment_real_ct_keeps_the_input_geometry(case, real_dir, malenia_checkpoint, tmp_path):
+    from medvl3d.data.io import read_volume
+
+    source = real_dir / "totalseg" / ("example_ct_sm.nii.gz" if case == "nifti" else "dicom_series")
+    if case == "dicom":
+        pytest.importorskip(
+            "pylibjpeg", reason="the DICOM series is JPEG 2000 (pip install 'medvl3d[dicom]')"
+        )
+    segmenter = LesionSegmenter.from_checkpoint(malenia_checkpoint)
+    result = segmenter.segment(source, parse_attribute_query("organ=liver,density=hypodense"))
+    vol = read_volume(source)
+    assert result.mask.shape == vol.array.shape
+    out = result.save(tmp_path / "mask.nii.gz", tmp_path / "lesions.json")
+    written = read_volume(out)
+    assert written.array.shape == vol.array.shape
+    assert np.allclose(written.affine, vol.affine, atol=1e-4)
+    doc = json.loads((tmp_path / "lesions.json").read_text())
+    assert doc["shape"] == list(vol.array.shape)
+    for lesion in doc["lesions"]:
+        assert lesion["volume_ml"] > 0 and set(lesion["attributes"]) >= {"density", "location"}
+        assert lesion["name"] == "organ=liver, density=hypodense"
+    assert len(doc["lesions"]) == int(np.max(written.array, initial=0))
+
+
+def test_segmenter_refuses_other_families(tmp_path):
+    from medvl3d.models.checkpoint import save_checkpoint
+
+    model = create_model("test_resenc_seg")
+    info = {"model": {"name": "test_resenc_seg", "family": "seg", "config": model.config.to_dict()}}
+    ckpt = save_checkpoint(tmp_path / "checkpoints", 1, model, info)
+    with pytest.raises(ValueError, match="needs a model of family 'malenia'"):
+        LesionSegmenter.from_checkpoint(ckpt)
+
+
+def test_evaluation_scores_the_folders_own_types(tmp_path):
+    """Types, seen or unseen, come from the evaluated folder; the checkpoint's table says which were seen."""
+    from medvl3d.data.synth import generate
+    from medvl3d.eval.lesion_segmentation import evaluate_lesion_types, format_lesion_table
+    from medvl3d.models.checkpoint import save_checkpoint
+
+    root = tmp_path / "data"
+    generate(root, n_train=0, n_test=3, size=(24, 40, 40), spacing=(10.0, 8.0, 8.0), workers=1,
+             progress=False,
+             unseen_lesion_types=[])  # fmt: skip
+    torch.manual_seed(0)
+    model = create_model("test_malenia")
+    info = {
+        "model": {"name": "test_malenia", "family": "malenia", "config": model.config.to_dict()},
+        "preprocess": {"spacing": None, "intensity": {"ct_window": [-200.0, 300.0]}},
+        "inference": {"patch_size": [32, 32, 32], "overlap": 0.0},
+        "lesion_types": lesion_table([CYST, TUMOUR]),
+    }
+    ckpt = save_checkpoint(tmp_path / "checkpoints", 1, model, info)
+    scores = evaluate_lesion_types(ckpt, root, "valid")
+    from medvl3d.data.datasets import open_split
+    from medvl3d.data.lesion_knowledge import records_lesions
+
+    recorded = {les["type"] for les in records_lesions(open_split(root, "valid"))}
+    types = {k for k in scores if k not in ("seen", "unseen")}
+    assert types and types <= recorded
+    for name in types:
+        assert scores[name]["seen"] is (name in ("liver_cyst", "renal_cell_carcinoma"))
+        assert 0.0 <= scores[name]["dice"] <= 1.0 and scores[name]["lesions"] >= 1
+    assert "mean unseen" in format_lesion_table(scores) or "mean seen" in format_lesion_table(scores)
+
+
+def test_segment_lesions_writes_mask_and_json(real_dir, malenia_checkpoint, tmp_path):
+    from medvl3d.data.io import read_volume
+    from medvl3d.infer.lesions import segment_lesions
+
+    source = real_dir / "totalseg" / "example_ct_sm.nii.gz"
+    out = tmp_path / "lesions.nii.gz"
+    result = segment_lesions(
+        malenia_checkpoint, source, out=out, describe="round hypodense lesion in the liver"
+    )
+    assert read_volume(out).array.shape == read_volume(source).array.shape
+    doc = json.loads((tmp_path / "lesions.json").read_text())
+    assert len(doc["lesions"]) == len(result.lesions)
+    with pytest.raises(ValueError, match="not both"):
+        segment_lesions(malenia_checkpoint, source, out=out, describe="x", attributes="density=hypodense")

@@ -1,0 +1,100 @@
+"""The "malenia" family: outputs, config checks, ablation options, masked attention, encoder transfer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medvl3d.models import create_model, list_models
+from medvl3d.models.malenia import (
+    NAME_ATTRIBUTE,
+    NO_LESION,
+    MaleniaModel,
+    Vocabulary,
+    attribute_vocabulary,
+)
+from medvl3d.schema import ATTRIBUTES
+
+
+def test_registered_models_and_vocabulary():
+    assert {"test_malenia", "cpu_malenia", "resenc3d_malenia"} <= set(list_models(family="malenia"))
+    vocab = attribute_vocabulary()
+    assert tuple(vocab) == ATTRIBUTES
+    assert all(values[-1] == NO_LESION for values in vocab.values())
+    # Organ-specific values are all there: 18 locations, the lung's own densities.
+    assert len(vocab["location"]) == 18 + 1
+    assert {"ground-glass", "part-solid", "hypodense"} <= set(vocab["density"])
+    assert "spiculated" in vocab["margin"]
+
+
+def test_forward_shapes():
+    torch.manual_seed(0)
+    model = create_model("test_malenia")
+    out = model(torch.randn(2, 1, 32, 32, 32))
+    n = model.config.n_queries
+    assert out["masks"].shape == (2, n, 32, 32, 32)
+    assert len(out["layers"]) == model.config.dec_layers + 1  # the learnable tokens, then every layer
+    vocab = model.vocabulary.table()
+    for attr in ATTRIBUTES:
+        assert out["attr"][attr].shape == (2, n, len(vocab[attr]))
+    assert out["organs"].shape == (2, model.config.n_organs, 32, 32, 32)
+    assert out["text"].shape == (2, len(model.vocabulary.prompts()), model.config.hidden)
+    desc = torch.zeros(2, 3, out["text"].shape[1])
+    desc[:, :, 0] = 1
+    assert model.text_masks(out, desc).shape == (2, 3, 32, 32, 32)
+    assert torch.isfinite(out["masks"]).all()
+
+
+def test_config_errors():
+    with pytest.raises(TypeError, match="bogus"):
+        create_model("test_malenia", bogus=1)
+    with pytest.raises(ValueError, match="query must be one of"):
+        create_model("test_malenia", query="names")
+    with pytest.raises(ValueError, match="align must be one of"):
+        create_model("test_malenia", align="first")
+    with pytest.raises(ValueError, match="not divisible by heads"):
+        create_model("test_malenia", hidden=18, heads=4)
+
+
+def test_ablations():
+    x = torch.randn(1, 1, 32, 32, 32)
+    no_cmki = create_model("test_malenia", cmki=False)
+    out = no_cmki(x)
+    assert out["text"] is None and no_cmki.cmki is None
+    with pytest.raises(ValueError, match="needs a model with CMKI"):
+        no_cmki.text_masks(out, torch.zeros(1, 1, 43))
+    assert create_model("test_malenia", align="last").config.align == "last"
+    names = create_model("test_malenia", query="name")
+    assert names.vocabulary.attributes == (NAME_ATTRIBUTE,)
+    names.set_vocabulary(Vocabulary.names(["liver_cyst", "renal_cyst"]))
+    assert names.vocabulary.table()[NAME_ATTRIBUTE] == ("liver cyst", "renal cyst", NO_LESION)
+    assert names(x)["attr"][NAME_ATTRIBUTE].shape == (1, names.config.n_queries, 3)
+    with pytest.raises(ValueError, match="differ from the model's"):
+        names.set_vocabulary(Vocabulary.of(attribute_vocabulary()))
+
+
+def test_masked_attention_blocks_outside_the_previous_mask():
+    model = create_model("test_malenia")
+    masks = torch.full((1, 2, 4, 4, 4), -10.0)
+    masks[0, 0, :2] = 10.0  # token 0 covers half the volume; token 1 covers nothing
+    blocked = model._attention_mask(masks, torch.Size((4, 4, 4)))
+    assert blocked.shape == (1, 2, 64)
+    assert int((~blocked[0, 0]).sum()) == 32  # attends to its half only
+    assert not blocked[0, 1].any()  # nothing covered: attends everywhere (no empty softmax)
+
+
+def test_encoder_from_a_vision_language_checkpoint(tmp_path):
+    from medvl3d.models.checkpoint import save_checkpoint
+
+    torch.manual_seed(1)
+    vl = create_model("test_resenc_clip")
+    info = {"model": {"name": "test_resenc_clip", "family": "vl", "config": vl.config.to_dict()}}
+    ckpt = save_checkpoint(tmp_path / "checkpoints", 1, vl, info)
+    model = create_model("test_malenia", encoder_from=ckpt)
+    assert isinstance(model, MaleniaModel)
+    for key, value in vl.visual.state_dict().items():
+        assert torch.equal(model.encoder.state_dict()[key], value), key
+    out = model(torch.randn(1, 1, 32, 32, 32))
+    # The CLIP tower has a stride-2 stem: masks come at the finest feature size, organs at the input size.
+    assert out["masks"].shape[2:] == (16, 16, 16) and out["organs"].shape[2:] == (32, 32, 32)
+    assert model.upsample(out["masks"], (32, 32, 32)).shape[2:] == (32, 32, 32)
