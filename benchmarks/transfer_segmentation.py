@@ -93,8 +93,13 @@ def pretrain(method: str, out: Path, steps: int) -> Path:
     """One pretraining run per method (seed 0) on the zero-shot benchmark's draw; reused when present."""
     from medvl3d.train import train
 
-    data = _generate(out / "pretrain_data", 600, 150, seed=0)
+    from medvl3d.models.checkpoint import latest_checkpoint
+
     run = out / f"pretrain_{method}"
+    done = latest_checkpoint(run / "checkpoints") if (run / "checkpoints").is_dir() else None
+    if done is not None and json.loads((done / "config.json").read_text())["step"] >= steps:
+        return run  # trained earlier, possibly with older defaults: its config.json records which
+    data = _generate(out / "pretrain_data", 600, 150, seed=0)
     sets = [f"data.root={data}", f"train.steps={steps}", "train.progress=false", f"output={run}"]
     return train(REPO / "configs" / PRETRAIN[method], sets)
 

@@ -267,8 +267,10 @@ class AvFusionModel(nn.Module):
             self.text_proj = nn.Linear(config.text_dim, dim)
         else:
             self.class_queries = nn.Parameter(torch.randn(k, dim) * 0.02)
-        self.pixel_proj = nn.Conv3d(self.decoder.widths[0], dim, 1)
-        self.mask_embed = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
+        # Mask vectors live in the finest decoder features' space: a 1x1x1 projection of those features
+        # (Mask2Former's mask features) would be linear, so it folds into the token side, where it
+        # costs K + 1 vectors instead of a full-resolution map.
+        self.mask_embed = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, self.decoder.widths[0]))
         self.mask_bias = nn.Parameter(torch.zeros(1 + k))
         if config.freeze_encoder:
             self.encoder.requires_grad_(False)
@@ -363,8 +365,8 @@ class AvFusionModel(nn.Module):
                 fmap, tokens = self.fusions[point](fmap, tokens)
             return fmap
 
-        pixels = self.pixel_proj(self.decoder.features(feats, x, visit))
-        masks = self.mask_embed(tokens)  # [B, 1 + K, dim]
+        pixels = self.decoder.features(feats, x, visit)  # [B, widths[0], X, Y, Z]
+        masks = self.mask_embed(tokens)  # [B, 1 + K, widths[0]]
         logits = torch.einsum("bkd,bdxyz->bkxyz", masks, pixels) / math.sqrt(pixels.shape[1])
         return logits + self.mask_bias.view(1, -1, 1, 1, 1)
 
