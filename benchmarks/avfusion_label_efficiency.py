@@ -14,11 +14,21 @@
    `pulmonary_artery` label, plus an overlay PNG for the fusion rows), writes one JSON per run under
    `benchmarks/results/avfusion/`, then the mean ± std tables.
 
-    python benchmarks/avfusion_label_efficiency.py --encoders runs/bench_transfer   # hours on 2 cores
+    # the full table on 2 cores: two processes, one per core, each running its share of the cells
+    python benchmarks/avfusion_label_efficiency.py --encoders runs/bench_transfer --shard 0/2 &
+    python benchmarks/avfusion_label_efficiency.py --encoders runs/bench_transfer --shard 1/2
     python benchmarks/avfusion_label_efficiency.py --rows fusion queries --budgets 1 --seeds 0
     python benchmarks/avfusion_label_efficiency.py --table-only
     # a smoke run of every path in a minute (results kept out of benchmarks/results):
     python benchmarks/avfusion_label_efficiency.py --smoke --out /tmp/av_smoke
+
+Cost (one thread per process, batch 2, 64^3 patches; `benchmarks/bench_avfusion_step.py`, measured on a
+loaded 2-core machine, so an upper bound): a training step takes about 1.5 s for the avfusion rows, 1.0 s
+for MONAI's UNet and 20 s for SwinUNETR (its full-resolution convolutions), plus about 0.3 s of reading,
+preprocessing and patch sampling per batch. With the defaults (200 steps; 3 seeds, SwinUNETR 1 seed: 48
+runs) that is about 36 runs x 200 x 1.8 s + 9 x 200 x 1.3 s + 3 x 200 x 20 s = 7.6 h of one core plus
+about 0.5 min of scoring per run, so about 4 hours with `--shard 0/2` and `--shard 1/2` side by side
+(the shards split the cells by that cost).
 
 Encoders: `--encoders DIR` holds `pretrain_{clip,brgsa,gtgm}` runs of the `cpu_resenc_clip` tower (those of
 `benchmarks/transfer_segmentation.py`); without them the pretrained rows are skipped with a note.
@@ -52,6 +62,8 @@ ROWS = {
     "fusion_random": ("cpu_avfusion", "avfusion", {}, None),
 }
 MAIN_ROWS = ("fusion", "queries", "full_finetune", "unet", "swinunetr")
+#: Relative cost of a training step, for splitting cells between `--shard`s (bench_avfusion_step.py).
+STEP_COST = {"unet": 1.3, "swinunetr": 20.0}  # the avfusion rows: 1.8
 PRETRAIN_ROWS = ("fusion_clip", "fusion", "fusion_gtgm", "fusion_random")
 
 
@@ -62,6 +74,17 @@ def _triple(text: str) -> tuple[int, int, int]:
     return vals  # type: ignore[return-value]
 
 
+def _shard(text: str) -> tuple[int, int]:
+    index, sep, count = text.partition("/")
+    try:
+        i, n = int(index), int(count)
+    except ValueError:
+        i, n = -1, 0
+    if not sep or not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"expected I/N with 0 <= I < N, like 0/2, got {text!r}")
+    return i, n
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/bench_avfusion", help="work folder (data, runs)")
@@ -70,12 +93,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--budgets", type=int, nargs="+", default=[1, 5, 20], help="labelled training volumes")
     p.add_argument("--pretrain-budget", type=int, default=5, help="budget of the which-pretraining rows")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument(
+        "--swinunetr-seeds",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="seeds of the swinunetr row (a step costs ~15x the others': one seed by default)",
+    )
+    p.add_argument("--shard", type=_shard, default=(0, 1), help="I/N: run share I of N (e.g. 0/2, 1/2)")
     p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     p.add_argument("--n-valid", type=int, default=4)
     p.add_argument("--size", type=_triple, default=(64, 96, 128), help="crop DxHxW voxels (z, y, x)")
     p.add_argument("--spacing", type=float, default=1.5, help="isotropic voxel size in mm (<= 1.5)")
     p.add_argument("--patch", type=int, default=64, help="training patch edge (SwinUNETR: a multiple of 32)")
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--steps", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--table-only", action="store_true")
@@ -83,7 +114,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--smoke", action="store_true", help="a few steps on tiny crops, every row, one seed")
     args = p.parse_args(argv)
     if args.smoke:
-        args.budgets, args.seeds, args.n_valid = [1], [0], 1
+        args.budgets, args.seeds, args.swinunetr_seeds, args.n_valid = [1], [0], [0], 1
         args.size, args.patch, args.steps, args.pretrain_budget = (32, 48, 64), 32, 3, 1
         if args.results == str(RESULTS):
             args.results = str(Path(args.out) / "results")
@@ -100,6 +131,10 @@ def prepare_data(args: argparse.Namespace) -> Path:
 
     root = Path(args.out) / "data"
     target = root / "dataset_av.json"
+    if args.shard[0] != 0:  # shard 0 writes the data; the others wait for it
+        while not target.is_file():
+            print(f"shard {args.shard[0]}: waiting for shard 0 to write {target}", file=sys.stderr)
+            time.sleep(30)
     if target.is_file():
         return target
     n_train = max(args.budgets + [args.pretrain_budget])
@@ -124,7 +159,9 @@ def prepare_data(args: argparse.Namespace) -> Path:
         nib.save(nib.Nifti1Image(lab, img.affine, img.header), dst)
         entry["label"] = "./" + str(dst.relative_to(root))
     info["labels"] = {"0": "background", **{str(i): c for i, c in enumerate(CLASSES, start=1)}}
-    target.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    partial = target.with_suffix(".json.partial")
+    partial.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    partial.replace(target)  # atomic: a waiting shard never reads half a file
     return target
 
 
@@ -289,6 +326,30 @@ def table(records: list[dict], rows: tuple[str, ...], budgets: list[int]) -> str
     return "\n".join(lines) + "\n"
 
 
+def plan(args: argparse.Namespace) -> list[tuple[str, int, int]]:
+    """The (row, budget, seed) cells this `--shard` runs: all cells, dealt longest first to the shard
+    with the least estimated work so far, so parallel shards finish together."""
+    cells = [(r, b) for r in args.rows if r in MAIN_ROWS for b in args.budgets]
+    cells += [(r, args.pretrain_budget) for r in args.rows if r in PRETRAIN_ROWS and r != "fusion"]
+    if "fusion" in args.rows and args.pretrain_budget not in args.budgets:
+        cells.append(("fusion", args.pretrain_budget))
+    runs = [
+        (row, budget, seed)
+        for seed in sorted(set(args.seeds) | set(args.swinunetr_seeds))
+        for row, budget in cells
+        if seed in (args.swinunetr_seeds if row == "swinunetr" else args.seeds)
+    ]
+    index, count = args.shard
+    load = [0.0] * count
+    mine = []
+    for run in sorted(runs, key=lambda r: -STEP_COST.get(r[0], 1.8)):  # stable: keeps the seed order
+        k = load.index(min(load))
+        load[k] += STEP_COST.get(run[0], 1.8)
+        if k == index:
+            mine.append(run)
+    return sorted(mine, key=runs.index)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     results = Path(args.results)
@@ -297,18 +358,13 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(1)
         data = prepare_data(args)
-        cells = [(r, b) for r in args.rows if r in MAIN_ROWS for b in args.budgets]
-        cells += [(r, args.pretrain_budget) for r in args.rows if r in PRETRAIN_ROWS and r != "fusion"]
-        if "fusion" in args.rows and args.pretrain_budget not in args.budgets:
-            cells.append(("fusion", args.pretrain_budget))
-        for seed in args.seeds:
-            for row, budget in cells:
-                if not args.redo and (results / f"{row}_n{budget}_s{seed}.json").is_file():
-                    continue
-                rec = train_one(row, budget, seed, args, data)
-                if rec is not None:
-                    m = rec["metrics"]
-                    print(f"{row} n={budget} s={seed}: Dice {m['dice']} clDice {m['cldice']}", flush=True)
+        for row, budget, seed in plan(args):
+            if not args.redo and (results / f"{row}_n{budget}_s{seed}.json").is_file():
+                continue
+            rec = train_one(row, budget, seed, args, data)
+            if rec is not None:
+                m = rec["metrics"]
+                print(f"{row} n={budget} s={seed}: Dice {m['dice']} clDice {m['cldice']}", flush=True)
     records = [json.loads(p.read_text()) for p in sorted(results.glob("*.json"))]
     print("**Label efficiency**\n")
     print(table(records, MAIN_ROWS, sorted({b for b in args.budgets})))

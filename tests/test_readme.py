@@ -122,16 +122,17 @@ def test_the_short_readme_blocks_run_as_written(tmp_path):
         if not marked:
             continue
         argv = ["bash", "-euo", "pipefail", "-c", code] if lang == "bash" else [sys.executable, "-c", code]
-        done = subprocess.run(
-            argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S
-        )
+        done = subprocess.run(  # progress bars are UTF-8 whatever the locale of the test run
+            argv, cwd=tmp_path, env=env, capture_output=True, encoding="utf-8", errors="replace",
+            timeout=RUN_TIMEOUT_S,
+        )  # fmt: skip
         assert done.returncode == 0, f"README {lang} block failed:\n{code}\n{done.stderr[-3000:]}"
         ran += 1
         if lang == "python":
             assert "probability" in done.stdout and "Cardiomegaly" in done.stdout
     assert ran >= 2
 
-    # What the one-minute try promises: a calibrated checkpoint, an evaluation page, a report.
+    # What the two-minute try promises: a calibrated checkpoint, an evaluation page, a report.
     config = json.loads(next((tmp_path / "runs/try/checkpoints").glob("step-*/config.json")).read_text())
     assert config["calibration"]["method"] == "isotonic"
     assert "ROC curves" in (tmp_path / "runs/try/eval.html").read_text(encoding="utf-8")

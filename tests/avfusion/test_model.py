@@ -41,7 +41,10 @@ def test_one_mask_per_class_at_the_input_size(name):
 
 def test_vit_encoder_works_too():
     vit = model_config("test_vit_clip").vision
-    model = _model(encoder=vit).eval()
+    # Its two token grids give a bottleneck and one decoder level to fuse.
+    with pytest.raises(ValueError, match="only 2 points"):
+        create_model("test_avfusion", encoder=vit)
+    model = _model(encoder=vit, fusion_levels=2).eval()
     assert model(torch.randn(1, 1, 32, 32, 32)).shape == (1, 3, 32, 32, 32)
     assert len(model.adapters) == vit.depth  # one adapter per transformer block
 
@@ -152,3 +155,26 @@ def test_class_texts_are_configurable_and_change_the_stored_embeddings():
     one = _model(classes=["pulmonary_artery"], class_texts=[["pulmonary artery"]]).eval()
     with torch.no_grad():
         assert one(torch.randn(1, 1, 32, 32, 32)).shape[1] == 2  # background + the one class
+
+
+def test_no_spatial_convolution_runs_at_the_input_resolution():
+    """The CPU cost rule of the design: at the input grid only pointwise layers run (a 3x3x3 convolution
+    there cost more than the rest of a training step), and odd sizes still come back whole."""
+    model = _model().train()
+    x = torch.randn(1, 1, 33, 31, 24)
+    full_res = []
+
+    def record(module, args, out):
+        if all(o >= i for o, i in zip(out.shape[2:], x.shape[2:])):
+            full_res.append((type(module).__name__, tuple(module.kernel_size), tuple(module.stride)))
+
+    for m in model.modules():
+        if isinstance(m, torch.nn.Conv3d | torch.nn.ConvTranspose3d):
+            m.register_forward_hook(record)
+    out = model(x)
+    assert out.shape == (1, 3, 33, 31, 24)
+    # The head's upsampling (kernel = stride: no overlap) and its mixing of features and intensity.
+    assert full_res == [("ConvTranspose3d", (2, 2, 2), (2, 2, 2)), ("Conv3d", (1, 1, 1), (1, 1, 1))]
+    out.logsumexp(1).mean().backward()
+    for part in (model.full_res.mix, model.image_stem.conv1.conv):  # both train
+        assert part.weight.grad is not None and part.weight.grad.abs().sum() > 0

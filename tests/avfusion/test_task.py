@@ -110,8 +110,10 @@ def test_finetune_trains_adapters_and_keeps_the_encoder(av_run, vl_checkpoint):
     assert weights["text_embeddings"].norm(dim=1).allclose(torch.ones(2))  # stored, unit vectors
     records = [json.loads(line) for line in (av_run / "metrics.jsonl").read_text().splitlines()]
     val = [r for r in records if "val_dice" in r]
-    assert val and {"val_cldice", "val_av_confusion"} <= set(val[-1])
-    assert 0.0 <= val[-1]["val_dice"] <= 1.0
+    assert val and {"val_dice", "val_cldice"} <= set(val[-1])
+    # A/V confusion is undefined (not logged) until some predicted vessel voxel meets a true one, which
+    # 4 steps need not reach; tests/avfusion/test_vessel_metrics.py checks its values.
+    assert all(0.0 <= val[-1].get(k, 0.0) <= 1.0 for k in ("val_dice", "val_cldice", "val_av_confusion"))
 
 
 def test_segment_writes_the_targets_in_the_input_geometry(av_run, lung_data, tmp_path, capsys):

@@ -11,7 +11,7 @@ import pytest
 
 from medvl3d.viz.browser import find_chromium
 
-INSTALL_TIMEOUT_S = 900
+INSTALL_TIMEOUT_S = 300  # per apt-get call: a hung mirror must not eat the suite's 10 minutes
 
 
 def _install_chromium() -> str:

@@ -59,3 +59,21 @@ def test_the_check_catches_a_broken_page(chromium, tmp_path):
     assert any("undefinedFunction" in e for e in seen.console_errors)
     assert any("missing.png" in e or "ERR_FILE_NOT_FOUND" in e for e in seen.console_errors)
     assert [i["alt"] for i in seen.broken_images] == ["corrupt", "missing"]
+
+
+def test_screenshot_command(chromium, tmp_path, capsys, monkeypatch):
+    from medvl3d.viz.browser import main
+
+    page = tmp_path / "page.html"
+    page.write_text(
+        "<!DOCTYPE html><html><head><title>t</title></head><body><h1>hello</h1></body></html>",
+        encoding="utf-8",
+    )
+    monkeypatch.setattr("medvl3d.viz.browser.find_chromium", lambda: chromium)
+    shot = tmp_path / "docs" / "shot.png"
+    assert main([str(page), "-o", str(shot), "--width", "400", "--height", "300"]) == 0
+    assert _pixels(shot.read_bytes()).shape[:2] == (300, 400)
+    assert "0 images (0 broken), 0 console errors" in capsys.readouterr().out
+    assert main([str(page), "-o", str(page)]) == 2  # never over its input
+    assert "refusing to write over the input" in capsys.readouterr().err
+    assert page.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")

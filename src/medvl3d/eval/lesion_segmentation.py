@@ -53,8 +53,13 @@ def evaluate_lesion_types(
     max_cases: int | None = None,
     nsd_tolerance_mm: float = 2.0,
     device: str = "cpu",
+    seen: set[str] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Scores per lesion type of a Malenia checkpoint on one split of a data folder (see the module doc).
+
+    Args:
+        seen: the types that count as seen (default: those of the checkpoint's training data); a model
+            trained on every type (an upper bound) is grouped as the others are with the same set.
 
     Returns:
         type -> {"seen", "cases", "dice", "nsd", "recall", "lesions"}, plus "seen" and "unseen" means.
@@ -74,7 +79,8 @@ def evaluate_lesion_types(
         raise ValueError(f"{data}: the {split!r} split records no lesions to score")
     queries = type_queries(table, QUERY_ATTRIBUTES)
     by_name = segmenter.model.config.query == "name"
-    scores = {name: LesionTypeScores(seen=name in segmenter.knowledge) for name in table}
+    seen = set(segmenter.knowledge) if seen is None else set(seen)
+    scores = {name: LesionTypeScores(seen=name in seen) for name in table}
     n = len(dataset) if max_cases is None else min(max_cases, len(dataset))
     for i in range(n):
         sample = dataset[i]

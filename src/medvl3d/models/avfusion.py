@@ -2,12 +2,15 @@
 
 A pretrained image encoder (any vision-language checkpoint's tower, `create_model(..., encoder_from=PATH)`)
 is kept frozen; bottleneck **adapters** after each of its blocks learn the task through a gate that starts
-near zero, so training starts from the pretrained features. A U-Net decoder reads the encoder's pyramid;
-at the coarsest `fusion_levels` points (the bottleneck, then decoder levels) the class tokens (the text
-embeddings of "pulmonary artery", "pulmonary vein" and richer descriptions, projected) and the image
-features attend to each other in **both directions**, and a learned per-level pair of **modality weights**
-decides how much of each level's output comes from the image features and how much from what they read in
-the class tokens. Each class token then becomes a mask: its dot product with the final per-voxel features
+near zero, so training starts from the pretrained features. A U-Net decoder reads the encoder's pyramid
+and its own strided view of the image up to the finest encoder map, and a pointwise head brings that to
+the input resolution (`FullResolutionHead`: no 3x3x3 convolution runs there, which keeps a CPU training
+step within about twice MONAI's UNet's, `benchmarks/bench_avfusion_step.py`). At the coarsest
+`fusion_levels` points (the bottleneck, then decoder levels) the class tokens (the text embeddings of
+"pulmonary artery", "pulmonary vein" and richer descriptions, projected) and the image features attend to
+each other in **both directions**, and a learned per-level pair of **modality weights** decides how much
+of each level's output comes from the image features and how much from what they read in the class
+tokens. Each class token then becomes a mask: its dot product with the final per-voxel features
 (one logit map per class, plus a learned background token), trained with Dice + cross-entropy
 (`medvl3d.train.tasks.avfusion`).
 
@@ -21,7 +24,6 @@ this once, before training). Two ablations are options of the same config:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -32,10 +34,11 @@ from torch import nn
 
 from medvl3d.models.checkpoint import load_state_strict
 from medvl3d.models.clip import build_image_encoder
+from medvl3d.models.common import check_volume_batch
 from medvl3d.models.config import ResEncConfig, VisionConfig, ViTConfig
 from medvl3d.models.registry import Family, model_config, register_family, register_model
 from medvl3d.models.segmentation import encoder_pyramid
-from medvl3d.models.unet_decoder import UNetDecoder
+from medvl3d.models.unet_decoder import UNetDecoder, fit_to_size
 from medvl3d.typed import to_plain
 
 __all__ = [
@@ -86,7 +89,12 @@ class AvFusionConfig:
         fusion_heads: attention heads of the cross-attention (must divide `fusion_dim` and the widths of
             the fused levels).
         fusion_levels: how many of the coarsest points are fused (the bottleneck counts as one).
-        decoder_widths: decoder width per level, finest first (None: the skip connections' widths).
+        decoder_widths: decoder width per level, finest first, one per encoder feature map but the coarsest
+            (None: the encoder maps' widths).
+        full_res_width: channels of the per-voxel features at the input resolution, in which the masks are
+            dot products. Made by `FullResolutionHead` from the finest decoder level and the image with
+            pointwise operations only: a 3x3x3 convolution at full resolution costs more than the whole
+            rest of a CPU-size training step.
         vit_levels: ViT only: token grids taken by the UNETR neck.
     """
 
@@ -106,6 +114,7 @@ class AvFusionConfig:
     fusion_heads: int = 2
     fusion_levels: int = 3
     decoder_widths: tuple[int, ...] | None = None
+    full_res_width: int = 16
     vit_levels: int = 4
 
     def __post_init__(self) -> None:
@@ -119,7 +128,14 @@ class AvFusionConfig:
             )
         if any(not t.strip() for texts in self.class_texts for t in texts):
             raise ValueError(f"{where}.class_texts holds an empty description")
-        for key in ("text_dim", "adapter_reduction", "fusion_dim", "fusion_heads", "vit_levels"):
+        for key in (
+            "text_dim",
+            "adapter_reduction",
+            "fusion_dim",
+            "fusion_heads",
+            "full_res_width",
+            "vit_levels",
+        ):
             if getattr(self, key) < 1:
                 raise ValueError(f"{where}.{key} must be >= 1, got {getattr(self, key)}")
         if self.fusion_levels < 0:
@@ -200,35 +216,81 @@ class CrossModalFusion(nn.Module):
 
 
 class FusionDecoder(UNetDecoder):
-    """A `UNetDecoder` that ends in per-voxel features (masks come from class tokens, not a fixed head)
-    and hands the bottleneck and every level's output to a callback (the fusion) on the way up."""
+    """A `UNetDecoder` over the encoder's maps only, ending in features at the finest map's stride (masks
+    come from class tokens, not a fixed head); it hands the bottleneck and every level's output to a
+    callback (the fusion) on the way up.
+
+    The strides are taken relative to the finest map, so no convolution block runs at the input
+    resolution: `FullResolutionHead` takes the features from there.
+    """
 
     def __init__(self, in_channels: Sequence[int], strides: Sequence[tuple[int, int, int]], **kwargs: Any):
-        super().__init__(in_channels, strides, n_classes=1, **kwargs)
+        finest = strides[0]
+        relative = [tuple(a // b for a, b in zip(s, finest)) for s in strides]
+        super().__init__(in_channels, relative, n_classes=1, **kwargs)
+        self.finest_stride: tuple[int, int, int] = tuple(finest)  # type: ignore[assignment]
         self.heads = None  # type: ignore[assignment]
 
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        raise TypeError("FusionDecoder ends in features, not logits: call features(features, image, visit)")
+        raise TypeError("FusionDecoder ends in features, not logits: call features(features, visit)")
 
     def point_channels(self) -> list[int]:
         """Channels at the fusion points, coarsest first: the bottleneck, then each level upwards."""
         return [self.in_channels[-1]] + [self.widths[i] for i in reversed(range(len(self.stages)))]
 
     def features(
-        self,
-        features: Sequence[torch.Tensor],
-        image: torch.Tensor | None,
-        visit: Callable[[int, torch.Tensor], torch.Tensor],
+        self, features: Sequence[torch.Tensor], visit: Callable[[int, torch.Tensor], torch.Tensor]
     ) -> torch.Tensor:
-        """Finest decoder features `[B, widths[0], X, Y, Z]`; `visit(point, x)` may change each map."""
-        self._check_inputs(features, image)
+        """Decoder features `[B, widths[0], *features[0].shape[2:]]`; `visit(point, x)` may change each
+        map."""
+        self._check_inputs(features, None)
         skips = list(features[:-1])
-        if self.stem is not None:
-            skips.insert(0, self.stem(image))
         x = visit(0, features[-1])
         for point, level in enumerate(reversed(range(len(self.stages))), start=1):
             x = visit(point, self.stages[level](x, skips[level]))
         return x
+
+
+class FullResolutionHead(nn.Module):
+    """Per-voxel features at the input resolution from the finest decoder level and the image.
+
+    A transposed convolution (kernel = stride) brings the decoder features to the input grid, and a
+    pointwise convolution (then instance norm and LeakyReLU) mixes them with each voxel's own intensity,
+    so a vessel one voxel wide is seen at its own voxel. Pointwise only: a 3x3x3 convolution at full
+    resolution with a handful of channels costs more on a CPU (mostly its backward pass) than the rest of
+    the network.
+    """
+
+    def __init__(self, cin: int, cout: int, factor: tuple[int, int, int], in_chans: int) -> None:
+        super().__init__()
+        self.up = (
+            nn.ConvTranspose3d(cin, cout, factor, stride=factor)
+            if factor != (1, 1, 1)
+            else nn.Conv3d(cin, cout, 1)
+        )
+        self.mix = nn.Conv3d(cout + in_chans, cout, 1)
+        # Conv-norm-activation like the decoder's blocks: unit-scale features give the mask dot products
+        # a useful range from the first step.
+        self.norm = nn.InstanceNorm3d(cout, affine=True)
+
+    def forward(self, x: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """`[B, cin, *coarse]` and the image `[B, in_chans, X, Y, Z]` -> `[B, cout, X, Y, Z]`."""
+        up = fit_to_size(self.up(x), image.shape[2:])
+        return F.leaky_relu(self.norm(self.mix(torch.cat([up, image], dim=1))), 0.01)
+
+
+def _image_stem(in_chans: int, width: int, stride: tuple[int, int, int]) -> nn.Module | None:
+    """The decoder's own view of the image at the finest encoder map's stride (None at stride 1): a
+    strided conv block (MONAI's `UnetBasicBlock`) whose output joins that map's skip connection, the role
+    of UNETR's full-resolution "encoder1", one stride coarser (as MONAI's UNet starts)."""
+    if tuple(stride) == (1, 1, 1):
+        return None
+    from monai.networks.blocks import UnetBasicBlock
+
+    kernel = [3 if s <= 2 else s + 1 for s in stride]  # padding 1 keeps ceil(size / stride), as the encoder
+    return UnetBasicBlock(
+        3, in_chans, width, kernel_size=kernel, stride=stride, norm_name=("instance", {"affine": True})
+    )
 
 
 class AvFusionModel(nn.Module):
@@ -243,8 +305,14 @@ class AvFusionModel(nn.Module):
         self.adapters = nn.ModuleList()
         if config.adapters:
             self._attach_adapters()
+        self.image_stem = _image_stem(enc.in_chans, channels[0], strides[0])
+        skip_channels = [channels[0] + (channels[0] if self.image_stem is not None else 0), *channels[1:]]
+        widths = config.decoder_widths or channels[:-1]  # the stem widens the finest skip, not its level
         self.decoder = FusionDecoder(
-            channels, strides, in_chans=enc.in_chans, widths=config.decoder_widths, norm="instance"
+            skip_channels, strides, in_chans=enc.in_chans, widths=widths, norm="instance"
+        )
+        self.full_res = FullResolutionHead(
+            self.decoder.widths[0], config.full_res_width, self.decoder.finest_stride, enc.in_chans
         )
         points = self.decoder.point_channels()
         if config.fusion_levels > len(points):
@@ -267,10 +335,10 @@ class AvFusionModel(nn.Module):
             self.text_proj = nn.Linear(config.text_dim, dim)
         else:
             self.class_queries = nn.Parameter(torch.randn(k, dim) * 0.02)
-        # Mask vectors live in the finest decoder features' space: a 1x1x1 projection of those features
-        # (Mask2Former's mask features) would be linear, so it folds into the token side, where it
-        # costs K + 1 vectors instead of a full-resolution map.
-        self.mask_embed = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, self.decoder.widths[0]))
+        # Mask vectors live in the full-resolution features' space: a pointwise projection of those
+        # features (Mask2Former's mask features) would be linear, so it folds into the token side, where
+        # it costs 1 + K vectors instead of a full-resolution map.
+        self.mask_embed = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, config.full_res_width))
         self.mask_bias = nn.Parameter(torch.zeros(1 + k))
         if config.freeze_encoder:
             self.encoder.requires_grad_(False)
@@ -354,9 +422,13 @@ class AvFusionModel(nn.Module):
     # -- forward ---------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits `[B, 1 + K, X, Y, Z]` (background first, then `config.classes` in order)."""
+        check_volume_batch(x, self.config.encoder.in_chans, type(self).__name__)
         feats = self.encoder.forward_intermediates(x, self._blocks)
         if self.neck is not None:
             feats = self.neck(feats)
+        if self.image_stem is not None:
+            own = fit_to_size(self.image_stem(x), feats[0].shape[2:])
+            feats = [torch.cat([feats[0], own], dim=1), *feats[1:]]
         tokens = self.class_tokens(x.shape[0])
 
         def visit(point: int, fmap: torch.Tensor) -> torch.Tensor:
@@ -365,9 +437,11 @@ class AvFusionModel(nn.Module):
                 fmap, tokens = self.fusions[point](fmap, tokens)
             return fmap
 
-        pixels = self.decoder.features(feats, x, visit)  # [B, widths[0], X, Y, Z]
-        masks = self.mask_embed(tokens)  # [B, 1 + K, widths[0]]
-        logits = torch.einsum("bkd,bdxyz->bkxyz", masks, pixels) / math.sqrt(pixels.shape[1])
+        pixels = self.full_res(self.decoder.features(feats, visit), x)  # [B, full_res_width, X, Y, Z]
+        masks = self.mask_embed(tokens)  # [B, 1 + K, full_res_width]
+        # A plain dot product: the pixel features are instance-normalised, and scaling by 1/sqrt(d) left
+        # the logits too flat to leave the all-background start in the first tens of steps.
+        logits = torch.einsum("bkd,bdxyz->bkxyz", masks, pixels)
         return logits + self.mask_bias.view(1, -1, 1, 1, 1)
 
     # -- reporting -------------------------------------------------------------------------------------

@@ -481,9 +481,10 @@ def test_malenia() -> MaleniaConfig:
 
 @register_model
 def cpu_malenia() -> MaleniaConfig:
-    """CPU size: 4-stage CNN (widths 16..64) for 48^3 organ-centred crops at 2 mm, width 32, 8 tokens,
-    3 decoder layers over 2 scales, frozen MiniLM text."""
-    return MaleniaConfig(encoder=_resenc((48, 48, 48), 16, (1, 1, 2, 2), 64), text_encoder="all-MiniLM-L6-v2")
+    """CPU size: 3-stage CNN with a stride-2 stem (widths 16..64; masks at 24^3) for 48^3 organ-centred
+    crops at 2 mm, width 32, 8 tokens, 3 decoder layers over 2 scales, frozen MiniLM text."""
+    enc = ResEncConfig(img_size=(48, 48, 48), width=16, stage_blocks=(1, 2, 2), max_width=64, stem_stride=2)
+    return MaleniaConfig(encoder=enc, text_encoder="all-MiniLM-L6-v2")
 
 
 @register_model

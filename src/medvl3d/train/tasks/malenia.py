@@ -187,16 +187,20 @@ class MaleniaTask(Task):
         if self.model.config.query == "name":
             self.model.set_vocabulary(Vocabulary.names(sorted(self.table)))
 
-    def _targets(self, label: torch.Tensor, lesions: dict) -> tuple[torch.Tensor, list[dict]]:
-        """Instance masks `[G, X, Y, Z]` of one patch and their lesion records."""
+    def _targets(
+        self, label: torch.Tensor, lesions: dict, size: tuple[int, ...]
+    ) -> tuple[torch.Tensor, list[dict]]:
+        """Instance masks `[G, *size]` of one patch (soft where `size` is coarser) and their records."""
         ids = [int(i) for i in label.unique().tolist() if i > 0]
         keep = [(i, (label == i)) for i in ids]
         keep = [
             (i, m) for i, m in keep if int(m.sum()) >= self.min_voxels and (i in lesions or str(i) in lesions)
         ]
         if not keep:
-            return torch.zeros((0, *label.shape), device=label.device), []
+            return torch.zeros((0, *size), device=label.device), []
         masks = torch.stack([m for _, m in keep]).float()
+        if tuple(masks.shape[1:]) != tuple(size):
+            masks = F.interpolate(masks[None], size=size, mode="area")[0]
         return masks, [lesions.get(i) or lesions[str(i)] for i, _ in keep]
 
     def _positives(self, records: list[dict], n_tokens: int, matched: tuple) -> dict[str, torch.Tensor]:
@@ -247,8 +251,10 @@ class MaleniaTask(Task):
                 f"got {tuple(label.shape)}"
             )
         out = self.model(image)
-        size = tuple(image.shape[2:])
-        targets = [self._targets(label[b, 0], batch["lesions"][b]) for b in range(image.shape[0])]
+        # Masks are scored at the mask-feature size (the input's, or coarser with a strided stem) against
+        # area-downsampled targets: matching and losses cost 8x less per halving.
+        size = tuple(out["masks"].shape[2:])
+        targets = [self._targets(label[b, 0], batch["lesions"][b], size) for b in range(image.shape[0])]
         stages = out["layers"] + (
             [{"masks": out["masks"], "attr": out["attr"]}] if out.get("text") is not None else []
         )
