@@ -120,3 +120,43 @@ def test_segment_targets_and_lesion_prompts(coarse_seg, real_dir):
             match=r"needs a lesion-segmentation \('malenia' family\) checkpoint, but this one holds a 'seg'",
         ):
             pred.segment(**prompt)
+
+
+def test_largest_component_keeps_one_piece_of_the_named_labels_only(coarse_seg, real_dir, tmp_path):
+    from scipy import ndimage
+
+    pred = Predictor.from_checkpoint(coarse_seg, device="cpu").set_volume(
+        real_dir / "totalseg" / "example_ct_sm.nii.gz"
+    )
+    full = pred.segment()
+    pieces = {i: ndimage.label(full.mask == i, np.ones((3, 3, 3)))[1] for i in (1, 2)}
+    assert max(pieces.values()) > 1  # the untrained model scatters its labels: something to remove
+    kept = pred.segment(largest_component="a")
+    comps, n = ndimage.label(full.mask == 1, np.ones((3, 3, 3)))
+    if n:
+        largest = np.bincount(comps.ravel())[1:].argmax() + 1
+        np.testing.assert_array_equal(kept.mask == 1, comps == largest)
+    np.testing.assert_array_equal(kept.mask == 2, full.mask == 2)  # "b" was not named: untouched
+    every = pred.segment(largest_component="all")
+    for i in (1, 2):
+        assert ndimage.label(every.mask == i, np.ones((3, 3, 3)))[1] == min(pieces[i], 1)
+    with pytest.raises(ValueError, match=r"unknown segmentation targets \['c'\]"):
+        pred.segment(largest_component="c")
+    out = tmp_path / "m.nii.gz"
+    source = real_dir / "totalseg" / "example_ct_sm.nii.gz"
+    assert (
+        main(
+            [
+                "segment",
+                str(source),
+                "--checkpoint",
+                str(coarse_seg),
+                "-o",
+                str(out),
+                "--largest-component",
+                "all",
+            ]
+        )
+        == 0
+    )
+    np.testing.assert_array_equal(np.asarray(read_volume(out, modality="unknown").array), every.mask)

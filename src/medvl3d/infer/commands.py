@@ -54,6 +54,12 @@ def register(subparsers) -> None:
         default=None,
         help='comma-separated labels to keep, e.g. "pulmonary artery, pulmonary vein" (default: all)',
     )
+    p.add_argument(
+        "--largest-component",
+        default=None,
+        metavar="LABELS",
+        help='keep only the largest connected piece of these labels, e.g. "liver, spleen", or "all"',
+    )
     p.add_argument("--overlap", type=float, default=None, help="sliding-window overlap")
     p.add_argument(
         "--flip-axes",
@@ -107,7 +113,9 @@ def _segment(args: argparse.Namespace) -> int:
     window = {k: v for k, v in (("overlap", args.overlap), ("flip_axes", args.flip_axes)) if v is not None}
     predictor = Predictor.from_checkpoint(args.checkpoint, device=device, window=window)
     predictor.require("logits", "medvl3d segment")
-    result = predictor.set_volume(args.volume, progress=args.progress).segment(targets=args.targets)
+    result = predictor.set_volume(args.volume, progress=args.progress).segment(
+        targets=args.targets, largest_component=args.largest_component
+    )
     json_path = Path(args.json_out) if args.json_out else json_beside(args.out)
     result.save(args.out, json_path)
     volumes = result.volumes_ml()

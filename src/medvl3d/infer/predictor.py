@@ -345,6 +345,7 @@ class Predictor:
         targets: str | Sequence[str] | None = None,
         describe: str | None = None,
         attributes: dict[str, str] | None = None,
+        largest_component: str | Sequence[str] | None = None,
     ) -> SegmentationResult:
         """The label map of the current volume on its own (RAS) grid, with the checkpoint's label names.
 
@@ -353,6 +354,10 @@ class Predictor:
                 matter: "pulmonary artery" is the label "pulmonary_artery"); others become background.
             describe: a free-text lesion description (zero-shot lesion segmentation).
             attributes: lesion attribute values, e.g. ``{"organ": "liver", "density": "hypodense"}``.
+            largest_component: labels (names, or ``"all"``) of which only the largest connected
+                component is kept, the rest becoming background (nnU-Net's post-processing; MONAI's
+                ``KeepLargestConnectedComponent``). Use it for single-piece organs (liver, spleen, each
+                kidney), not for ribs, vertebrae or bowel, which are several pieces in a scan.
 
         Organ models (per-voxel class logits) answer ``targets``; lesion models (the ``malenia`` family)
         answer ``describe`` or ``attributes`` (with neither: every lesion they find), and their result's
@@ -375,7 +380,14 @@ class Predictor:
             keep = self._target_ids(targets, names)
             mask = np.where(np.isin(mask, keep), mask, 0).astype(mask.dtype)
             names = {i: n for i, n in names.items() if i == 0 or i in keep}
+        if largest_component is not None:
+            mask = _keep_largest_components(mask, self._largest_ids(largest_component, names))
         return SegmentationResult(mask, names, self.volume)
+
+    def _largest_ids(self, labels: str | Sequence[str], names: dict[int, str]) -> list[int]:
+        if isinstance(labels, str) and labels.strip().lower() == "all":
+            return [i for i in names if i != 0]
+        return self._target_ids(labels, names)
 
     def _segment_lesions(
         self, describe: str | None, attributes: dict[str, str] | str | None, targets: Any
@@ -494,3 +506,13 @@ class Predictor:
             checkpoint=self.info.get("path"),
             notes=notes,
         )
+
+
+def _keep_largest_components(mask: np.ndarray, labels: list[int]) -> np.ndarray:
+    """``mask`` with only the largest 26-connected component of each of ``labels`` (others untouched)."""
+    from monai.transforms import KeepLargestConnectedComponent
+
+    if not labels:
+        return mask
+    keep = KeepLargestConnectedComponent(applied_labels=labels, is_onehot=False, independent=True)
+    return np.asarray(keep(mask[None]))[0].astype(mask.dtype)
