@@ -22,13 +22,15 @@
     # a smoke run of every path in a minute (results kept out of benchmarks/results):
     python benchmarks/avfusion_label_efficiency.py --smoke --out /tmp/av_smoke
 
-Cost (one thread per process, batch 2, 64^3 patches; `benchmarks/bench_avfusion_step.py`, measured on a
-loaded 2-core machine, so an upper bound): a training step takes about 1.5 s for the avfusion rows, 1.0 s
-for MONAI's UNet and 20 s for SwinUNETR (its full-resolution convolutions), plus about 0.3 s of reading,
-preprocessing and patch sampling per batch. With the defaults (200 steps; 3 seeds, SwinUNETR 1 seed: 48
-runs) that is about 36 runs x 200 x 1.8 s + 9 x 200 x 1.3 s + 3 x 200 x 20 s = 7.6 h of one core plus
-about 0.5 min of scoring per run, so about 4 hours with `--shard 0/2` and `--shard 1/2` side by side
-(the shards split the cells by that cost).
+Cost (one thread per process, batch 2, 64^3 patches; `benchmarks/bench_avfusion_step.py`,
+`benchmarks/results/avfusion/step_time_cpu1.json`, on a shared 2-core machine): a training step takes about
+0.85-1.1 s for the avfusion rows (1.4-1.8x MONAI's UNet), 0.6 s for the UNet and 12.5 s for SwinUNETR
+(20x the UNet: its full-resolution convolutions), plus about 0.2 s of reading, preprocessing and patch
+sampling per batch. With the defaults (200 steps; 3 seeds, SwinUNETR 1 seed: 48 runs) that is
+36 x 200 x 1.1 s + 9 x 200 x 0.8 s + 3 x 200 x 12.7 s = 4.7 h of one core, plus about half a minute of
+scoring per run: about 2.5 hours with `--shard 0/2` and `--shard 1/2` side by side (the shards split the
+cells by that cost), up to about 4 hours on a busier machine (an earlier measurement there was 1.7x
+slower). 300 steps cost 1.5x that; SwinUNETR at 3 seeds adds 2 x 2.1 h of one core.
 
 Encoders: `--encoders DIR` holds `pretrain_{clip,brgsa,gtgm}` runs of the `cpu_resenc_clip` tower (those of
 `benchmarks/transfer_segmentation.py`); without them the pretrained rows are skipped with a note.
@@ -63,7 +65,7 @@ ROWS = {
 }
 MAIN_ROWS = ("fusion", "queries", "full_finetune", "unet", "swinunetr")
 #: Relative cost of a training step, for splitting cells between `--shard`s (bench_avfusion_step.py).
-STEP_COST = {"unet": 1.3, "swinunetr": 20.0}  # the avfusion rows: 1.8
+STEP_COST = {"unet": 0.8, "swinunetr": 12.7}  # seconds with the data path; the avfusion rows: 1.1
 PRETRAIN_ROWS = ("fusion_clip", "fusion", "fusion_gtgm", "fusion_random")
 
 
@@ -98,7 +100,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         nargs="+",
         default=[0],
-        help="seeds of the swinunetr row (a step costs ~15x the others': one seed by default)",
+        help="seeds of the swinunetr row (a step costs ~12x the others': one seed by default)",
     )
     p.add_argument("--shard", type=_shard, default=(0, 1), help="I/N: run share I of N (e.g. 0/2, 1/2)")
     p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
@@ -342,9 +344,9 @@ def plan(args: argparse.Namespace) -> list[tuple[str, int, int]]:
     index, count = args.shard
     load = [0.0] * count
     mine = []
-    for run in sorted(runs, key=lambda r: -STEP_COST.get(r[0], 1.8)):  # stable: keeps the seed order
+    for run in sorted(runs, key=lambda r: -STEP_COST.get(r[0], 1.1)):  # stable: keeps the seed order
         k = load.index(min(load))
-        load[k] += STEP_COST.get(run[0], 1.8)
+        load[k] += STEP_COST.get(run[0], 1.1)
         if k == index:
             mine.append(run)
     return sorted(mine, key=runs.index)

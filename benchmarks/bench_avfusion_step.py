@@ -154,10 +154,8 @@ def time_data(args: argparse.Namespace, n_batches: int = 4) -> dict:
     }
 
 
-def _commit() -> str:
-    return subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True
-    ).stdout.strip()
+def _git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.rstrip()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -173,7 +171,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: {value:.0f} ms/step{ratio}")
     record = {
         "benchmark": "bench_avfusion_step",
-        "commit": _commit(),
+        "commit": _git("rev-parse", "HEAD"),
+        # Files of the measured code that differ from that commit (the step was timed on them as they were).
+        "uncommitted": _git(
+            "status", "--porcelain", "--", "src", "benchmarks/bench_avfusion_step.py"
+        ).splitlines(),
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "torch": torch.__version__,
         "threads": args.threads,

@@ -173,8 +173,8 @@ def test_no_spatial_convolution_runs_at_the_input_resolution():
             m.register_forward_hook(record)
     out = model(x)
     assert out.shape == (1, 3, 33, 31, 24)
-    # The head's upsampling (kernel = stride: no overlap) and its mixing of features and intensity.
+    # The head's upsampling (kernel = stride: no overlap) and its projection of each voxel's intensity.
     assert full_res == [("ConvTranspose3d", (2, 2, 2), (2, 2, 2)), ("Conv3d", (1, 1, 1), (1, 1, 1))]
     out.logsumexp(1).mean().backward()
-    for part in (model.full_res.mix, model.image_stem.conv1.conv):  # both train
+    for part in (model.full_res.image_proj, model.image_stem.conv1.conv):  # both train
         assert part.weight.grad is not None and part.weight.grad.abs().sum() > 0

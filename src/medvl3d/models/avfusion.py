@@ -254,11 +254,12 @@ class FusionDecoder(UNetDecoder):
 class FullResolutionHead(nn.Module):
     """Per-voxel features at the input resolution from the finest decoder level and the image.
 
-    A transposed convolution (kernel = stride) brings the decoder features to the input grid, and a
-    pointwise convolution (then instance norm and LeakyReLU) mixes them with each voxel's own intensity,
-    so a vessel one voxel wide is seen at its own voxel. Pointwise only: a 3x3x3 convolution at full
-    resolution with a handful of channels costs more on a CPU (mostly its backward pass) than the rest of
-    the network.
+    A transposed convolution (kernel = stride) brings the decoder features to the input grid; a pointwise
+    projection of each voxel's own intensity is added (the same as a pointwise convolution over both
+    concatenated, whose feature half would fold into the transposed one), then instance norm and
+    LeakyReLU, so a vessel one voxel wide is seen at its own voxel. Pointwise only: a 3x3x3 convolution at
+    full resolution with a handful of channels costs more on a CPU (mostly its backward pass) than the
+    rest of the network.
     """
 
     def __init__(self, cin: int, cout: int, factor: tuple[int, int, int], in_chans: int) -> None:
@@ -268,7 +269,7 @@ class FullResolutionHead(nn.Module):
             if factor != (1, 1, 1)
             else nn.Conv3d(cin, cout, 1)
         )
-        self.mix = nn.Conv3d(cout + in_chans, cout, 1)
+        self.image_proj = nn.Conv3d(in_chans, cout, 1, bias=False)
         # Conv-norm-activation like the decoder's blocks: unit-scale features give the mask dot products
         # a useful range from the first step.
         self.norm = nn.InstanceNorm3d(cout, affine=True)
@@ -276,7 +277,7 @@ class FullResolutionHead(nn.Module):
     def forward(self, x: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         """`[B, cin, *coarse]` and the image `[B, in_chans, X, Y, Z]` -> `[B, cout, X, Y, Z]`."""
         up = fit_to_size(self.up(x), image.shape[2:])
-        return F.leaky_relu(self.norm(self.mix(torch.cat([up, image], dim=1))), 0.01)
+        return F.leaky_relu(self.norm(up + self.image_proj(image)), 0.01)
 
 
 def _image_stem(in_chans: int, width: int, stride: tuple[int, int, int]) -> nn.Module | None:

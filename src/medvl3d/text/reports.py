@@ -500,14 +500,14 @@ def _vocabulary_ratio(text: str) -> float:
     return sum(w in _VOCABULARY for w in words) / len(words) if words else 0.0
 
 
-def is_english(text: str, min_ratio: float = 0.15) -> bool:
+def is_english(text: str) -> bool:
     """Whether ``text`` reads as English.
 
     The language identifier (:mod:`medvl3d.text.language`, py3langid) decides; where it is unsure (short,
     term-only text such as "pleural effusion (bilateral). cardiomegaly.") the text is English when at
     least half its words are English function, radiology or canonical finding words. A confident other
     language is never English: a French list shares some Latin terms ("nodule") but is identified as
-    French. ``min_ratio`` is kept for callers of the former word-list rule and no longer used.
+    French.
     """
     from medvl3d.text.language import CONFIDENT, identify_language
 
