@@ -70,3 +70,52 @@ def test_report_with_a_lesion_model(lesion_checkpoint, synth_seg, synth_small):
         assert "<th>lesion</th>" in page
     else:
         assert "No lesion found by" in page
+
+
+def test_segment_command_with_a_lesion_model(lesion_checkpoint, synth_small, tmp_path, capsys):
+    import json
+
+    import nibabel as nib
+
+    from medvl3d.cli import main
+
+    case = _case(synth_small)
+    out = tmp_path / "lesions.nii.gz"
+    args = ["segment", str(case), "--checkpoint", str(lesion_checkpoint), "-o", str(out)]
+    assert main([*args, "--attributes", "organ=liver,density=hypodense"]) == 0
+    printed = capsys.readouterr().out
+    written = nib.load(str(out))
+    source = nib.load(str(case))
+    assert written.shape == source.shape and np.allclose(written.affine, source.affine)
+    record = json.loads(out.with_name("lesions.json").read_text(encoding="utf-8"))
+    assert len(record["lesions"]) == printed.count("lesion: {")
+    assert main([*args, "--describe", "a round hypodense lesion in the liver"]) == 0
+    capsys.readouterr()
+    for extra, message in (
+        (["--largest-component", "all"], "--largest-component: applies to organ labels"),
+        (["--attributes", "organ=liver,colour=green"], "colour"),
+    ):
+        assert main([*args, *extra]) != 0
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err
+
+
+def test_describe_with_an_organ_model_names_the_family_it_needs(synth_seg, synth_small, tmp_path, capsys):
+    from medvl3d.cli import main
+
+    out = tmp_path / "m.nii.gz"
+    code = main(
+        [
+            "segment",
+            str(_case(synth_small)),
+            "--checkpoint",
+            str(synth_seg),
+            "-o",
+            str(out),
+            "--describe",
+            "a cyst",
+        ]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and len(err.splitlines()) == 1
+    assert "needs a lesion-segmentation ('malenia' family) checkpoint" in err and not out.exists()

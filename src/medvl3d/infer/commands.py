@@ -55,6 +55,16 @@ def register(subparsers) -> None:
         help='comma-separated labels to keep, e.g. "pulmonary artery, pulmonary vein" (default: all)',
     )
     p.add_argument(
+        "--describe",
+        default=None,
+        help='lesion description for a lesion model (malenia), e.g. "round hypodense lesion in the liver"',
+    )
+    p.add_argument(
+        "--attributes",
+        default=None,
+        help='lesion attribute values for a lesion model, e.g. "organ=liver,density=hypodense"',
+    )
+    p.add_argument(
         "--largest-component",
         default=None,
         metavar="LABELS",
@@ -112,10 +122,19 @@ def _segment(args: argparse.Namespace) -> int:
     device = device_option(args.device)
     window = {k: v for k, v in (("overlap", args.overlap), ("flip_axes", args.flip_axes)) if v is not None}
     predictor = Predictor.from_checkpoint(args.checkpoint, device=device, window=window)
-    predictor.require("logits", "medvl3d segment")
-    result = predictor.set_volume(args.volume, progress=args.progress).segment(
-        targets=args.targets, largest_component=args.largest_component
-    )
+    if predictor.outputs == "lesions":  # zero-shot lesion segmentation: a query, or every lesion found
+        if args.largest_component is not None:
+            raise ValueError("--largest-component: applies to organ labels, not to a lesion model")
+        result = predictor.set_volume(args.volume, progress=args.progress).segment(
+            targets=args.targets, describe=args.describe, attributes=args.attributes
+        )
+    else:
+        predictor.require("logits", "medvl3d segment")
+        if args.describe is not None or args.attributes is not None:
+            predictor.require("lesions", "medvl3d segment --describe/--attributes")
+        result = predictor.set_volume(args.volume, progress=args.progress).segment(
+            targets=args.targets, largest_component=args.largest_component
+        )
     json_path = Path(args.json_out) if args.json_out else json_beside(args.out)
     result.save(args.out, json_path)
     volumes = result.volumes_ml()
@@ -123,5 +142,7 @@ def _segment(args: argparse.Namespace) -> int:
     print(f"{'label':<{width}}  volume (mL)")
     for name, ml in volumes.items():
         print(f"{name:<{width}}  {ml:10.1f}")
+    for lesion in result.lesions:
+        print(f"lesion: {json.dumps(lesion.to_dict())}")
     print(f"mask: {args.out}\nvolumes: {json_path}")
     return 0
