@@ -95,6 +95,7 @@ def test_encoder_from_a_vision_language_checkpoint(tmp_path):
     for key, value in vl.visual.state_dict().items():
         assert torch.equal(model.encoder.state_dict()[key], value), key
     out = model(torch.randn(1, 1, 32, 32, 32))
-    # The CLIP tower has a stride-2 stem: masks come at the finest feature size, organs at the input size.
-    assert out["masks"].shape[2:] == (16, 16, 16) and out["organs"].shape[2:] == (32, 32, 32)
+    # The CLIP tower has a stride-2 stem: masks and organs come at the finest feature size.
+    assert out["masks"].shape[2:] == (16, 16, 16) and out["organs"].shape[2:] == (16, 16, 16)
     assert model.upsample(out["masks"], (32, 32, 32)).shape[2:] == (32, 32, 32)
+    assert model.upsample(out["organs"], (32, 32, 32)).shape[1:] == (model.config.n_organs, 32, 32, 32)

@@ -11,24 +11,31 @@ from scipy.optimize import linear_sum_assignment
 
 from medvl3d.losses.infonce import multi_positive_nce
 
-__all__ = ["dice_cost", "bce_cost", "hungarian_match", "mask_loss", "attribute_alignment_loss"]
+__all__ = [
+    "dice_cost",
+    "bce_cost",
+    "hungarian_match",
+    "hungarian_match_stages",
+    "mask_loss",
+    "attribute_alignment_loss",
+]
 
 
 def dice_cost(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Pairwise `1 - Dice` `[N, G]` between mask logits `[N, P]` and binary targets `[G, P]`."""
-    p = logits.sigmoid().flatten(1)
+    """Pairwise `1 - Dice` `[..., N, G]` between mask logits `[..., N, P]` and binary targets `[G, P]`."""
+    p = logits.float().sigmoid()
     t = targets.flatten(1).float()
     inter = p @ t.T
-    return 1 - (2 * inter + 1) / (p.sum(1)[:, None] + t.sum(1)[None] + 1)
+    return 1 - (2 * inter + 1) / (p.sum(-1)[..., None] + t.sum(1) + 1)
 
 
 def bce_cost(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Pairwise mean binary cross-entropy `[N, G]` between mask logits `[N, P]` and targets `[G, P]`."""
-    x = logits.flatten(1).float()
+    """Pairwise mean binary cross-entropy `[..., N, G]` between mask logits `[..., N, P]` and targets
+    `[G, P]`."""
+    x = logits.float()
     t = targets.flatten(1).float()
-    pos = F.binary_cross_entropy_with_logits(x, torch.ones_like(x), reduction="none")
-    neg = F.binary_cross_entropy_with_logits(x, torch.zeros_like(x), reduction="none")
-    return (pos @ t.T + neg @ (1 - t).T) / x.shape[1]
+    pos, neg = F.softplus(-x), F.softplus(x)  # BCE with target 1 and with target 0
+    return (pos @ t.T + neg.sum(-1)[..., None] - neg @ t.T) / x.shape[-1]
 
 
 @torch.no_grad()
@@ -39,15 +46,26 @@ def hungarian_match(
 
     Returns `(token_idx, instance_idx)`, each `[min(N, G)]` (long, on the logits' device).
     """
-    if targets.shape[0] == 0:
-        empty = torch.zeros(0, dtype=torch.long, device=logits.device)
-        return empty, empty
-    cost = w_dice * dice_cost(logits, targets) + w_bce * bce_cost(logits, targets)
-    rows, cols = linear_sum_assignment(cost.float().cpu().numpy())
+    return hungarian_match_stages(logits[None], targets, w_dice, w_bce)[0]
+
+
+@torch.no_grad()
+def hungarian_match_stages(
+    logits: torch.Tensor, targets: torch.Tensor, w_dice: float = 1.0, w_bce: float = 1.0
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """:func:`hungarian_match` of S stages' mask logits `[S, N, P]` (deep supervision) to the same targets
+    `[G, P]`, the costs of all stages computed at once; one `(token_idx, instance_idx)` per stage."""
     dev = logits.device
-    return torch.as_tensor(rows, dtype=torch.long, device=dev), torch.as_tensor(
-        cols, dtype=torch.long, device=dev
-    )
+    if targets.shape[0] == 0:
+        empty = torch.zeros(0, dtype=torch.long, device=dev)
+        return [(empty, empty) for _ in range(logits.shape[0])]
+    logits = logits.flatten(2)
+    cost = (w_dice * dice_cost(logits, targets) + w_bce * bce_cost(logits, targets)).float().cpu().numpy()
+    out = []
+    for c in cost:
+        rows, cols = linear_sum_assignment(c)
+        out.append((torch.as_tensor(rows, dtype=torch.long, device=dev), torch.as_tensor(cols, device=dev)))
+    return out
 
 
 def mask_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -72,17 +90,33 @@ def attribute_alignment_loss(
     matched token has every matched token holding it as a positive (the multi-positive part across the batch).
 
     Args:
-        logits: `[T, V]` similarities of all tokens of the batch with the attribute's values.
-        positives: `[T, V]` bool positives (unmatched rows: only the "no lesion" column).
-        matched: `[T]` bool, tokens matched to an instance.
+        logits: `[T, V]` similarities of all tokens of the batch with the attribute's values, or `[S, T, V]`
+            for S decoder stages (deep supervision), each aligned on its own: the mean over stages, computed
+            at once (rows are pooled over stages, the same as the mean of per-stage losses when every stage
+            matches as many tokens, as the matching does while a patch has no more instances than tokens).
+        positives: `[T, V]` (or `[S, T, V]`) bool positives (unmatched rows: only the "no lesion" column).
+        matched: `[T]` (or `[S, T]`) bool, tokens matched to an instance.
     """
+    if logits.ndim == 2:
+        logits, positives, matched = logits[None], positives[None], matched[None]
     loss = logits.sum() * 0.0
     if matched.any():
-        loss = loss + multi_positive_nce(logits[matched], positives[matched])
-        cols = positives[matched].any(0)
-        cols[-1] = False  # "no lesion" is the unmatched tokens' value, not aligned from the text side
-        if cols.any():
-            loss = loss + multi_positive_nce(logits[matched].T[cols], positives[matched].T[cols])
+        m_logits, m_pos = logits[matched], positives[matched]  # [S * T_matched, V], stage-major
+        loss = loss + multi_positive_nce(m_logits, m_pos)
+        counts = matched.sum(1).tolist()
+        per_stage = zip(m_logits.split(counts), m_pos.split(counts))
+        if len(set(counts)) == 1:  # all stages at once: [S, T_matched, V] -> [S * V, T_matched]
+            per_stage = [(m_logits.view(len(counts), counts[0], -1), m_pos.view(len(counts), counts[0], -1))]
+        for lg, pos in per_stage:
+            # Rows without a positive (values no matched token holds) are ignored; "no lesion" is the
+            # unmatched tokens' value, not aligned from the text side.
+            pos = pos.clone()
+            pos[..., -1] = False
+            if pos.any():
+                lg_t, pos_t = lg.transpose(-1, -2), pos.transpose(-1, -2)
+                loss = loss + multi_positive_nce(
+                    lg_t.reshape(-1, lg_t.shape[-1]), pos_t.reshape(-1, pos_t.shape[-1])
+                ) / (1 if lg.ndim == 3 else len(counts))
     if (~matched).any():
         loss = loss + no_lesion_weight * multi_positive_nce(logits[~matched], positives[~matched])
     return loss

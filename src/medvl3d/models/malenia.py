@@ -201,17 +201,24 @@ def _norm3d(channels: int) -> nn.Module:
 
 
 class PixelDecoder(nn.Module):
-    """FPN over the encoder maps: a 1x1 lateral per map, top-down upsampling and a 3x3 conv per level.
+    """FPN over the encoder maps: a 1x1 lateral per map, top-down nearest upsampling and a conv per level,
+    3x3 on the coarser levels and pointwise on the finest (the mask-feature map).
 
-    Returns `hidden`-channel maps, finest first, at the encoder maps' sizes.
+    The finest level is pointwise as in the "avfusion" family's full-resolution head: the encoder's own
+    3x3 convolutions already mix that scale, and a 3x3 convolution there cost a sixth of a CPU training step
+    (mostly its backward pass). Returns `hidden`-channel maps, finest first, at the encoder maps' sizes.
     """
 
     def __init__(self, in_channels: list[int], hidden: int) -> None:
         super().__init__()
         self.lateral = nn.ModuleList(nn.Conv3d(c, hidden, 1) for c in in_channels)
         self.out = nn.ModuleList(
-            nn.Sequential(nn.Conv3d(hidden, hidden, 3, padding=1, bias=False), _norm3d(hidden), nn.GELU())
-            for _ in in_channels
+            nn.Sequential(
+                nn.Conv3d(hidden, hidden, 1 if i == 0 else 3, padding=0 if i == 0 else 1, bias=False),
+                _norm3d(hidden),
+                nn.GELU(),
+            )
+            for i in range(len(in_channels))
         )
 
     def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -220,7 +227,7 @@ class PixelDecoder(nn.Module):
         for i in reversed(range(len(feats))):
             lat = self.lateral[i](feats[i])
             if x is not None:
-                lat = lat + F.interpolate(x, size=lat.shape[2:], mode="trilinear", align_corners=False)
+                lat = lat + F.interpolate(x, size=lat.shape[2:], mode="nearest")  # FPN's (and Mask2Former's)
             x = self.out[i](lat)
             outs[i] = x
         return outs
@@ -296,7 +303,8 @@ class MaleniaModel(nn.Module):
     - ``masks``, ``attr``: the final token predictions (after CMKI when enabled);
     - ``mask_features`` `[B, hidden, x, y, z]`, ``text`` (`[B, V, hidden]` image-conditioned text with
       CMKI, else None) and ``tokens`` (the enhanced tokens): what :meth:`text_masks` needs;
-    - ``organs``: auxiliary organ logits `[B, n_organs, X, Y, Z]` at the input size (absent without the head).
+    - ``organs``: auxiliary organ logits `[B, n_organs, x, y, z]` at the mask-feature size, as the masks
+      (:meth:`upsample` brings either to the input size; absent without the head).
     """
 
     def __init__(self, config: MaleniaConfig, vocabulary: Vocabulary | None = None) -> None:
@@ -427,9 +435,8 @@ class MaleniaModel(nn.Module):
             final = self._predict(q2, mask_feats, text)
             out["text"], out["tokens"] = t2, q2
         out["masks"], out["attr"] = final["masks"], final["attr"]
-        if self.organ_head is not None:
-            organs = self.organ_head(mask_feats)
-            out["organs"] = F.interpolate(organs, size=x.shape[2:], mode="trilinear", align_corners=False)
+        if self.organ_head is not None:  # at the mask-feature size: upsampling 16 maps cost a quarter of a step
+            out["organs"] = self.organ_head(mask_feats)
         return out
 
     def text_masks(self, out: dict[str, Any], descriptions: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,7 @@ from torch import nn
 
 from medvl3d.data.lesion_knowledge import lesion_table, records_lesions, type_queries
 from medvl3d.infer.sliding_window import SlidingWindowConfig
-from medvl3d.losses.mask_matching import attribute_alignment_loss, hungarian_match, mask_loss
+from medvl3d.losses.mask_matching import attribute_alignment_loss, hungarian_match_stages, mask_loss
 from medvl3d.models.malenia import NAME_ATTRIBUTE, Vocabulary
 from medvl3d.train.tasks.base import Task, TaskContext, log_parts, register_task
 from medvl3d.typed import coerce, to_plain
@@ -41,7 +41,14 @@ LESION_ORGAN_LABELS = (1, 2, 3, 4, 5, 6, 7, 10)
 class LesionPatchSampler:
     """Per-sample training transform (picklable): adds the organ map, draws an organ-centred or
     lesion-centred patch and jitters intensities. ``label`` becomes `[2, X, Y, Z]`: lesion instance ids and
-    organ ids (-1 where the case has no organ map)."""
+    organ ids (-1 where the case has no organ map).
+
+    Per case (keyed by its path or id) the organ map and the candidate centres are computed once: a draw
+    then only crops (a full-volume pass per draw cost more than the training step)."""
+
+    #: Organ-centred candidates kept per case (a fixed random subset: a uniform draw from it is a uniform
+    #: draw from the organs, at 12 bytes a candidate instead of the organs' millions of voxels).
+    max_organ_candidates: ClassVar[int] = 32768
 
     def __init__(
         self, patch_size: tuple[int, int, int], fg_fraction: float, root: str | None, intensity: float
@@ -53,14 +60,15 @@ class LesionPatchSampler:
             intensity,
         )
         self._organs: dict[str, torch.Tensor] = {}
+        self._candidates: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def organ_map(self, sample: dict) -> torch.Tensor:
-        """The case's organ map on the preprocessed grid (cached per case), or -1 everywhere."""
+        """The case's organ map on the preprocessed grid (int8, cached per case), or -1 everywhere."""
         meta = sample.get("meta") or {}
         shape = tuple(int(s) for s in meta.get("shape") or sample["image"].shape[1:])
         rel = meta.get("organs")
         if not rel:
-            return torch.full(shape, -1, dtype=torch.long)
+            return torch.full(shape, -1, dtype=torch.int8)
         path = Path(rel) if Path(rel).is_absolute() or self.root is None else Path(self.root) / rel
         key = str(path)
         if key not in self._organs:
@@ -71,44 +79,56 @@ class LesionPatchSampler:
                 raise FileNotFoundError(f"{path}: organ map of case {meta.get('case_id')} not found")
             vol = read_volume(path, modality="unknown")
             arr = torch.from_numpy(np.asarray(vol.array).astype(np.int64))[None]
-            self._organs[key] = resample_to_grid(arr, vol.affine, shape, np.asarray(meta["affine"]))[0]
+            organs = resample_to_grid(arr, vol.affine, shape, np.asarray(meta["affine"]))[0]
+            self._organs[key] = organs.to(torch.int8)  # SynthCT-VL ids < 128; 8x less memory than int64
         return self._organs[key]
+
+    def candidates(self, sample: dict, lesions: torch.Tensor, organs: torch.Tensor) -> tuple:
+        """`(lesion voxels, lesion-bearing organ voxels)`, each `[K, 3]` int32 (cached per case)."""
+        meta = sample.get("meta") or {}
+        key = meta.get("path") or meta.get("case_id")
+        if key is not None and str(key) in self._candidates:
+            return self._candidates[str(key)]
+        lesion_pts = (lesions > 0).nonzero().int()
+        organ_pts = torch.isin(organs, torch.tensor(LESION_ORGAN_LABELS, dtype=organs.dtype)).nonzero().int()
+        if len(organ_pts) > self.max_organ_candidates:
+            gen = torch.Generator().manual_seed(0)
+            organ_pts = organ_pts[torch.randperm(len(organ_pts), generator=gen)[: self.max_organ_candidates]]
+        if key is not None:
+            self._candidates[str(key)] = (lesion_pts, organ_pts)
+        return lesion_pts, organ_pts
 
     def __call__(self, sample: dict, seed: int) -> dict:
         meta = sample.get("meta") or {}
         if sample.get("label") is None:
             raise ValueError(f"{meta.get('path', 'a case')}: no lesion instance map (malenia needs one)")
         rng = np.random.default_rng(seed)
-        image = torch.as_tensor(sample["image"]).float()
-        lesions = torch.as_tensor(sample["label"]).long()[0]
+        image = torch.as_tensor(sample["image"])
+        lesions = torch.as_tensor(sample["label"])[0]
         organs = self.organ_map(sample)
-        if rng.random() < self.fg_fraction and bool((lesions > 0).any()):
-            candidates = (lesions > 0).nonzero()
-        else:
-            candidates = torch.isin(organs, torch.tensor(LESION_ORGAN_LABELS)).nonzero()
-            if len(candidates) == 0:
-                candidates = (lesions >= 0).nonzero()
-        centre = candidates[int(rng.integers(len(candidates)))].tolist()
-        stacked = torch.cat([image, lesions[None].float(), organs[None].float()], 0)
-        patch = _crop(stacked, centre, self.patch_size)
-        img = patch[:1]
+        lesion_pts, organ_pts = self.candidates(sample, lesions, organs)
+        candidates = lesion_pts if rng.random() < self.fg_fraction and len(lesion_pts) else organ_pts
+        if len(candidates):
+            centre = candidates[int(rng.integers(len(candidates)))].tolist()
+        else:  # no lesion-bearing organ: anywhere
+            centre = list(np.unravel_index(int(rng.integers(lesions.numel())), tuple(lesions.shape)))
+        img = _crop(image, centre, self.patch_size, 0).float()
+        lesion_patch = _crop(lesions[None], centre, self.patch_size, 0).long()
+        organ_patch = _crop(organs[None], centre, self.patch_size, -1).long()
         if self.intensity > 0:
             gen = torch.Generator().manual_seed(int(seed) % 2**31)
             scale = 1 + self.intensity * (2 * torch.rand(1, generator=gen) - 1)
             shift = self.intensity * 0.5 * (2 * torch.rand(1, generator=gen) - 1)
             img = img * scale + shift + 0.01 * torch.randn(img.shape, generator=gen)
-        return {**sample, "image": img.contiguous(), "label": patch[1:].round().long().contiguous()}
+        return {**sample, "image": img.contiguous(), "label": torch.cat([lesion_patch, organ_patch])}
 
 
-def _crop(x: torch.Tensor, centre: list[int], size: tuple[int, int, int]) -> torch.Tensor:
-    """A `size` crop of `[C, X, Y, Z]` centred on `centre`, padded at the borders (image and lesions 0,
-    organ -1)."""
-    out_shape = (x.shape[0], *size)
-    out = torch.zeros(out_shape, dtype=x.dtype)
-    out[2] = -1
+def _crop(x: torch.Tensor, centre: list[int], size: tuple[int, int, int], fill: float) -> torch.Tensor:
+    """A `size` crop of `[C, X, Y, Z]` centred on `centre`, padded with `fill` beyond the borders."""
+    out = torch.full((x.shape[0], *size), fill, dtype=x.dtype)
     src, dst = [], []
     for c, s, n in zip(centre, size, x.shape[1:]):
-        lo = c - s // 2
+        lo = int(c) - s // 2
         a, b = max(lo, 0), min(lo + s, n)
         src.append(slice(a, b))
         dst.append(slice(a - lo, b - lo))
@@ -191,7 +211,7 @@ class MaleniaTask(Task):
         self, label: torch.Tensor, lesions: dict, size: tuple[int, ...]
     ) -> tuple[torch.Tensor, list[dict]]:
         """Instance masks `[G, *size]` of one patch (soft where `size` is coarser) and their records."""
-        ids = [int(i) for i in label.unique().tolist() if i > 0]
+        ids = [i for i in label.clamp_min(0).flatten().bincount().nonzero()[:, 0].tolist() if i > 0]
         keep = [(i, (label == i)) for i in ids]
         keep = [
             (i, m) for i, m in keep if int(m.sum()) >= self.min_voxels and (i in lesions or str(i) in lesions)
@@ -203,23 +223,22 @@ class MaleniaTask(Task):
             masks = F.interpolate(masks[None], size=size, mode="area")[0]
         return masks, [lesions.get(i) or lesions[str(i)] for i, _ in keep]
 
-    def _positives(self, records: list[dict], n_tokens: int, matched: tuple) -> dict[str, torch.Tensor]:
-        """Per attribute `[N, V]` positives of one image's tokens (unmatched: "no lesion")."""
+    def _instance_values(self, records: list[dict]) -> torch.Tensor:
+        """`[G + 1, V]` bool over the flattened vocabulary: row g the values of instance g (an attribute whose
+        value the vocabulary lacks has no positive: only the mask is learned from it), the last row "no
+        lesion" for every attribute (the positives of unmatched tokens)."""
         vocab = self.model.vocabulary
-        out = {}
+        offsets = vocab.offsets()
+        table = torch.zeros(len(records) + 1, sum(e - s for s, e in offsets.values()), dtype=torch.bool)
         for attr, vals in vocab.values:
-            pos = torch.zeros(n_tokens, len(vals), dtype=torch.bool)
-            pos[:, -1] = True
-            for tok, g in zip(*matched):
-                pos[tok, -1] = False
-                value = records[g].get("type") if attr == NAME_ATTRIBUTE else records[g].get(attr)
+            start, end = offsets[attr]
+            table[-1, end - 1] = True
+            for g, rec in enumerate(records):
+                value = rec.get("type") if attr == NAME_ATTRIBUTE else rec.get(attr)
                 key = str(value).replace("_", " ") if attr == NAME_ATTRIBUTE else value
                 if key in vals:
-                    pos[tok, vals.index(key)] = True
-                else:  # a value the vocabulary lacks: only the mask is learned from this lesion
-                    pos[tok, :] = False
-            out[attr] = pos
-        return out
+                    table[g, start + vals.index(key)] = True
+        return table
 
     def _description(self, records: list[dict], keep: float = 1.0) -> torch.Tensor:
         """`[G, V]` weights of each lesion's attribute values over the flattened vocabulary; with `keep` < 1
@@ -259,18 +278,14 @@ class MaleniaTask(Task):
             [{"masks": out["masks"], "attr": out["attr"]}] if out.get("text") is not None else []
         )
         align_from = 0 if self.model.config.align == "multiscale" else len(stages) - 1
-        mask_terms, align_terms = [], []
-        for k, stage in enumerate(stages):
-            masks = self.model.upsample(stage["masks"], size)
-            m_loss, a_loss = self._stage_loss(masks, stage["attr"], targets, align=k >= align_from)
-            mask_terms.append(m_loss)
-            if a_loss is not None:
-                align_terms.append(a_loss)
-        parts = {"mask": torch.stack(mask_terms).mean(), "align": torch.stack(align_terms).mean()}
+        mask_part, align_part = self._set_losses(stages, targets, size, align_from)
+        parts = {"mask": mask_part, "align": align_part}
         if out.get("text") is not None:
             parts["text"] = self._text_loss(out, targets, size)
         if "organs" in out:
-            organs = label[:, 1]
+            # Organ ids at the logits' size (nearest voxel): the auxiliary head learns at the masks' scale.
+            organs = F.interpolate(label[:, 1:].float(), size=out["organs"].shape[2:], mode="nearest-exact")
+            organs = organs[:, 0].long()
             parts["organ"] = (
                 F.cross_entropy(out["organs"], organs.clamp(max=out["organs"].shape[1] - 1), ignore_index=-1)
                 if bool((organs >= 0).any())
@@ -279,39 +294,43 @@ class MaleniaTask(Task):
         loss = sum(self.weights[k] * v for k, v in parts.items())
         return {"loss": loss, **log_parts(**parts)}
 
-    def _stage_loss(
-        self, masks: torch.Tensor, attr: dict[str, torch.Tensor], targets: list, align: bool
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        pred, truth, logits, positives, matched_all = [], [], {}, {}, []
-        n = masks.shape[1]
+    def _set_losses(
+        self, stages: list[dict], targets: list, size: tuple[int, ...], align_from: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mask and alignment losses, each the mean over decoder stages (deep supervision), every stage
+        matched to the instances on its own. The stages are scored together (one cost computation per image,
+        one mask loss, one alignment loss per attribute): every stage matches as many tokens, so the pooled
+        means are the means of the per-stage losses."""
+        masks = torch.stack([self.model.upsample(st["masks"], size) for st in stages])  # [S, B, N, *size]
+        n_stages, n_tokens = masks.shape[0], masks.shape[2]
+        picks, truth, positives, matched = [], [], [], []
         for b, (tmasks, records) in enumerate(targets):
-            rows, cols = hungarian_match(masks[b].flatten(1), tmasks.flatten(1))
-            pred.append(masks[b][rows].flatten(1))
-            truth.append(tmasks[cols].flatten(1))
-            if align:
-                pos = self._positives(records, n, (rows.tolist(), cols.tolist()))
-                matched = torch.zeros(n, dtype=torch.bool)
-                matched[rows.cpu()] = True
-                matched_all.append(matched)
-                for a, p in pos.items():
-                    logits.setdefault(a, []).append(attr[a][b])
-                    positives.setdefault(a, []).append(p)
-        m_loss = mask_loss(torch.cat(pred), torch.cat(truth))
-        if not align:
-            return m_loss, None
-        matched = torch.cat(matched_all).to(masks.device)
-        a_loss = torch.stack(
-            [
+            flat = tmasks.flatten(1)
+            values = self._instance_values(records).to(masks.device)
+            pos = values[-1].repeat(n_stages, n_tokens, 1)  # [S, N, V]: "no lesion" unless matched
+            hit = torch.zeros(n_stages, n_tokens, dtype=torch.bool, device=masks.device)
+            for k, (rows, cols) in enumerate(hungarian_match_stages(masks[:, b].flatten(2), flat)):
+                picks.append(torch.stack([torch.full_like(rows, k), torch.full_like(rows, b), rows]))
+                truth.append(flat[cols])
+                pos[k, rows] = values[cols]
+                hit[k, rows] = True
+            positives.append(pos)
+            matched.append(hit)
+        # One gather of every matched (stage, image, token) mask: a gather per pair would each write a
+        # gradient as large as all stages' masks.
+        k_idx, b_idx, n_idx = torch.cat(picks, 1)
+        mask_part = mask_loss(masks[k_idx, b_idx, n_idx].flatten(1), torch.cat(truth))
+        positives_all = torch.cat(positives, 1)[align_from:]  # [S', B * N, V]
+        matched_all = torch.cat(matched, 1)[align_from:]
+        align_terms = []
+        for attr, (start, end) in self.model.vocabulary.offsets().items():
+            logits = torch.stack([st["attr"][attr] for st in stages[align_from:]]).flatten(1, 2)
+            align_terms.append(
                 attribute_alignment_loss(
-                    torch.cat(logits[a]),
-                    torch.cat(positives[a]).to(masks.device),
-                    matched,
-                    self.no_lesion_weight,
+                    logits, positives_all[..., start:end], matched_all, self.no_lesion_weight
                 )
-                for a in logits
-            ]
-        ).mean()
-        return m_loss, a_loss
+            )
+        return mask_part, torch.stack(align_terms).mean()
 
     def _text_loss(self, out: dict, targets: list, size: tuple[int, ...]) -> torch.Tensor:
         """CMKI's text branch: each lesion's enhanced description predicts its mask."""
