@@ -9,6 +9,7 @@ from medvl3d.losses.mask_matching import (
     bce_cost,
     dice_cost,
     hungarian_match,
+    hungarian_match_stages,
     mask_loss,
 )
 
@@ -67,3 +68,26 @@ def test_alignment_prefers_the_right_values():
     none = torch.zeros(3, dtype=torch.bool)
     full = attribute_alignment_loss(torch.zeros(3, 3), positives[[2, 2, 2]], none, no_lesion_weight=1.0)
     assert torch.allclose(full, torch.log(torch.tensor(3.0)))
+
+
+def test_stages_at_once_equal_stage_by_stage():
+    """Deep supervision scores all decoder stages together: the same matches and the same mean loss."""
+    gen = torch.Generator().manual_seed(0)
+    targets = _masks()
+    logits = 5 * torch.randn(4, 5, 10, generator=gen)  # 4 stages, 5 tokens
+    for k, (rows, cols) in enumerate(hungarian_match_stages(logits, targets)):
+        ref_rows, ref_cols = hungarian_match(logits[k], targets)
+        assert torch.equal(rows, ref_rows) and torch.equal(cols, ref_cols)
+    assert all(r.numel() == 0 for r, _ in hungarian_match_stages(logits, targets[:0]))
+    # Alignment: 3 stages of 6 tokens (2 images), 4 values (the last "no lesion"), 3 tokens matched per stage.
+    sim = torch.randn(3, 6, 4, generator=gen)
+    matched = torch.zeros(3, 6, dtype=torch.bool)
+    positives = torch.zeros(3, 6, 4, dtype=torch.bool)
+    positives[..., -1] = True
+    for k in range(3):
+        rows = torch.randperm(6, generator=gen)[:3]
+        matched[k, rows] = True
+        positives[k, rows] = torch.tensor([[1, 0, 0, 0], [0, 1, 0, 0], [1, 0, 1, 0]], dtype=torch.bool)
+    at_once = attribute_alignment_loss(sim, positives, matched)
+    one_by_one = torch.stack([attribute_alignment_loss(sim[k], positives[k], matched[k]) for k in range(3)])
+    assert torch.allclose(at_once, one_by_one.mean(), atol=1e-6)

@@ -201,24 +201,20 @@ def _norm3d(channels: int) -> nn.Module:
 
 
 class PixelDecoder(nn.Module):
-    """FPN over the encoder maps: a 1x1 lateral per map, top-down nearest upsampling and a conv per level,
-    3x3 on the coarser levels and pointwise on the finest (the mask-feature map).
+    """FPN over the encoder maps: a 1x1 lateral per map, top-down nearest upsampling and a 3x3 conv per
+    level. Returns `hidden`-channel maps, finest first, at the encoder maps' sizes.
 
-    The finest level is pointwise as in the "avfusion" family's full-resolution head: the encoder's own
-    3x3 convolutions already mix that scale, and a 3x3 convolution there cost a sixth of a CPU training step
-    (mostly its backward pass). Returns `hidden`-channel maps, finest first, at the encoder maps' sizes.
+    The finest level's 3x3 conv costs about a sixth of a CPU training step (mostly its backward pass), but a
+    pointwise one there (the "avfusion" head's pattern) left the text branch unable to tell the two lesions
+    of `tests/malenia`'s slow query test apart after 150 steps, so it stays.
     """
 
     def __init__(self, in_channels: list[int], hidden: int) -> None:
         super().__init__()
         self.lateral = nn.ModuleList(nn.Conv3d(c, hidden, 1) for c in in_channels)
         self.out = nn.ModuleList(
-            nn.Sequential(
-                nn.Conv3d(hidden, hidden, 1 if i == 0 else 3, padding=0 if i == 0 else 1, bias=False),
-                _norm3d(hidden),
-                nn.GELU(),
-            )
-            for i in range(len(in_channels))
+            nn.Sequential(nn.Conv3d(hidden, hidden, 3, padding=1, bias=False), _norm3d(hidden), nn.GELU())
+            for _ in in_channels
         )
 
     def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -435,7 +431,8 @@ class MaleniaModel(nn.Module):
             final = self._predict(q2, mask_feats, text)
             out["text"], out["tokens"] = t2, q2
         out["masks"], out["attr"] = final["masks"], final["attr"]
-        if self.organ_head is not None:  # at the mask-feature size: upsampling 16 maps cost a quarter of a step
+        if self.organ_head is not None:
+            # At the mask-feature size: upsampling 16 maps to the input size cost a quarter of a CPU step.
             out["organs"] = self.organ_head(mask_feats)
         return out
 

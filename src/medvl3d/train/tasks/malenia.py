@@ -8,7 +8,8 @@ by Hungarian matching on Dice + BCE, separately at every decoder layer (deep sup
 learn their lesion's mask; per attribute, every token is aligned by multi-positive InfoNCE with the text
 of its lesion's value, or with "no lesion" when unmatched, at every layer (``align="multiscale"``) or at
 the last one only. With CMKI the enhanced text of each lesion's attribute values also predicts its mask.
-The organ head learns the organ map (SynthCT-VL's ``organs`` file, resampled onto the patch grid).
+The organ head learns the organ map (SynthCT-VL's ``organs`` file, resampled onto the patch grid,
+at the masks' size).
 
 Patches: centred on a lesion voxel with probability ``fg_fraction``, otherwise on a voxel of a lesion-bearing
 organ (organ-centred crops), so that lesions stay visible at the training resolution (about 2 mm).
