@@ -91,9 +91,8 @@ def _generate(path: Path, n_train: int, n_test: int, seed: int) -> Path:
 
 def pretrain(method: str, out: Path, steps: int) -> Path:
     """One pretraining run per method (seed 0) on the zero-shot benchmark's draw; reused when present."""
-    from medvl3d.train import train
-
     from medvl3d.models.checkpoint import latest_checkpoint
+    from medvl3d.train import train
 
     run = out / f"pretrain_{method}"
     done = latest_checkpoint(run / "checkpoints") if (run / "checkpoints").is_dir() else None

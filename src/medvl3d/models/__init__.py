@@ -15,6 +15,7 @@ from medvl3d.models.config import (
 )
 from medvl3d.models.heads import projection_head
 from medvl3d.models.knowledge_bank import KnowledgeBank
+from medvl3d.models.malenia import MaleniaConfig, MaleniaModel  # registers the "malenia" family
 from medvl3d.models.registry import (
     Family,
     create_model,
@@ -26,7 +27,6 @@ from medvl3d.models.registry import (
     register_family,
     register_model,
 )
-from medvl3d.models.malenia import MaleniaConfig, MaleniaModel  # registers the "malenia" family
 from medvl3d.models.resenc3d import ResidualEncoder3D
 from medvl3d.models.vit3d import VisionTransformer3D
 
