@@ -19,10 +19,10 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from medvl3d.infer.sliding_window import SlidingWindowConfig, sliding_window_probabilities
+from medvl3d.infer.sliding_window import sliding_window_probabilities
 from medvl3d.train.tasks.base import Task, TaskContext, log_parts, register_task
-from medvl3d.train.tasks.segmentation import PatchSampler, SegAugmentConfig
-from medvl3d.typed import build_dataclass, coerce, to_plain
+from medvl3d.train.tasks.segmentation import PatchSampler, SegAugmentConfig, configure_patches
+from medvl3d.typed import to_plain
 
 __all__ = ["AvFusionTask", "ClassRemapSampler", "normalise_name", "remap_labels"]
 
@@ -125,20 +125,8 @@ class AvFusionTask(Task):
 
         self.model = model
         self.classes = tuple(model.config.classes)
-        self.patch_size = coerce(
-            list(patch_size), tuple[int, int, int], "avfusion task patch_size", TypeError
-        )
-        if not 0 <= fg_fraction <= 1:
-            raise ValueError(f"avfusion task fg_fraction must be in [0, 1], got {fg_fraction}")
-        self.fg_fraction = float(fg_fraction)
-        self.pad_to_patch = bool(pad_to_patch)
-        self.augment = (
-            augment
-            if isinstance(augment, SegAugmentConfig)
-            else build_dataclass(SegAugmentConfig, augment, "avfusion task augment", TypeError)
-        )
-        self.window = SlidingWindowConfig(
-            patch_size=self.patch_size, overlap=overlap, flip_axes=tuple(int(a) for a in flip_axes)
+        configure_patches(
+            self, "avfusion", patch_size, fg_fraction, augment, overlap, flip_axes, pad_to_patch
         )
         self.loss = DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=lambda_dice, lambda_ce=lambda_ce)
         if not model.text_ready:

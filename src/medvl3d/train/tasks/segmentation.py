@@ -149,6 +149,33 @@ class PatchSampler:
         return {**sample, "image": plain["image"].float(), "label": plain["label"].round().long()}
 
 
+def configure_patches(
+    task: Task,
+    kind: str,
+    patch_size: Sequence[int],
+    fg_fraction: float,
+    augment: dict | SegAugmentConfig | None,
+    overlap: float,
+    flip_axes: Sequence[int],
+    pad_to_patch: bool,
+) -> None:
+    """Check and set a label-map task's patch settings (``patch_size``, ``fg_fraction``,
+    ``pad_to_patch``, ``augment``, ``window``); errors name the task ``kind``."""
+    task.patch_size = coerce(list(patch_size), tuple[int, int, int], f"{kind} task patch_size", TypeError)
+    if not 0 <= fg_fraction <= 1:
+        raise ValueError(f"{kind} task fg_fraction must be in [0, 1], got {fg_fraction}")
+    task.fg_fraction = float(fg_fraction)
+    task.pad_to_patch = bool(pad_to_patch)
+    task.augment = (
+        augment
+        if isinstance(augment, SegAugmentConfig)
+        else build_dataclass(SegAugmentConfig, augment, f"{kind} task augment", TypeError)
+    )
+    task.window = SlidingWindowConfig(
+        patch_size=task.patch_size, overlap=overlap, flip_axes=tuple(int(a) for a in flip_axes)
+    )
+
+
 @register_task("segmentation")
 class SegmentationTask(Task):
     """Supervised segmentation with Dice + cross-entropy on class-balanced patches.
@@ -186,20 +213,8 @@ class SegmentationTask(Task):
 
         self.model = model
         self.n_classes = int(model.config.n_classes)
-        self.patch_size = coerce(
-            list(patch_size), tuple[int, int, int], "segmentation task patch_size", TypeError
-        )
-        if not 0 <= fg_fraction <= 1:
-            raise ValueError(f"segmentation task fg_fraction must be in [0, 1], got {fg_fraction}")
-        self.fg_fraction = float(fg_fraction)
-        self.pad_to_patch = bool(pad_to_patch)
-        self.augment = (
-            augment
-            if isinstance(augment, SegAugmentConfig)
-            else build_dataclass(SegAugmentConfig, augment, "segmentation task augment", TypeError)
-        )
-        self.window = SlidingWindowConfig(
-            patch_size=self.patch_size, overlap=overlap, flip_axes=tuple(int(a) for a in flip_axes)
+        configure_patches(
+            self, "segmentation", patch_size, fg_fraction, augment, overlap, flip_axes, pad_to_patch
         )
         loss = DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=lambda_dice, lambda_ce=lambda_ce)
         self.loss = DeepSupervisionLoss(loss) if getattr(model.config, "deep_supervision", False) else loss
