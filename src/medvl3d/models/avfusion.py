@@ -32,9 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medvl3d.models.checkpoint import load_state_strict
 from medvl3d.models.clip import build_image_encoder
-from medvl3d.models.common import check_volume_batch
+from medvl3d.models.common import EncoderHost, check_volume_batch
 from medvl3d.models.config import ResEncConfig, VisionConfig, ViTConfig
 from medvl3d.models.registry import Family, model_config, register_family, register_model
 from medvl3d.models.segmentation import encoder_pyramid
@@ -294,7 +293,7 @@ def _image_stem(in_chans: int, width: int, stride: tuple[int, int, int]) -> nn.M
     )
 
 
-class AvFusionModel(nn.Module):
+class AvFusionModel(EncoderHost):
     """Frozen encoder + gated adapters + U-Net decoder with text-image fusion -> `[B, 1 + K, X, Y, Z]`."""
 
     def __init__(self, config: AvFusionConfig) -> None:
@@ -362,21 +361,6 @@ class AvFusionModel(nn.Module):
             adapter = BottleneckAdapter(width, cfg.adapter_reduction, cfg.adapter_gate_init, spatial)
             self.adapters.append(adapter)
             block.register_forward_hook(adapter.hook)
-
-    def train(self, mode: bool = True) -> AvFusionModel:
-        """Training mode, except for a frozen encoder, which keeps its normalisation statistics."""
-        super().train(mode)
-        if self.config.freeze_encoder:
-            self.encoder.eval()
-        return self
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Gradient checkpointing in the encoder."""
-        self.encoder.set_grad_checkpointing(enable)
-
-    def load_encoder_state(self, state: dict[str, torch.Tensor], source: str) -> None:
-        """Load pretrained encoder weights (keys without the `encoder.` prefix); any mismatch is an error."""
-        load_state_strict(self.encoder, state, f"the image encoder of {source}")
 
     # -- class tokens ------------------------------------------------------------------------------------
     @property

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from torch import nn
 
 
 def check_volume_batch(x: torch.Tensor, in_chans: int, name: str) -> None:
@@ -29,3 +30,28 @@ def resolve_indices(indices: int | Sequence[int] | None, n: int, default: Sequen
     if bad:
         raise ValueError(f"forward_intermediates: indices {bad} out of range for {n} levels")
     return sorted(set(chosen))
+
+
+class EncoderHost(nn.Module):
+    """A model built around a registered image encoder (``self.encoder``) that may be frozen
+    (``self.config.freeze_encoder``) or loaded from a pretrained checkpoint: the seg, avfusion and
+    malenia families."""
+
+    encoder: nn.Module
+
+    def train(self, mode: bool = True) -> EncoderHost:
+        """Training mode, except for a frozen encoder, which keeps its normalisation statistics."""
+        super().train(mode)
+        if self.config.freeze_encoder:
+            self.encoder.eval()
+        return self
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Gradient checkpointing in the encoder."""
+        self.encoder.set_grad_checkpointing(enable)
+
+    def load_encoder_state(self, state: dict[str, torch.Tensor], source: str) -> None:
+        """Load pretrained encoder weights (keys without the `encoder.` prefix); any mismatch is an error."""
+        from medvl3d.models.checkpoint import load_state_strict
+
+        load_state_strict(self.encoder, state, f"the image encoder of {source}")

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medvl3d.models.clip import build_image_encoder
+from medvl3d.models.common import EncoderHost
 from medvl3d.models.config import ResEncConfig, VisionConfig
 from medvl3d.models.registry import Family, register_family, register_model
 from medvl3d.models.segmentation import encoder_pyramid
@@ -290,7 +291,7 @@ def _mlp(d: int, out: int) -> nn.Module:
     return nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, out))
 
 
-class MaleniaModel(nn.Module):
+class MaleniaModel(EncoderHost):
     """See the module docstring. `forward(x)` returns a dict:
 
     - ``layers``: per decoder stage (the learnable tokens before the first layer, then after each layer), a
@@ -339,22 +340,6 @@ class MaleniaModel(nn.Module):
         if self.config.query == "name":
             return Vocabulary.names(())
         return Vocabulary.of(attribute_vocabulary())
-
-    # -- encoder contract shared with the "seg" family ------------------------------------------------
-    def train(self, mode: bool = True) -> MaleniaModel:
-        super().train(mode)
-        if self.config.freeze_encoder:
-            self.encoder.eval()
-        return self
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.encoder.set_grad_checkpointing(enable)
-
-    def load_encoder_state(self, state: dict[str, torch.Tensor], source: str) -> None:
-        """Load pretrained encoder weights (keys without the `encoder.` prefix); any mismatch is an error."""
-        from medvl3d.models.checkpoint import load_state_strict
-
-        load_state_strict(self.encoder, state, f"the image encoder of {source}")
 
     # -- text -------------------------------------------------------------------------------------------
     def _encode_prompts(self, prompts: list[str]) -> torch.Tensor:

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from medvl3d.models.clip import build_image_encoder
+from medvl3d.models.common import EncoderHost
 from medvl3d.models.config import MonaiSegConfig, MonaiUNetConfig, ResEncConfig, SegConfig, ViTConfig
 from medvl3d.models.unet_decoder import UNetDecoder, UNETRNeck, unetr_strides
 from medvl3d.models.vit3d import evenly_spaced_blocks
@@ -38,7 +39,7 @@ def encoder_pyramid(
     return neck, evenly_spaced_blocks(enc.depth, n), channels, unetr_strides(enc.patch_size, n)
 
 
-class SegmentationModel(nn.Module):
+class SegmentationModel(EncoderHost):
     """An image encoder (`ResidualEncoder3D` or `VisionTransformer3D`) and a U-Net decoder over its
     `forward_intermediates`: the CNN's stage maps directly, the ViT's token grids through a UNETR neck.
 
@@ -64,23 +65,6 @@ class SegmentationModel(nn.Module):
         )
         if config.freeze_encoder:
             self.encoder.requires_grad_(False)
-
-    def train(self, mode: bool = True) -> SegmentationModel:
-        """Training mode, except for a frozen encoder, which keeps its normalisation statistics."""
-        super().train(mode)
-        if self.config.freeze_encoder:
-            self.encoder.eval()
-        return self
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Gradient checkpointing in the encoder."""
-        self.encoder.set_grad_checkpointing(enable)
-
-    def load_encoder_state(self, state: dict[str, torch.Tensor], source: str) -> None:
-        """Load pretrained encoder weights (keys without the `encoder.` prefix); any mismatch is an error."""
-        from medvl3d.models.checkpoint import load_state_strict
-
-        load_state_strict(self.encoder, state, f"the image encoder of {source}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         """Logits `[B, n_classes, X, Y, Z]` (with deep supervision in training: a list, finest first)."""
