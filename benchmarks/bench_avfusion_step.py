@@ -21,10 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from step_timing import git, summarise, training_step, write_record  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "avfusion"
@@ -87,16 +89,6 @@ def build(name: str, overrides: dict, patch: int, channels_last: bool = False):
     return task, optimiser
 
 
-def step(task, optimiser, batch: dict) -> float:
-    """Seconds of one training step."""
-    t0 = time.perf_counter()
-    loss = task(batch)["loss"]
-    optimiser.zero_grad(set_to_none=True)
-    loss.backward()
-    optimiser.step()
-    return time.perf_counter() - t0
-
-
 def time_models(args: argparse.Namespace) -> dict[str, list[float]]:
     import torch
 
@@ -108,11 +100,11 @@ def time_models(args: argparse.Namespace) -> dict[str, list[float]]:
         batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last_3d)
     runs = {name: build(name, overrides, args.patch, args.channels_last) for name in args.models}
     for task, opt in runs.values():
-        step(task, opt, batch)  # warm-up: allocator, oneDNN kernels
+        training_step(task, opt, batch)  # warm-up: allocator, oneDNN kernels
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(args.rounds):
         for name, (task, opt) in runs.items():
-            times[name].append(step(task, opt, batch))
+            times[name].append(training_step(task, opt, batch))
     return times
 
 
@@ -154,26 +146,18 @@ def time_data(args: argparse.Namespace, n_batches: int = 4) -> dict:
     }
 
 
-def _git(*args: str) -> str:
-    return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.rstrip()
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)
     times = time_models(args)
-    ms = {name: round(1000 * statistics.median(t), 1) for name, t in times.items()}
-    ref = ms.get(REFERENCE)
-    for name, value in ms.items():
-        ratio = f"  ({value / ref:.2f}x {REFERENCE})" if ref else ""
-        print(f"{name}: {value:.0f} ms/step{ratio}")
+    timing = summarise(times, REFERENCE)
     record = {
         "benchmark": "bench_avfusion_step",
-        "commit": _git("rev-parse", "HEAD"),
+        "commit": git("rev-parse", "HEAD"),
         # Files of the measured code that differ from that commit (the step was timed on them as they were).
-        "uncommitted": _git(
+        "uncommitted": git(
             "status", "--porcelain", "--", "src", "benchmarks/bench_avfusion_step.py"
         ).splitlines(),
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
@@ -184,18 +168,12 @@ def main(argv: list[str] | None = None) -> int:
         "batch": args.batch,
         "rounds": args.rounds,
         "overrides": _overrides(args.set),
-        "ms_per_step": ms,
-        "ms_per_step_all": {n: [round(1000 * v, 1) for v in t] for n, t in times.items()},
-        "ratio_to_" + REFERENCE: {n: round(v / ref, 2) for n, v in ms.items()} if ref else None,
+        **timing,
     }
     if args.data:
         record["data"] = time_data(args)
         print(f"data path: {record['data']}")
-    out = Path(args.results)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"step_time_{args.tag}.json"
-    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {path}")
+    write_record(record, args.results, args.tag)
     return 0
 
 

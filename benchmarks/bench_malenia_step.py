@@ -21,12 +21,13 @@ saves), then the task's patch sampler (organ map, crop, intensity jitter).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from step_timing import git, summarise, training_step, write_record  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "malenia"
@@ -105,24 +106,14 @@ def build(name: str, patch: int):
     return task, optimiser, adapt
 
 
-def step(task, optimiser, batch: dict) -> float:
-    """Seconds of one training step."""
-    t0 = time.perf_counter()
-    loss = task(batch)["loss"]
-    optimiser.zero_grad(set_to_none=True)
-    loss.backward()
-    optimiser.step()
-    return time.perf_counter() - t0
-
-
 def time_models(args: argparse.Namespace, batch: dict) -> dict[str, list[float]]:
     runs = {name: build(name, args.patch) for name in args.models}
     for task, opt, adapt in runs.values():
-        step(task, opt, adapt(batch))  # warm-up: allocator, oneDNN kernels
+        training_step(task, opt, adapt(batch))  # warm-up: allocator, oneDNN kernels
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(args.rounds):
         for name, (task, opt, adapt) in runs.items():
-            times[name].append(step(task, opt, adapt(batch)))
+            times[name].append(training_step(task, opt, adapt(batch)))
     return times
 
 
@@ -185,10 +176,6 @@ def time_data(args: argparse.Namespace, n_batches: int = 3) -> dict:
     }
 
 
-def _git(*args: str) -> str:
-    return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.rstrip()
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
@@ -196,16 +183,12 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     batch = lesion_batch(args.batch, args.patch)
     times = time_models(args, batch)
-    ms = {name: round(1000 * statistics.median(t), 1) for name, t in times.items()}
-    ref = ms.get(REFERENCE)
-    for name, value in ms.items():
-        ratio = f"  ({value / ref:.2f}x {REFERENCE})" if ref else ""
-        print(f"{name}: {value:.0f} ms/step{ratio}")
+    timing = summarise(times, REFERENCE)
     record = {
         "benchmark": "bench_malenia_step",
-        "commit": _git("rev-parse", "HEAD"),
+        "commit": git("rev-parse", "HEAD"),
         # Files of the measured code that differ from that commit (the step was timed on them as they were).
-        "uncommitted": _git(
+        "uncommitted": git(
             "status", "--porcelain", "--", "src", "benchmarks/bench_malenia_step.py"
         ).splitlines(),
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
@@ -214,9 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         "patch": [args.patch] * 3,
         "batch": args.batch,
         "rounds": args.rounds,
-        "ms_per_step": ms,
-        "ms_per_step_all": {n: [round(1000 * v, 1) for v in t] for n, t in times.items()},
-        "ratio_to_" + REFERENCE: {n: round(v / ref, 2) for n, v in ms.items()} if ref else None,
+        **timing,
     }
     if args.breakdown:
         name = next(n for n in args.models if n != REFERENCE)
@@ -225,11 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.data:
         record["data"] = time_data(args)
         print(f"data path: {record['data']}")
-    out = Path(args.results)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"step_time_{args.tag}.json"
-    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {path}")
+    write_record(record, args.results, args.tag)
     return 0
 
 

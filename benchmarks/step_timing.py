@@ -1,0 +1,50 @@
+"""What the step-time benchmarks (`bench_avfusion_step.py`, `bench_malenia_step.py`) share: one timed
+training step, the git state of the measured code, the ms/step summary against a reference model and the
+result JSON."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def training_step(task, optimiser, batch: dict) -> float:
+    """Seconds of one training step (task forward with its loss, backward, optimiser step)."""
+    t0 = time.perf_counter()
+    loss = task(batch)["loss"]
+    optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    optimiser.step()
+    return time.perf_counter() - t0
+
+
+def git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.rstrip()
+
+
+def summarise(times: dict[str, list[float]], reference: str) -> dict:
+    """Median ms/step per model, printed with its ratio to ``reference``; the record's timing fields."""
+    ms = {name: round(1000 * statistics.median(t), 1) for name, t in times.items()}
+    ref = ms.get(reference)
+    for name, value in ms.items():
+        ratio = f"  ({value / ref:.2f}x {reference})" if ref else ""
+        print(f"{name}: {value:.0f} ms/step{ratio}")
+    return {
+        "ms_per_step": ms,
+        "ms_per_step_all": {n: [round(1000 * v, 1) for v in t] for n, t in times.items()},
+        "ratio_to_" + reference: {n: round(v / ref, 2) for n, v in ms.items()} if ref else None,
+    }
+
+
+def write_record(record: dict, results: str, tag: str) -> Path:
+    out = Path(results)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"step_time_{tag}.json"
+    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {path}")
+    return path
