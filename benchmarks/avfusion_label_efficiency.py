@@ -368,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
                 m = rec["metrics"]
                 print(f"{row} n={budget} s={seed}: Dice {m['dice']} clDice {m['cldice']}", flush=True)
     records = [json.loads(p.read_text()) for p in sorted(results.glob("*.json"))]
+    records = [r for r in records if r.get("benchmark") == "avfusion_label_efficiency"]  # not step timings
     print("**Label efficiency**\n")
     print(table(records, MAIN_ROWS, sorted({b for b in args.budgets})))
     print(f"**Which pretraining helps** ({args.pretrain_budget} labelled volumes)\n")

@@ -33,6 +33,29 @@ def test_msd_float_label_map_is_cast(msd_task):
     assert s["label"].dtype == torch.int64 and set(s["label"].unique().tolist()) == {0, 1}
 
 
+def test_msd_instance_maps_read_as_one_class_and_allow_lesion_free_cases(msd_task, nifti):
+    """SynthCT-VL's dataset_lesions.json ("label_type": "instance", ids 1..n) trains a binary lesion
+    network out of the box; its lesion-free cases are normal, where an empty organ map is a wrong file."""
+    from medvl3d.train.tasks.segmentation import PatchSampler, SegAugmentConfig
+
+    info = json.loads((msd_task / "dataset.json").read_text())
+    lab = np.zeros((24, 20, 16), np.uint8)
+    lab[2:5, 2:5, 2:5], lab[10:12, 10:12, 10:12] = 1, 3  # two lesion instances
+    nifti(msd_task / "labelsTr" / "tiny_000.nii.gz", lab)
+    nifti(msd_task / "labelsTr" / "tiny_002.nii.gz", np.zeros_like(lab))  # a lesion-free case
+    info["training"] = info["training"][:3]
+    (msd_task / "organs.json").write_text(json.dumps(info))
+    (msd_task / "lesions.json").write_text(json.dumps({**info, "label_type": "instance"}))
+    as_instances = MSDDataset(msd_task / "lesions.json")
+    assert set(as_instances[0]["label"].unique().tolist()) == {0, 1}
+    assert int(as_instances[0]["label"].sum()) == 27 + 8
+    assert set(MSDDataset(msd_task / "organs.json")[0]["label"].unique().tolist()) == {0, 1, 3}
+    sampler = PatchSampler(2, (16, 16, 16), 0.5, SegAugmentConfig())
+    sampler.check(as_instances[2])  # no error: no lesion in this case
+    with pytest.raises(ValueError, match=r"the label map is empty \(background only\)"):
+        sampler.check(MSDDataset(msd_task / "organs.json")[2])
+
+
 def test_msd_test_split_and_json_path(msd_task):
     ds = MSDDataset(msd_task / "dataset.json", split="test")
     assert ds.case_ids == ["tiny_100"] and "label" not in ds[0]

@@ -91,3 +91,20 @@ def test_stages_at_once_equal_stage_by_stage():
     at_once = attribute_alignment_loss(sim, positives, matched)
     one_by_one = torch.stack([attribute_alignment_loss(sim[k], positives[k], matched[k]) for k in range(3)])
     assert torch.allclose(at_once, one_by_one.mean(), atol=1e-6)
+
+
+def test_empty_mask_loss_keeps_pushing_a_lesion_sized_false_mask():
+    """On an empty target, Dice + mean BCE barely push down a confident false blob of a few hundred voxels
+    (Dice's gradient falls as 1 / (sum + 1)^2); the empty-mask loss pushes it as hard as any lesion."""
+    from medvl3d.losses.mask_matching import empty_mask_loss, mask_loss
+
+    logits = torch.full((1, 32**3), -8.0)
+    logits[0, :300] = 6.0  # a false lesion of 300 voxels
+    grads = []
+    for loss_fn in (lambda x: mask_loss(x, torch.zeros_like(x)), empty_mask_loss):
+        x = logits.clone().requires_grad_(True)
+        loss_fn(x).backward()
+        grads.append(float(x.grad[0, :300].abs().mean()))
+    assert grads[1] > 50 * grads[0]
+    assert float(empty_mask_loss(torch.full((2, 1000), -10.0))) < 1e-3  # nothing predicted: no loss
+    assert empty_mask_loss(torch.zeros(0, 10)).item() == 0.0

@@ -99,3 +99,51 @@ def test_encoder_from_a_vision_language_checkpoint(tmp_path):
     assert out["masks"].shape[2:] == (16, 16, 16) and out["organs"].shape[2:] == (16, 16, 16)
     assert model.upsample(out["masks"], (32, 32, 32)).shape[2:] == (32, 32, 32)
     assert model.upsample(out["organs"], (32, 32, 32)).shape[1:] == (model.config.n_organs, 32, 32, 32)
+
+
+def _description_cosine(model: MaleniaModel) -> float:
+    """Cosine of two projected lesion descriptions with no value in common."""
+    table = model.vocabulary.table()
+    first = [f"{a}: {v[0]}" for a, v in table.items()]
+    second = [f"{a}: {v[-2]}" for a, v in table.items()]
+    with torch.no_grad():
+        a, b = (model.encode_texts(t).mean(0) for t in (first, second))
+    return float(torch.nn.functional.cosine_similarity(a, b, dim=0))
+
+
+def test_text_options_and_checkpoints_written_before_them(tmp_path):
+    """Centred text embeddings keep descriptions apart from the start; the "nothing" token answers with an
+    empty mask; a checkpoint written before the options loads and predicts as it did."""
+    import json
+
+    from medvl3d.models import checkpoint as ckpt
+    from medvl3d.models.malenia import LEGACY_MALENIA_OPTIONS
+
+    torch.manual_seed(0)
+    centred = _description_cosine(create_model("test_malenia"))
+    torch.manual_seed(0)
+    raw = _description_cosine(create_model("test_malenia", text_centre=False))
+    assert raw > 0.99 and centred < 0.97, (raw, centred)
+
+    torch.manual_seed(0)
+    model = create_model("test_malenia").eval()
+    x = torch.randn(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        out = model(x)
+        model.null_key.data = 50 * model.text_key(out["text"][0].mean(0, keepdim=True))[0]  # prefer "nothing"
+        weights = torch.full((1, 1, out["text"].shape[1]), 1.0 / out["text"].shape[1])
+        assert float(model.text_masks(out, weights).sigmoid().max()) < 0.5
+
+    torch.manual_seed(0)
+    old = create_model("test_malenia", **LEGACY_MALENIA_OPTIONS).eval()
+    assert not hasattr(old, "null_key")
+    info = {"model": {"name": "test_malenia", "family": "malenia", "config": old.config.to_dict()}}
+    folder = ckpt.save_checkpoint(tmp_path, 1, old, info)
+    cfg = json.loads((folder / ckpt.CONFIG_NAME).read_text(encoding="utf-8"))
+    for key in LEGACY_MALENIA_OPTIONS:
+        del cfg["model"]["config"][key]  # as the code before the options wrote it
+    (folder / ckpt.CONFIG_NAME).write_text(json.dumps(cfg), encoding="utf-8")
+    loaded, _ = ckpt.load_model(folder)
+    assert loaded.config == old.config
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x)["masks"], old(x)["masks"], rtol=0, atol=0)

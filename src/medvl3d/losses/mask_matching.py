@@ -17,6 +17,7 @@ __all__ = [
     "hungarian_match",
     "hungarian_match_stages",
     "mask_loss",
+    "empty_mask_loss",
     "attribute_alignment_loss",
 ]
 
@@ -78,6 +79,21 @@ def mask_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     dice = 1 - (2 * (p * t).sum(1) + 1) / (p.sum(1) + t.sum(1) + 1)
     bce = F.binary_cross_entropy_with_logits(x, t, reduction="none").mean(1)
     return (dice + bce).mean()
+
+
+def empty_mask_loss(logits: torch.Tensor, hard_fraction: float = 0.01, min_hard: int = 16) -> torch.Tensor:
+    """Mean over rows of mask logits `[K, P]` whose target is empty: BCE of every voxel plus BCE of the
+    `max(min_hard, hard_fraction * P)` highest ones.
+
+    Dice + mean BCE cannot teach "nothing here": Dice's gradient on an empty target falls as 1 / (sum + 1)^2,
+    so a lesion-sized false mask of a few hundred voxels feels almost none, and the mean BCE dilutes it among
+    every voxel of the patch. The hard voxels' BCE keeps full strength until the last false voxel is gone.
+    """
+    if logits.shape[0] == 0:
+        return logits.sum() * 0.0
+    x = logits.flatten(1).float()
+    k = min(x.shape[1], max(min_hard, int(hard_fraction * x.shape[1])))
+    return (F.softplus(x).mean(1) + F.softplus(x.topk(k, dim=1).values).mean(1)).mean()
 
 
 def attribute_alignment_loss(

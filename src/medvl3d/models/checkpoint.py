@@ -213,16 +213,19 @@ def read_info(path: str | os.PathLike) -> dict:
 
 
 def migrate_bank_options(info: dict) -> dict:
-    """A vision-language model section without the bank options (written before they existed) gets the
-    values its model was built and scored with (``LEGACY_BANK_OPTIONS``); fields it records are kept.
-    Returns a copy when anything is filled in."""
+    """A model section without options added later (written before they existed) gets the values its
+    model was built and scored with: ``LEGACY_BANK_OPTIONS`` for vision-language models,
+    ``LEGACY_MALENIA_OPTIONS`` for Malenia; fields it records are kept. Returns a copy when anything is
+    filled in."""
     from medvl3d.models.config import LEGACY_BANK_OPTIONS
+    from medvl3d.models.malenia import LEGACY_MALENIA_OPTIONS
 
     model = info.get("model") or {}
     config = model.get("config")
-    if model.get("family", "vl") != "vl" or not isinstance(config, dict):
+    legacy = {"vl": LEGACY_BANK_OPTIONS, "malenia": LEGACY_MALENIA_OPTIONS}.get(model.get("family", "vl"))
+    if legacy is None or not isinstance(config, dict):
         return info
-    missing = {k: v for k, v in LEGACY_BANK_OPTIONS.items() if k not in config}
+    missing = {k: v for k, v in legacy.items() if k not in config}
     if not missing:
         return info
     info = json.loads(json.dumps(info))  # a deep copy

@@ -54,6 +54,8 @@ NO_LESION = "no lesion"
 NAME_ATTRIBUTE = "name"
 QUERY_MODES = ("attributes", "name")
 ALIGN_MODES = ("multiscale", "last")
+#: What a Malenia config written before these options existed used (`models.checkpoint`).
+LEGACY_MALENIA_OPTIONS = {"text_centre": False, "text_null": False}
 
 
 @dataclass
@@ -78,6 +80,15 @@ class MaleniaConfig:
         cmki: Cross-Modal Knowledge Injection (and the text branch's masks).
         temperature: of the token-text similarities.
         freeze_encoder: keep the encoder's weights and normalisation statistics fixed.
+        text_centre: feed the projection the frozen text embeddings minus the mean of the schema's value
+            prompts, at unit norm times sqrt(dim). Raw, the prompts differ in a small part of a shared
+            direction and the projection's bias dominates: at initialisation two lesion descriptions with no
+            value in common projected to cosine 0.9998 (0.94 with this), so neither the attribute alignment
+            nor the text branch could tell values apart. Checkpoints written before it load with False.
+        text_null: the text branch may also attend to a "nothing" token whose mask is empty (a learned
+            key and a learned constant logit), so a description of a lesion type the image lacks can answer
+            with no mask. Only the tokens to borrow from, whose unmatched masks are unsupervised, it lit up
+            the lesion present for any description. Checkpoints written before it load with False.
     """
 
     family: ClassVar[str] = "malenia"
@@ -96,6 +107,8 @@ class MaleniaConfig:
     cmki: bool = True
     temperature: float = 0.07
     freeze_encoder: bool = False
+    text_centre: bool = True
+    text_null: bool = True
 
     def __post_init__(self) -> None:
         if self.query not in QUERY_MODES:
@@ -331,6 +344,9 @@ class MaleniaModel(EncoderHost):
         self.cmki = CMKI(d, config.heads) if config.cmki else None
         self.text_mask_embed = _mlp(d, d) if config.cmki else None
         self.text_key = nn.Linear(d, d) if config.cmki else None  # text -> token attention of the text masks
+        if config.cmki and config.text_null:  # the "nothing" token: a key and its (empty) mask's logit
+            self.null_key = nn.Parameter(torch.zeros(d))
+            self.null_logit = nn.Parameter(torch.tensor(-10.0))
         self.organ_head = nn.Conv3d(d, config.n_organs, 1) if config.n_organs else None
         if config.freeze_encoder:
             self.encoder.requires_grad_(False)
@@ -353,10 +369,16 @@ class MaleniaModel(EncoderHost):
         return self._text_cache[key]
 
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
-        """Projected text embeddings `[len(texts), hidden]` of arbitrary texts (the frozen encoder + the
-        learned projection); used for values and free-text queries alike."""
+        """Projected text embeddings `[len(texts), hidden]` of arbitrary texts (the frozen encoder, centred
+        when `text_centre`, + the learned projection); used for values and free-text queries alike."""
         weight = self.text_proj[0].weight
-        return self.text_proj(self._encode_prompts(list(texts)).to(weight.device, weight.dtype))
+        raw = self._encode_prompts(list(texts))
+        if self.config.text_centre:
+            # The centre is the schema's value prompts (fixed, whatever the vocabulary): a name-only model
+            # that meets a new name keeps every other embedding.
+            centre = self._encode_prompts(Vocabulary.of(attribute_vocabulary()).prompts()).mean(0)
+            raw = F.normalize(raw - centre, dim=-1) * raw.shape[1] ** 0.5
+        return self.text_proj(raw.to(weight.device, weight.dtype))
 
     def set_vocabulary(self, vocabulary: Vocabulary) -> None:
         """Align with other values (the name-only baseline: the training data's lesion type names). The
@@ -436,9 +458,14 @@ class MaleniaModel(EncoderHost):
         t = torch.einsum("bkv,bvd->bkd", descriptions.to(out["text"].dtype), out["text"])
         own = torch.einsum("bkd,bdxyz->bkxyz", self.text_mask_embed(t), out["mask_features"])
         # The description also attends back to the tokens and borrows their masks.
-        attn = torch.einsum("bkd,bnd->bkn", self.text_key(t), out["tokens"]) / self.config.hidden**0.5
-        borrowed = torch.einsum("bkn,bnxyz->bkxyz", attn.softmax(-1), out["masks"])
-        return own + borrowed
+        key = self.text_key(t)
+        attn = torch.einsum("bkd,bnd->bkn", key, out["tokens"]) / self.config.hidden**0.5
+        if not self.config.text_null:
+            return own + torch.einsum("bkn,bnxyz->bkxyz", attn.softmax(-1), out["masks"])
+        null = (key @ self.null_key)[..., None] / self.config.hidden**0.5
+        weights = torch.cat([attn, null], -1).softmax(-1)  # [B, K, N + 1]: the last is "nothing"
+        borrowed = torch.einsum("bkn,bnxyz->bkxyz", weights[..., :-1], out["masks"])
+        return own + borrowed + weights[..., -1, None, None, None] * self.null_logit
 
     def upsample(self, logits: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
         """Mask logits `[B, K, x, y, z]` at the input size `size`."""

@@ -235,7 +235,10 @@ class VolumeDataset(Dataset):
             },
         }
         if rec.label is not None:
-            sample["label"] = torch.from_numpy(read_label(rec.label, vol))[None]
+            label = read_label(rec.label, vol)
+            if rec.extra.get("label_type") == "instance":  # instance ids 1..n: one foreground class
+                label = (label > 0).astype(label.dtype)
+            sample["label"] = torch.from_numpy(label)[None]
             sample["meta"]["label_path"] = str(rec.label)
         return sample
 

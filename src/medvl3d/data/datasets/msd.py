@@ -2,7 +2,9 @@
 
 Also reads MSD-style jsons written by SynthCT-VL (several per folder, e.g. ``dataset_lesions.json``),
 whose ``training`` entries carry extra keys (``report``, ``labels``, ``lesions``, ``split``, ...) that
-pass into the samples. macOS resource-fork files (``._*``) shipped in the MSD archives are skipped.
+pass into the samples. A json with ``"label_type": "instance"`` (``dataset_lesions.json``: ids 1..n are
+lesion instances) reads as one foreground class, and its lesion-free cases are kept. macOS resource-fork
+files (``._*``) shipped in the MSD archives are skipped.
 """
 
 from __future__ import annotations
@@ -97,4 +99,6 @@ class MSDDataset(VolumeDataset):
         )
         if rec is not None:
             rec.extra["label_names"] = dict(self.label_names)
+            if self.info.get("label_type") == "instance":  # ids are instances (SynthCT-VL's lesion maps)
+                rec.extra["label_type"] = "instance"
         return rec

@@ -28,7 +28,12 @@ from torch import nn
 
 from medvl3d.data.lesion_knowledge import lesion_table, records_lesions, type_queries
 from medvl3d.infer.sliding_window import SlidingWindowConfig
-from medvl3d.losses.mask_matching import attribute_alignment_loss, hungarian_match_stages, mask_loss
+from medvl3d.losses.mask_matching import (
+    attribute_alignment_loss,
+    empty_mask_loss,
+    hungarian_match_stages,
+    mask_loss,
+)
 from medvl3d.models.malenia import NAME_ATTRIBUTE, Vocabulary
 from medvl3d.train.tasks.base import Task, TaskContext, log_parts, register_task
 from medvl3d.typed import coerce, to_plain
@@ -108,11 +113,20 @@ class LesionPatchSampler:
         lesions = torch.as_tensor(sample["label"])[0]
         organs = self.organ_map(sample)
         lesion_pts, organ_pts = self.candidates(sample, lesions, organs)
-        candidates = lesion_pts if rng.random() < self.fg_fraction and len(lesion_pts) else organ_pts
+        on_lesion = rng.random() < self.fg_fraction and len(lesion_pts) > 0
+        candidates = lesion_pts if on_lesion else organ_pts
         if len(candidates):
             centre = candidates[int(rng.integers(len(candidates)))].tolist()
         else:  # no lesion-bearing organ: anywhere
             centre = list(np.unravel_index(int(rng.integers(lesions.numel())), tuple(lesions.shape)))
+        if on_lesion:
+            # The lesion voxel lands anywhere in the patch but its outer `margin` voxels: centred on it, the
+            # patch taught "a lesion sits at the centre", and a model that learned that finds one at the
+            # centre of every sliding window (measured: no overlap with any lesion on whole volumes).
+            centre = [
+                c + int(rng.integers(s // 2 - (s - 1 - m), s // 2 - m + 1))  # at [m, s - 1 - m] in the patch
+                for c, s, m in zip(centre, self.patch_size, (max(2, s // 8) for s in self.patch_size))
+            ]
         img = _crop(image, centre, self.patch_size, 0).float()
         lesion_patch = _crop(lesions[None], centre, self.patch_size, 0).long()
         organ_patch = _crop(organs[None], centre, self.patch_size, -1).long()
@@ -152,6 +166,8 @@ class MaleniaTask(Task):
         overlap: sliding-window overlap at validation and inference.
         val_cases: validation cases scored (zero-shot Dice per lesion type is slow on a CPU).
         query_keep: the text branch learns from descriptions that keep each attribute with this probability.
+        text_negatives: descriptions of types absent from a patch that the text branch learns to answer
+            with an empty mask, per image.
     """
 
     families: ClassVar[tuple[str, ...]] = ("malenia",)
@@ -174,6 +190,7 @@ class MaleniaTask(Task):
         overlap: float = 0.25,
         val_cases: int = 4,
         query_keep: float = 0.5,
+        text_negatives: int = 1,
     ) -> None:
         super().__init__()
         self.model = model
@@ -190,6 +207,7 @@ class MaleniaTask(Task):
         self.window = SlidingWindowConfig(patch_size=self.patch_size, overlap=overlap)
         self.val_cases = int(val_cases)
         self.query_keep = float(query_keep)
+        self.text_negatives = int(text_negatives)
         self.table: dict[str, Any] = {}
 
     # -- data ------------------------------------------------------------------------------------------
@@ -282,7 +300,8 @@ class MaleniaTask(Task):
         mask_part, align_part = self._set_losses(stages, targets, size, align_from)
         parts = {"mask": mask_part, "align": align_part}
         if out.get("text") is not None:
-            parts["text"] = self._text_loss(out, targets, size)
+            absent = [self._absent_types(label[b, 0], batch["lesions"][b]) for b in range(image.shape[0])]
+            parts["text"] = self._text_loss(out, targets, size, absent)
         if "organs" in out:
             # Organ ids at the logits' size (nearest voxel): the auxiliary head learns at the masks' scale.
             organs = F.interpolate(label[:, 1:].float(), size=out["organs"].shape[2:], mode="nearest-exact")
@@ -333,20 +352,46 @@ class MaleniaTask(Task):
             )
         return mask_part, torch.stack(align_terms).mean()
 
-    def _text_loss(self, out: dict, targets: list, size: tuple[int, ...]) -> torch.Tensor:
-        """CMKI's text branch: each lesion's enhanced description predicts its mask."""
-        g_max = max(len(r) for _, r in targets)
-        if g_max == 0:
+    def _text_loss(
+        self, out: dict, targets: list, size: tuple[int, ...], absent: list[list[dict]]
+    ) -> torch.Tensor:
+        """CMKI's text branch: each lesion's enhanced description predicts its mask, and the descriptions of
+        types absent from the patch (`absent`, per image) predict nothing. Trained on positives only, the
+        branch answered every description with a mask in every sliding window."""
+        rows = [(records, negatives) for (_, records), negatives in zip(targets, absent)]
+        k_max = max(len(r) + len(n) for r, n in rows)
+        if k_max == 0:
             return out["text"].sum() * 0.0
         v = out["text"].shape[1]
-        weights = torch.zeros(len(targets), g_max, v, device=out["text"].device)
-        for b, (_, records) in enumerate(targets):
+        weights = torch.zeros(len(targets), k_max, v, device=out["text"].device)
+        for b, (records, negatives) in enumerate(rows):
             if records:
                 weights[b, : len(records)] = self._description(records, self.query_keep).to(weights.device)
+            if negatives:
+                weights[b, len(records) : len(records) + len(negatives)] = self._description(negatives).to(
+                    weights.device
+                )
         logits = self.model.upsample(self.model.text_masks(out, weights), size)
-        pred = torch.cat([logits[b, : len(r)].flatten(1) for b, (_, r) in enumerate(targets) if r])
-        truth = torch.cat([m.flatten(1) for m, r in targets if r])
-        return mask_loss(pred, truth)
+        pos = [logits[b, : len(r)].flatten(1) for b, (r, _) in enumerate(rows)]
+        neg = torch.cat([logits[b, len(r) : len(r) + len(n)].flatten(1) for b, (r, n) in enumerate(rows)])
+        pos_part = mask_loss(torch.cat(pos), torch.cat([m.flatten(1) for m, _ in targets]))
+        n_pos = sum(len(r) for r, _ in rows)
+        # Pairs weigh alike: the mean over positive and negative descriptions.
+        return (n_pos * pos_part + len(neg) * empty_mask_loss(neg)) / max(1, n_pos + len(neg))
+
+    def _absent_types(self, label: torch.Tensor, lesions: dict) -> list[dict]:
+        """Up to `text_negatives` typical descriptions (`{"type": name, attribute: value}`) of known types
+        with no voxel in the patch `label` (instance ids)."""
+        if self.text_negatives <= 0 or not self.table:
+            return []
+        ids = label.clamp_min(0).flatten().bincount().nonzero()[:, 0].tolist()
+        present = {(lesions.get(i) or lesions.get(str(i)) or {}).get("type") for i in ids if i > 0}
+        names = [n for n in sorted(self.table) if n not in present]
+        if not names:
+            return []
+        queries = type_queries({n: self.table[n] for n in names})
+        order = torch.randperm(len(names))[: self.text_negatives].tolist()
+        return [{"type": names[i], **queries[names[i]]} for i in order]
 
     # -- checkpoint and validation ---------------------------------------------------------------------
     def checkpoint_info(self, ctx: TaskContext) -> dict[str, Any]:

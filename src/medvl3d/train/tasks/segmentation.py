@@ -125,7 +125,9 @@ class PatchSampler:
                 f"{where}: label values {lo}..{hi} fall outside the model's {self.n_classes} classes "
                 f"(0..{self.n_classes - 1}); check the label map or the data's label names"
             )
-        if hi == 0:
+        if hi == 0 and meta.get("label_type") != "instance":
+            # A lesion data set (instance maps) has lesion-free cases; an organ map without organs is a
+            # wrong file.
             raise ValueError(f"{where}: the label map is empty (background only)")
         size = tuple(label.shape[1:])
         if not self.pad_to_patch and any(s < p for s, p in zip(size, self.patch_size)):
