@@ -328,6 +328,20 @@ def table(records: list[dict], rows: tuple[str, ...], budgets: list[int]) -> str
     return "\n".join(lines) + "\n"
 
 
+def class_table(records: list[dict], rows: tuple[str, ...], budgets: list[int]) -> str:
+    """Per class: artery Dice / vein Dice (mean ± std over seeds): whether a model tells the two apart or
+    calls every vessel one class."""
+    head = ["model"] + [f"{b} vol: artery / vein Dice" for b in budgets]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cells = [row]
+        for b in budgets:
+            m = [r["metrics"] for r in records if r["row"] == row and r["labelled_volumes"] == b]
+            cells.append(" / ".join(_fmt([x[f"dice_{c}"] for x in m]) for c in CLASSES) if m else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def plan(args: argparse.Namespace) -> list[tuple[str, int, int]]:
     """The (row, budget, seed) cells this `--shard` runs: all cells, dealt longest first to the shard
     with the least estimated work so far, so parallel shards finish together."""
@@ -371,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
     records = [r for r in records if r.get("benchmark") == "avfusion_label_efficiency"]  # not step timings
     print("**Label efficiency**\n")
     print(table(records, MAIN_ROWS, sorted({b for b in args.budgets})))
+    print("**Per class** (valid crops)\n")
+    print(class_table(records, MAIN_ROWS, sorted({b for b in args.budgets})))
     print(f"**Which pretraining helps** ({args.pretrain_budget} labelled volumes)\n")
     print(table(records, PRETRAIN_ROWS, [args.pretrain_budget]))
     return 0
