@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     import statistics
 
     import torch
+    from malenia_zero_shot import supervised_lesion_overrides  # the same settings as the table's bounds
 
     from medvl3d.data.synth import generate
     from medvl3d.train.finetune import finetune
@@ -87,24 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         generate(data, n_train=args.n_train, n_test=args.n_test, size=(128, 176, 176),
                  spacing=(2.5, 2.0, 2.0), seed=0, workers=1, progress=False)  # fmt: skip
     tag = args.tag or f"n{args.n_train}_s{args.steps}"
-    params = {"patch_size": [48, 48, 48], "fg_fraction": 0.7, "overlap": 0.25}
-    overrides = [
-        "data.format=msd",
-        "data.preprocess.spacing=[2.0,2.0,2.0]",
-        "data.preprocess.intensity.ct_window=[-200.0,300.0]",
-        "model.name=monai_unet",
-        "model.overrides={}",
-        "task.name=segmentation",
-        f"task.params={json.dumps(params)}",
-        f"train.steps={args.steps}",
-        f"train.seed={args.seed}",
-        "data.batch_size=2",
-        "optim.lr=2e-3",
-        "optim.warmup_steps=20",
-        "train.progress=false",
-        f"train.ckpt_every={args.steps}",
-        f"data.cache_dir={out / 'cache' / data.name}",
-    ]
+    overrides = supervised_lesion_overrides(args.steps, args.seed, out / "cache" / data.name)
     t0 = time.time()
     run = finetune(
         config=REPO / "configs" / "seg_synth_tiny.yaml",

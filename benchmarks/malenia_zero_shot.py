@@ -10,9 +10,11 @@ Rows (same data, same steps, same model size; `configs/malenia_synth_cpu.yaml`):
 - `malenia_no_cmki`: no Cross-Modal Knowledge Injection (token masks only);
 - `name_only`: tokens aligned with the lesion type *name* (SAT/VoxTell-style), queried by the unseen name;
 - `all_types_upper`: Malenia trained on a copy of the data whose train split holds every type, the unseen
-  ones included (the supervised upper bound at the same budget).
-A per-type supervised network trained on seen types only cannot output an unseen type at all: its Dice on
-unseen types is 0 by construction, so it is reported as that lower bound, not trained.
+  ones included;
+- `supervised_seen`, `supervised_all`: the supervised bounds, MONAI's UNet with one class per lesion type
+  (type maps written from the instance maps and the records) trained on the seen types only (lower bound:
+  it has no class for an unseen type, so it scores 0 there by construction; its seen Dice is the
+  reference for Malenia's) and on every type (upper bound), same patches, steps and batch.
 
 Each cell is scored by `medvl3d.eval.lesion_segmentation.evaluate_lesion_types` on the `valid` split
 (types and queries from the folder's records): Dice, NSD (2 mm) and lesion detection recall for seen and
@@ -34,7 +36,10 @@ ROWS = {
     "malenia_no_cmki": ["model.overrides.cmki=false"],
     "name_only": ["model.overrides.query=name"],
     "all_types_upper": [],
+    "supervised_seen": None,  # MONAI UNet on type maps (`run_supervised_cell`)
+    "supervised_all": None,
 }
+ALL_TYPES_ROWS = ("all_types_upper", "supervised_all")  # trained on the copy whose train split has every type
 
 
 def make_data(root: Path, n_train: int, n_test: int, size: tuple, spacing: tuple, all_types: bool) -> Path:
@@ -44,6 +49,85 @@ def make_data(root: Path, n_train: int, n_test: int, size: tuple, spacing: tuple
         generate(root, n_train=n_train, n_test=n_test, size=size, spacing=spacing, seed=0, workers=1,
                  progress=False, **({"unseen_lesion_types": []} if all_types else {}))  # fmt: skip
     return root
+
+
+def type_maps(data: Path, work: Path) -> Path:
+    """An MSD json of the train split with one class per lesion type of that split (sorted names): each
+    instance map rewritten as type ids under `work` (the data folder is never written); lesion-free cases
+    are left out (their organs still appear as background around every lesion)."""
+    import nibabel as nib
+    import numpy as np
+
+    target = work / "dataset_lesion_types.json"
+    if target.is_file():
+        return target
+    lines = [json.loads(x) for x in (data / "manifest_train.jsonl").read_text().splitlines() if x.strip()]
+    types = sorted({les["type"] for line in lines for les in (line.get("lesions") or {}).values()})
+    entries = []
+    for line in lines:
+        src = nib.load(data / line["label"])
+        inst = np.asarray(src.dataobj)
+        out = np.zeros(inst.shape, np.uint8)
+        for key, les in (line.get("lesions") or {}).items():
+            out[inst == int(key)] = types.index(les["type"]) + 1
+        if not out.any():
+            continue  # a lesion-free case: a segmentation label map must hold a class
+        dst = work / "type_maps" / f"{line['case_id']}.nii.gz"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        nib.save(nib.Nifti1Image(out, src.affine, src.header), dst)
+        entries.append({"image": str((data / line["image"]).resolve()), "label": str(dst.resolve())})
+    doc = {
+        "name": "SynthCT-VL lesion types",
+        "modality": {"0": "CT"},
+        "labels": {"0": "background", **{str(i): t for i, t in enumerate(types, start=1)}},
+        "training": entries,
+    }
+    target.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    return target
+
+
+def supervised_lesion_overrides(steps: int, seed: int, cache: Path) -> list[str]:
+    """A supervised lesion network's settings over `configs/seg_synth_tiny.yaml`: MONAI's UNet on the same
+    48^3 patches at 2 mm, soft-tissue window and batch as Malenia (also `lesion_learnability.py`)."""
+    params = {"patch_size": [48, 48, 48], "fg_fraction": 0.7, "overlap": 0.25}
+    return [
+        "data.format=msd",
+        "data.preprocess.spacing=[2.0,2.0,2.0]",
+        "data.preprocess.intensity.ct_window=[-200.0,300.0]",
+        "model.name=monai_unet",
+        "model.overrides={}",
+        "task.name=segmentation",
+        f"task.params={json.dumps(params)}",
+        "data.batch_size=2",
+        f"train.steps={steps}",
+        f"train.seed={seed}",
+        "train.progress=false",
+        f"train.ckpt_every={steps}",
+        f"data.cache_dir={cache}",
+    ]
+
+
+def run_supervised_cell(row: str, seed: int, data: Path, args: argparse.Namespace) -> dict:
+    """MONAI's UNet with a class per lesion type, on the same 48^3 patches at 2 mm as Malenia."""
+    from medvl3d.eval.lesion_segmentation import evaluate_lesion_types
+    from medvl3d.train.finetune import finetune
+
+    maps = type_maps(data, args.out / "type_maps" / data.name)
+    sets = [
+        *supervised_lesion_overrides(args.steps, seed, args.out / "cache" / (data.name + "_types")),
+        *args.set_supervised,
+    ]
+    start = time.perf_counter()
+    run = finetune(
+        REPO / "configs" / "seg_synth_tiny.yaml",
+        from_scratch=True,
+        data=maps,
+        out=args.out / "runs" / f"{row}_seed{seed}",
+        overrides=sets,
+    )
+    train_s = time.perf_counter() - start
+    scores = evaluate_lesion_types(run, args.eval_data, "valid", max_cases=args.eval_cases, seen=args.seen)
+    return {"row": row, "seed": seed, "steps": args.steps, "train_seconds": train_s, "scores": scores}
 
 
 def run_cell(row: str, seed: int, data: Path, args: argparse.Namespace) -> dict:
@@ -75,17 +159,8 @@ def table(results: list[dict]) -> str:
         f"{g + ' ' + m:>14s}" for g in ("seen", "unseen") for m in ("Dice", "NSD", "recall")
     )
     lines = [head, "-" * len(head)]
-    rows = list(ROWS) + ["seen_only_supervised"]
-    for row in rows:
+    for row in ROWS:
         cells = [r for r in results if r["row"] == row]
-        if row == "seen_only_supervised":
-            lines.append(
-                f"{row:22s} {'-':>5s} "
-                + " ".join(f"{'-':>14s}" for _ in range(3))
-                + " "
-                + " ".join(f"{0.0:14.3f}" for _ in range(3))
-            )
-            continue
         if not cells:
             continue
         vals = []
@@ -107,7 +182,10 @@ def main() -> None:
     ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     ap.add_argument("--eval-cases", type=int, default=None, help="score only the first N valid cases")
     ap.add_argument("--smoke", action="store_true", help="tiny data, 4 steps, seed 0, 2 eval cases")
-    ap.add_argument("--set", action="append", default=[], help="extra config override (repeatable)")
+    ap.add_argument("--set", action="append", default=[], help="extra Malenia config override (repeatable)")
+    ap.add_argument(
+        "--set-supervised", action="append", default=[], help="extra override of the supervised rows"
+    )
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.smoke:
@@ -115,6 +193,8 @@ def main() -> None:
         args.steps, args.seeds, args.eval_cases = 4, [0], 2
         args.set += ["data.preprocess.spacing=[4.0,4.0,4.0]", "task.params.patch_size=[32,32,32]",
                      "task.params.val_cases=1", "optim.warmup_steps=1"]  # fmt: skip
+        args.set_supervised += ["data.preprocess.spacing=[4.0,4.0,4.0]", "optim.warmup_steps=1",
+                                'task.params={"patch_size": [32, 32, 32], "pad_to_patch": true}']  # fmt: skip
     else:
         size, spacing, n_train, n_test = (128, 176, 176), (2.5, 2.0, 2.0), 120, 40
     data = args.data or make_data(args.out / "data", n_train, n_test, size, spacing, all_types=False)
@@ -128,7 +208,7 @@ def main() -> None:
     for row in args.rows:
         train_data = (
             make_data(args.out / "data_all_types", n_train, n_test, size, spacing, True)
-            if row == "all_types_upper"
+            if row in ALL_TYPES_ROWS
             else data
         )
         for seed in args.seeds:
@@ -136,7 +216,8 @@ def main() -> None:
             if path.is_file():
                 results.append(json.loads(path.read_text(encoding="utf-8")))
                 continue
-            result = run_cell(row, seed, train_data, args)
+            runner = run_cell if ROWS[row] is not None else run_supervised_cell
+            result = runner(row, seed, train_data, args)
             path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
             results.append(result)
             print(

@@ -212,3 +212,55 @@ def test_segment_lesions_writes_mask_and_json(real_dir, malenia_checkpoint, tmp_
     assert len(doc["lesions"]) == len(result.lesions)
     with pytest.raises(ValueError, match="not both"):
         segment_lesions(malenia_checkpoint, source, out=out, describe="x", attributes="density=hypodense")
+
+
+def test_evaluation_scores_a_supervised_model_with_a_class_per_type(tmp_path, monkeypatch):
+    """The zero-shot table's supervised bounds: a segmentation checkpoint whose classes are lesion type names
+    is scored per type like Malenia; a perfect one scores 1 on the types it has a class for and 0 (by
+    construction) on the others."""
+    from medvl3d.data.datasets import open_split
+    from medvl3d.data.lesion_knowledge import records_lesions
+    from medvl3d.data.synth import generate
+    from medvl3d.eval import lesion_segmentation
+    from medvl3d.models.checkpoint import save_checkpoint
+
+    root = tmp_path / "data"
+    generate(root, n_train=0, n_test=3, size=(24, 40, 40), spacing=(10.0, 8.0, 8.0), workers=1,
+             progress=False, unseen_lesion_types=[])  # fmt: skip
+    valid = open_split(root, "valid")
+    recorded = sorted({les["type"] for les in records_lesions(valid)})
+    known, unknown = recorded[:-1], recorded[-1]
+    model = create_model("test_resenc_seg", n_classes=len(known) + 1)
+    info = {
+        "model": {"name": "test_resenc_seg", "family": "seg", "config": model.config.to_dict()},
+        "preprocess": {"spacing": None, "intensity": {"ct_window": [-200.0, 300.0]}},
+        "inference": {"patch_size": [24, 40, 40], "overlap": 0.0},
+        "label_names": {"0": "background", **{str(i): t for i, t in enumerate(known, start=1)}},
+    }
+    ckpt = save_checkpoint(tmp_path / "checkpoints", 1, model, info)
+    # An oracle network: the true type map of the case being scored (cases in order, those with lesions).
+    truths = []
+    for i in range(len(valid)):
+        sample = valid[i]
+        if not sample.get("lesions"):
+            continue
+        inst = sample["label"][0]
+        types = torch.zeros(inst.shape, dtype=torch.int64)
+        for key, les in sample["lesions"].items():
+            if les["type"] in known:
+                types[inst == int(key)] = known.index(les["type"]) + 1
+        truths.append(types)
+
+    def oracle(model, image, window, device, progress=False):
+        types = truths.pop(0)
+        assert types.shape == image.shape[1:]
+        return torch.nn.functional.one_hot(types, len(known) + 1).permute(3, 0, 1, 2).float()
+
+    monkeypatch.setattr("medvl3d.infer.sliding_window.sliding_window_probabilities", oracle)
+    scores = lesion_segmentation.evaluate_lesion_types(ckpt, root, "valid")
+    for name in known:
+        if name in scores:
+            assert scores[name]["seen"] and scores[name]["dice"] == pytest.approx(1.0), name
+    if unknown in scores:
+        assert not scores[unknown]["seen"] and scores[unknown]["dice"] == 0.0
+    assert any(name in scores for name in known) and not truths  # every case with lesions was scored

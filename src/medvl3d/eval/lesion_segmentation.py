@@ -6,11 +6,16 @@ The types and their queries come from the evaluated folder's own lesion records
 it (the checkpoint's ``lesion_types`` table), else *unseen*. Each case is queried once per type present
 in it (its most frequent recorded values, without the scan's contrast phase; the name for name-only
 models) on the preprocessed grid, and compared with the union of that type's lesions.
+
+A supervised segmentation checkpoint whose classes are lesion type names (the zero-shot table's
+supervised bounds; ``benchmarks/malenia_zero_shot.py`` trains them) is scored the same way: a type's
+mask is its class, and a type it has no class for (unseen) scores 0 by construction.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,43 +60,59 @@ def evaluate_lesion_types(
     device: str = "cpu",
     seen: set[str] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Scores per lesion type of a Malenia checkpoint on one split of a data folder (see the module doc).
+    """Scores per lesion type of a Malenia checkpoint, or of a supervised one with a class per lesion type,
+    on one split of a data folder (see the module doc).
 
     Args:
-        seen: the types that count as seen (default: those of the checkpoint's training data); a model
+        seen: the types that count as seen (default: those of the checkpoint's training data, or its
+            classes); a model
             trained on every type (an upper bound) is grouped as the others are with the same set.
 
     Returns:
         type -> {"seen", "cases", "dice", "nsd", "recall", "lesions"}, plus "seen" and "unseen" means.
 
     Raises:
-        ValueError: a checkpoint of another family, or a split without lesions.
+        ValueError: a checkpoint that segments nothing (vision-language), or a split without lesions.
+
+    Warns:
+        UserWarning: a supervised checkpoint whose classes name none of the split's types.
     """
     from medvl3d.data.datasets import open_split
     from medvl3d.data.preprocess import preprocess_sample
     from medvl3d.eval.seg_metrics import segmentation_metrics
-    from medvl3d.infer.lesions import LesionQuery, LesionSegmenter
+    from medvl3d.models.checkpoint import read_info
 
-    segmenter = LesionSegmenter.from_checkpoint(checkpoint, device)
     dataset = open_split(Path(data), split)
     table = lesion_table(records_lesions(dataset), f"{data} ({split})")
     if not table:
         raise ValueError(f"{data}: the {split!r} split records no lesions to score")
-    queries = type_queries(table, QUERY_ATTRIBUTES)
-    by_name = segmenter.model.config.query == "name"
-    seen = set(segmenter.knowledge) if seen is None else set(seen)
+    family = (read_info(checkpoint).get("model") or {}).get("family")
+    supervised = family not in ("malenia", None)
+    if supervised:
+        spec, known, case_masks = _supervised_types(checkpoint, device)
+    else:
+        spec, known, case_masks = _zero_shot_types(checkpoint, device, type_queries(table, QUERY_ATTRIBUTES))
+    if supervised and not known & set(table):
+        # Legitimate for a seen-only bound on a folder of unseen types (0 by construction), a mistake for an
+        # organ model: say it, do not refuse.
+        warnings.warn(
+            f"{checkpoint}: its classes ({', '.join(sorted(known)) or 'none'}) name none of the lesion types "
+            f"of {data} ({', '.join(sorted(table))}): every type scores 0",
+            stacklevel=2,
+        )
+    seen = known if seen is None else set(seen)
     scores = {name: LesionTypeScores(seen=name in seen) for name in table}
     n = len(dataset) if max_cases is None else min(max_cases, len(dataset))
     for i in range(n):
         sample = dataset[i]
         if not sample.get("lesions"):
             continue
-        prepared = preprocess_sample(sample, segmenter.spec)
+        prepared = preprocess_sample(sample, spec)
         label = torch.as_tensor(prepared["label"])[0].numpy()
         spacing = prepared["meta"]["spacing"]
+        mask_of = case_masks(prepared["image"])
         for name in sorted({les["type"] for les in sample["lesions"].values()}):
-            query = LesionQuery(name=name) if by_name else LesionQuery(dict(queries[name]))
-            pred = (segmenter.maps(prepared["image"], query)[0] >= 0.5).numpy()
+            pred = mask_of(name)
             ids = [int(k) for k, les in sample["lesions"].items() if les["type"] == name]
             truth = np.isin(label, ids)
             if not truth.any():  # resampled away (a lesion smaller than a voxel)
@@ -116,6 +137,48 @@ def evaluate_lesion_types(
                 if any(r[k] is not None for r in rows)
             }
     return out
+
+
+def _zero_shot_types(checkpoint: str | os.PathLike, device: str, queries: dict[str, dict[str, str]]) -> tuple:
+    """A Malenia checkpoint: its preprocessing, the types it was trained on, and per preprocessed image a
+    function type name -> mask of that type's query (its recorded values, or its name for name-only
+    models)."""
+    from medvl3d.infer.lesions import LesionQuery, LesionSegmenter
+
+    segmenter = LesionSegmenter.from_checkpoint(checkpoint, device)
+    by_name = segmenter.model.config.query == "name"
+
+    def case_masks(image: torch.Tensor) -> Any:
+        def mask_of(name: str) -> np.ndarray:
+            query = LesionQuery(name=name) if by_name else LesionQuery(dict(queries[name]))
+            return (segmenter.maps(image, query)[0] >= 0.5).numpy()
+
+        return mask_of
+
+    return segmenter.spec, set(segmenter.knowledge), case_masks
+
+
+def _supervised_types(checkpoint: str | os.PathLike, device: str) -> tuple:
+    """A supervised segmentation checkpoint whose classes are lesion types (the supervised bounds of the
+    zero-shot table): its preprocessing, its classes as the known types, and per preprocessed image a
+    function type name -> voxels of that class (empty for a type it has no class for: an unseen type)."""
+    from medvl3d.infer import Predictor
+    from medvl3d.infer.sliding_window import sliding_window_probabilities
+
+    predictor = Predictor.from_checkpoint(checkpoint, device=device)
+    predictor.require("logits", "scoring lesion types")  # a segmentation model, not a vision-language one
+    ids = {name: i for i, name in predictor.label_names.items() if i > 0}
+
+    def case_masks(image: torch.Tensor) -> Any:
+        probs = sliding_window_probabilities(predictor.model, image, predictor.window, predictor.device)
+        classes = probs.argmax(0).numpy()
+
+        def mask_of(name: str) -> np.ndarray:
+            return classes == ids[name] if name in ids else np.zeros(classes.shape, bool)
+
+        return mask_of
+
+    return predictor.spec, set(ids), case_masks
 
 
 def format_lesion_table(scores: dict[str, dict[str, Any]]) -> str:
