@@ -34,8 +34,10 @@ def test_msd_float_label_map_is_cast(msd_task):
 
 
 def test_msd_instance_maps_read_as_one_class_and_allow_lesion_free_cases(msd_task, nifti):
-    """SynthCT-VL's dataset_lesions.json ("label_type": "instance", ids 1..n) trains a binary lesion
-    network out of the box; its lesion-free cases are normal, where an empty organ map is a wrong file."""
+    """SynthCT-VL's dataset_lesions.json ("label_type": "instance", ids 1..n) keeps its ids in the dataset
+    and trains a binary lesion network out of the box; its lesion-free cases are normal, where an empty
+    organ map is a wrong file."""
+    from medvl3d.data.datasets.base import semantic_label
     from medvl3d.train.tasks.segmentation import PatchSampler, SegAugmentConfig
 
     info = json.loads((msd_task / "dataset.json").read_text())
@@ -47,13 +49,18 @@ def test_msd_instance_maps_read_as_one_class_and_allow_lesion_free_cases(msd_tas
     (msd_task / "organs.json").write_text(json.dumps(info))
     (msd_task / "lesions.json").write_text(json.dumps({**info, "label_type": "instance"}))
     as_instances = MSDDataset(msd_task / "lesions.json")
-    assert set(as_instances[0]["label"].unique().tolist()) == {0, 1}
-    assert int(as_instances[0]["label"].sum()) == 27 + 8
-    assert set(MSDDataset(msd_task / "organs.json")[0]["label"].unique().tolist()) == {0, 1, 3}
+    assert set(as_instances[0]["label"].unique().tolist()) == {0, 1, 3}  # the ids are kept
+    assert as_instances[0]["meta"]["label_type"] == "instance"
+    binary = semantic_label(as_instances[0])
+    assert set(binary.unique().tolist()) == {0, 1} and int(binary.sum()) == 27 + 8
+    organs = MSDDataset(msd_task / "organs.json")
+    assert set(semantic_label(organs[0]).unique().tolist()) == {0, 1, 3}  # a class map as it is
     sampler = PatchSampler(2, (16, 16, 16), 0.5, SegAugmentConfig())
-    sampler.check(as_instances[2])  # no error: no lesion in this case
+    patch = sampler(as_instances[0], seed=0)  # ids 1 and 3 train as class 1
+    assert set(patch["label"].unique().tolist()) <= {0, 1}
+    sampler(as_instances[2], seed=0)  # no error: no lesion in this case
     with pytest.raises(ValueError, match=r"the label map is empty \(background only\)"):
-        sampler.check(MSDDataset(msd_task / "organs.json")[2])
+        sampler(organs[2], seed=0)
 
 
 def test_msd_test_split_and_json_path(msd_task):

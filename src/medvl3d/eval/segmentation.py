@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 
 from medvl3d.atomic import atomic_write_text
+from medvl3d.data.datasets.base import semantic_label
 from medvl3d.eval.seg_metrics import (
     ClassMetrics,
     format_segmentation_table,
@@ -66,7 +66,7 @@ class SegmentationReport:
 def _reference(sample: dict, classes: dict[int, str], where: str) -> np.ndarray:
     if sample.get("label") is None:
         raise ValueError(f"{where}: the case has no reference label map to evaluate against")
-    truth = torch.as_tensor(sample["label"]).numpy()[0]
+    truth = semantic_label(sample).numpy()[0]  # an instance map as one foreground class
     unknown = sorted(set(np.unique(truth).tolist()) - set(classes) - {0})
     if unknown:
         raise ValueError(

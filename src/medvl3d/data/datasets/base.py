@@ -63,6 +63,19 @@ def digest(value: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def semantic_label(sample: dict) -> torch.Tensor | None:
+    """A sample's label map as classes: an instance map (``meta["label_type"] == "instance"``, as an MSD
+    json marks SynthCT-VL's lesion maps) as one foreground class, any other as it is (None without one).
+    The dataset keeps the instance ids; segmentation training, validation and evaluation read this."""
+    label = sample.get("label")
+    if label is None:
+        return None
+    label = torch.as_tensor(label)
+    return (
+        (label > 0).to(label.dtype) if (sample.get("meta") or {}).get("label_type") == "instance" else label
+    )
+
+
 def strip_nifti_suffix(name: str) -> str:
     """'train_1_a_1.nii.gz' -> 'train_1_a_1' (also .nii, .nrrd, .mha)."""
     for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd"):
@@ -235,10 +248,7 @@ class VolumeDataset(Dataset):
             },
         }
         if rec.label is not None:
-            label = read_label(rec.label, vol)
-            if rec.extra.get("label_type") == "instance":  # instance ids 1..n: one foreground class
-                label = (label > 0).astype(label.dtype)
-            sample["label"] = torch.from_numpy(label)[None]
+            sample["label"] = torch.from_numpy(read_label(rec.label, vol))[None]
             sample["meta"]["label_path"] = str(rec.label)
         return sample
 

@@ -3,7 +3,8 @@
 Also reads MSD-style jsons written by SynthCT-VL (several per folder, e.g. ``dataset_lesions.json``),
 whose ``training`` entries carry extra keys (``report``, ``labels``, ``lesions``, ``split``, ...) that
 pass into the samples. A json with ``"label_type": "instance"`` (``dataset_lesions.json``: ids 1..n are
-lesion instances) reads as one foreground class, and its lesion-free cases are kept. macOS resource-fork
+lesion instances) keeps its ids and says so in ``meta["label_type"]``: segmentation reads it as one
+foreground class (``semantic_label``) and keeps its lesion-free cases. macOS resource-fork
 files (``._*``) shipped in the MSD archives are skipped.
 """
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from medvl3d.data.datasets.base import semantic_label
 from medvl3d.infer.sliding_window import SlidingWindowConfig, sliding_window_probabilities
 from medvl3d.train.tasks.base import DataFacts, Task, TaskContext, log_parts, register_task
 from medvl3d.typed import build_dataclass, coerce, to_plain
@@ -138,6 +139,8 @@ class PatchSampler:
             )
 
     def __call__(self, sample: dict, seed: int) -> dict:
+        if sample.get("label") is not None:
+            sample = {**sample, "label": semantic_label(sample)}  # instance maps: one foreground class
         self.check(sample)
         if self._compose is None:
             self._compose = self._build()
@@ -262,7 +265,7 @@ class SegmentationTask(Task):
         for sample in valid:
             probs = sliding_window_probabilities(model, torch.as_tensor(sample["image"]), self.window, device)
             pred = one_hot(probs.argmax(0)[None, None], self.n_classes)
-            truth = one_hot(torch.as_tensor(sample["label"]).long()[None], self.n_classes)
+            truth = one_hot(semantic_label(sample).long()[None], self.n_classes)
             scores.append(compute_dice(pred, truth, include_background=False, ignore_empty=True)[0])
         model.train(was_training)
         dice = torch.stack(scores).nanmean(0)  # per class; NaN where a class is absent everywhere
