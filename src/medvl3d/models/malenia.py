@@ -87,8 +87,8 @@ class MaleniaConfig:
             nor the text branch could tell values apart. Checkpoints written before it load with False.
         text_null: the text branch may also attend to a "nothing" token whose mask is empty (a learned
             key and a learned constant logit), so a description of a lesion type the image lacks can answer
-            with no mask. Only the tokens to borrow from, whose unmatched masks are unsupervised, it lit up
-            the lesion present for any description. Checkpoints written before it load with False.
+            with no mask. With only the tokens to borrow from (unmatched tokens' masks are not supervised),
+            it lit up the lesion present for any description. Checkpoints written before it load with False.
     """
 
     family: ClassVar[str] = "malenia"
