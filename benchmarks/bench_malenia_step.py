@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from step_timing import git, summarise, training_step, write_record  # noqa: E402
+from step_timing import record_header, summarise, training_step, write_record  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "malenia"
@@ -185,15 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     times = time_models(args, batch)
     timing = summarise(times, REFERENCE)
     record = {
-        "benchmark": "bench_malenia_step",
-        "commit": git("rev-parse", "HEAD"),
-        # Files of the measured code that differ from that commit (the step was timed on them as they were).
-        "uncommitted": git(
-            "status", "--porcelain", "--", "src", "benchmarks/bench_malenia_step.py"
-        ).splitlines(),
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "torch": torch.__version__,
-        "threads": args.threads,
+        **record_header("bench_malenia_step", "bench_malenia_step.py", args.threads),
         "patch": [args.patch] * 3,
         "batch": args.batch,
         "rounds": args.rounds,

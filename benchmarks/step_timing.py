@@ -27,6 +27,24 @@ def git(*args: str) -> str:
     return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.rstrip()
 
 
+def record_header(benchmark: str, script: str, threads: int) -> dict:
+    """The fields every step-time record starts with: what, at which commit (and which measured files
+    differed from it), the command, torch and threads."""
+    import sys
+
+    import torch
+
+    return {
+        "benchmark": benchmark,
+        "commit": git("rev-parse", "HEAD"),
+        # Files of the measured code that differ from that commit (the step was timed on them as they were).
+        "uncommitted": git("status", "--porcelain", "--", "src", f"benchmarks/{script}").splitlines(),
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "torch": torch.__version__,
+        "threads": threads,
+    }
+
+
 def summarise(times: dict[str, list[float]], reference: str) -> dict:
     """Median ms/step per model, printed with its ratio to ``reference``; the record's timing fields."""
     ms = {name: round(1000 * statistics.median(t), 1) for name, t in times.items()}
