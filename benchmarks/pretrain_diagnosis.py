@@ -58,11 +58,14 @@ METHODS = {
     "clip_summary": ("clip_synth_tiny.yaml", ["data.text_source=summary"]),
     "brgsa": ("brgsa_synth_tiny.yaml", []),
     "brgsa_cosine_read": ("brgsa_synth_tiny.yaml", ["model.overrides.bank_read=cosine_tau"]),
-    "brgsa_both_score": ("brgsa_synth_tiny.yaml", ["model.overrides.bank_score=both_recon"]),
     "brgsa_v1": ("brgsa_synth_tiny.yaml", _BRGSA_V1),
     "gtgm": ("gtgm_synth_tiny.yaml", []),
     "gtgm_reports": ("gtgm_synth_tiny.yaml", ["data.text_source=report"]),
 }
+# Rows that only score differently: row name -> (the row whose checkpoints they score, model config fields).
+# `bank_score` is read by `VLModel.score` alone, never by the loss, so retraining would repeat the same run.
+RESCORED = {"brgsa_both_score": ("brgsa", {"bank_score": "both_recon"})}
+ALL_METHODS = [*METHODS, *RESCORED]
 DEFAULT_METHODS = ["clip", "clip_summary", "brgsa", "gtgm"]
 # --groups presets: (underrepresented, unseen); None = the generator's defaults.
 GROUP_PRESETS: dict[str, tuple[list[str] | None, list[str] | None]] = {
@@ -104,7 +107,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=400, help="optimiser steps per run")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS))
+    p.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=ALL_METHODS)
     p.add_argument(
         "--groups",
         default="default",
@@ -124,6 +127,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="re-evaluate the run folders already under --out instead of training (e.g. with --prompts)",
     )
     p.add_argument("--prompts", default=None, help="prompt YAML to score with instead of each checkpoint's")
+    p.add_argument(
+        "--collect",
+        action="store_true",
+        help="only assemble the tables from the per-run results already under --out (e.g. after several "
+        "processes each trained some --methods into the same --out)",
+    )
     return p.parse_args(argv)
 
 
@@ -172,15 +181,13 @@ def ensure_data(args: argparse.Namespace, out: Path) -> Path:
     return data
 
 
-def alignment(run_dir: Path, data: Path) -> dict[str, float]:
+def alignment(run_dir: Path, data: Path, predictor) -> dict[str, float]:
     """`medvl3d.eval.alignment` of a trained run on the valid split, with the text it trained on."""
-    import medvl3d
     from medvl3d.config import load_config
     from medvl3d.data.datasets import open_split
     from medvl3d.eval.alignment import alignment_report, training_texts
 
     cfg = load_config(run_dir / "config.yaml")
-    predictor = medvl3d.load(run_dir, device="cpu")
     valid = open_split(data, "valid")
     samples = [valid[i] for i in range(len(valid))]
     generate = None
@@ -201,9 +208,19 @@ def _suffix(args: argparse.Namespace) -> str:
     return "_rescored" if args.prompts is None else f"_rescored_{Path(args.prompts).stem}"
 
 
+def _result_path(out: Path, method: str, seed: int, args: argparse.Namespace) -> Path:
+    return out / f"{method}_seed{seed}" / f"bench_result{_suffix(args)}.json"
+
+
 def run_one(method: str, seed: int, data: Path, out: Path, args: argparse.Namespace) -> dict:
-    """Train one method/seed and evaluate it; returns the table's numbers."""
-    from medvl3d.eval.diagnosis import evaluate_diagnosis
+    """Train one method/seed (or rescore the run it shares, `RESCORED`) and evaluate it; returns the
+    table's numbers, also written to the run folder's ``bench_result.json``."""
+    if method in RESCORED:
+        base, fields = RESCORED[method]
+        run_dir = out / f"{base}_seed{seed}"
+        if not (run_dir / "checkpoints").is_dir():
+            raise SystemExit(f"{method} scores the checkpoints of {run_dir}: train {base} first")
+        return _evaluate(method, seed, run_dir, out / f"{method}_seed{seed}", data, args, fields, None)
     from medvl3d.train import train
 
     run_dir = out / f"{method}_seed{seed}"
@@ -226,8 +243,31 @@ def run_one(method: str, seed: int, data: Path, out: Path, args: argparse.Namesp
     else:
         train(REPO / "configs" / config, overrides)
         t_train = time.time() - t0
+    return _evaluate(method, seed, run_dir, run_dir, data, args, {}, t_train, t0)
+
+
+def _evaluate(
+    method: str,
+    seed: int,
+    run_dir: Path,
+    dest: Path,
+    data: Path,
+    args: argparse.Namespace,
+    fields: dict,
+    t_train: float | None,
+    t0: float | None = None,
+) -> dict:
+    """Zero-shot diagnosis and alignment of the checkpoints in ``run_dir`` (with model config ``fields``
+    replaced), written under ``dest``."""
+    import medvl3d
+    from medvl3d.eval.diagnosis import evaluate_diagnosis
+
+    t0 = time.time() if t0 is None else t0
+    predictor = medvl3d.load(run_dir, device="cpu")
+    for name, value in fields.items():
+        setattr(predictor.model.config, name, value)
     report = evaluate_diagnosis(
-        run_dir,
+        predictor,
         data,
         split="valid",
         bootstrap=args.bootstrap,
@@ -235,7 +275,8 @@ def run_one(method: str, seed: int, data: Path, out: Path, args: argparse.Namesp
         progress=False,
         prompts=args.prompts,
     )
-    report.to_json(run_dir / f"diagnosis{_suffix(args)}.json")
+    dest.mkdir(parents=True, exist_ok=True)
+    report.to_json(dest / f"diagnosis{_suffix(args)}.json")
     res = {
         "method": method,
         "seed": seed,
@@ -243,7 +284,7 @@ def run_one(method: str, seed: int, data: Path, out: Path, args: argparse.Namesp
         **{g: report.groups.get(g, {}).get("auroc") for g in ("seen", "underrepresented", "unseen")},
         "gap_before": report.modality_gap.get("before_bank"),
         "gap_after": report.modality_gap.get("after_bank"),
-        "alignment": alignment(run_dir, data),
+        "alignment": alignment(run_dir, data, predictor),
         "per_label": {name: m.auroc for name, m in report.per_label.items() if m.auroc is not None},
         "train_s": t_train,
         "total_s": time.time() - t0,
@@ -254,6 +295,7 @@ def run_one(method: str, seed: int, data: Path, out: Path, args: argparse.Namesp
         + f"total {res['total_s']:.0f} s",
         file=sys.stderr,
     )
+    (dest / f"bench_result{_suffix(args)}.json").write_text(json.dumps(res, indent=2), encoding="utf-8")
     return res
 
 
@@ -317,15 +359,31 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     data = ensure_data(args, out)
-    results = [run_one(m, s, data, out, args) for s in args.seeds for m in args.methods]
+    if args.collect:
+        missing = [
+            p for m in args.methods for s in args.seeds if not (p := _result_path(out, m, s, args)).is_file()
+        ]
+        if missing:
+            raise SystemExit(f"--collect: {len(missing)} runs have no result yet, e.g. {missing[0]}")
+        results = [
+            json.loads(_result_path(out, m, s, args).read_text(encoding="utf-8"))
+            for s in args.seeds
+            for m in args.methods
+        ]
+    else:
+        results = [run_one(m, s, data, out, args) for s in args.seeds for m in args.methods]
     ceiling = None
-    if args.ceiling:
+    ceiling_file = out / "ceiling.json"
+    if args.ceiling and ceiling_file.is_file():
+        ceiling = json.loads(ceiling_file.read_text(encoding="utf-8"))
+    elif args.ceiling:
         sys.path.insert(0, str(REPO / "benchmarks"))
         import supervised_ceiling
 
         ceiling = supervised_ceiling.ceiling(
             supervised_ceiling.parse_args(["--data", str(data), "--steps", str(args.ceiling_steps)])
         )
+        ceiling_file.write_text(json.dumps(ceiling, indent=2), encoding="utf-8")
     record = json.dumps({"args": vars(args), "results": results, "ceiling": ceiling}, indent=2)
     (out / f"results{_suffix(args)}.json").write_text(record, encoding="utf-8")
     print(table(results, args.methods, args.seeds, ceiling))

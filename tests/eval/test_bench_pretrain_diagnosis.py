@@ -32,7 +32,7 @@ def test_every_row_is_a_valid_config_with_its_ablation():
     bank = {n: model_config(c.model.name, **c.model.overrides) for n, c in cfgs.items() if "brgsa" in n}
     assert (bank["brgsa"].bank_read, bank["brgsa"].bank_score) == ("softmax_dot", "image_recon")
     assert bank["brgsa_cosine_read"].bank_read == "cosine_tau"
-    assert bank["brgsa_both_score"].bank_score == "both_recon"
+    assert bench.RESCORED["brgsa_both_score"] == ("brgsa", {"bank_score": "both_recon"})
     v1 = cfgs["brgsa_v1"]
     assert (bank["brgsa_v1"].bank_read, bank["brgsa_v1"].bank_init) == ("cosine_tau", "normal")
     assert v1.task.params == {
@@ -73,3 +73,29 @@ def test_groups_are_selectable_and_generated_as_asked(tmp_path):
         bench.ensure_data(
             bench.parse_args(["--data", str(data), "--underrepresented", "Emphysema"]), tmp_path
         )
+
+
+def test_a_rescored_row_trains_as_its_base_and_scores_otherwise():
+    """`brgsa_both_score` scores brgsa's checkpoints instead of retraining: valid only because the loss
+    never reads `bank_score` (same weights, same batch -> same loss) while the zero-shot score does."""
+    import torch
+
+    from medvl3d.models import create_model
+    from medvl3d.train.tasks import build_task
+
+    bench = _bench()
+    base, fields = bench.RESCORED["brgsa_both_score"]
+    assert base in bench.METHODS and "brgsa_both_score" in bench.ALL_METHODS
+    torch.manual_seed(0)
+    model = create_model("test_resenc_clip", vision={"img_size": (16, 16, 16), "width": 8}, bank_size=16)
+    model.eval()  # batch-norm statistics stay put between the two passes
+    batch = {"image": torch.rand(4, 1, 16, 16, 16), "text": ["a", "b c", "d e f", "g"]}
+    task = build_task("brgsa", model)
+    with torch.no_grad():
+        loss = task(batch)["loss"]
+        img, txt = model.encode_image(batch["image"]), model.encode_text(batch["text"])
+        score = model.score(img, txt)
+        for name, value in fields.items():
+            setattr(model.config, name, value)
+        torch.testing.assert_close(task(batch)["loss"], loss)
+        assert not torch.allclose(model.score(img, txt), score)
