@@ -33,7 +33,10 @@ cells by that cost), up to about 4 hours on a busier machine (an earlier measure
 slower). 300 steps cost 1.5x that; SwinUNETR at 3 seeds adds 2 x 2.1 h of one core.
 
 Encoders: `--encoders DIR` holds `pretrain_{clip,brgsa,gtgm}` runs of the `cpu_resenc_clip` tower (those of
-`benchmarks/transfer_segmentation.py`); without them the pretrained rows are skipped with a note.
+`benchmarks/transfer_segmentation.py`); without them the pretrained rows are skipped with a note. The
+table in the README used the BrgSA and GTGM towers of our first versions, now `pretrain_brgsa_v1` and
+`pretrain_gtgm_v1` there (`--encoders` is read as `pretrain_<method>`: point it at a folder whose
+`pretrain_brgsa` / `pretrain_gtgm` are those runs to repeat them).
 """
 
 from __future__ import annotations

@@ -41,24 +41,17 @@ import sys
 import time
 from pathlib import Path
 
+from medvl3d.train.tasks.vl import first_version_overrides
+
 REPO = Path(__file__).resolve().parents[1]
-# Our first BrgSA, whole: bank read, entries, score and loss (`BRGSA_CROSS_LOSS`).
-_BRGSA_V1 = [
-    "model.overrides.bank_read=cosine_tau",
-    "model.overrides.bank_init=normal",
-    "model.overrides.bank_score=both_recon",
-    "task.params.cross_weight=0.5",
-    "task.params.mse_weight=0.1",
-    "task.params.mse=normalized",
-    "task.params.learn_scale=true",
-]
 # Row name -> (config under configs/, extra overrides).
 METHODS = {
     "clip": ("clip_synth_tiny.yaml", []),
     "clip_summary": ("clip_synth_tiny.yaml", ["data.text_source=summary"]),
     "brgsa": ("brgsa_synth_tiny.yaml", []),
     "brgsa_cosine_read": ("brgsa_synth_tiny.yaml", ["model.overrides.bank_read=cosine_tau"]),
-    "brgsa_v1": ("brgsa_synth_tiny.yaml", _BRGSA_V1),
+    # Our first BrgSA, whole: bank read, entries, score and loss.
+    "brgsa_v1": ("brgsa_synth_tiny.yaml", first_version_overrides("brgsa")),
     "gtgm": ("gtgm_synth_tiny.yaml", []),
     "gtgm_reports": ("gtgm_synth_tiny.yaml", ["data.text_source=report"]),
 }

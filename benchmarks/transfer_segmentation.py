@@ -1,7 +1,9 @@
 """Transfer of pretrained encoders to organ segmentation (GTGM's protocol) on SynthCT-VL, one table.
 
-1. Pretrains the tiny CPU image tower (`cpu_resenc_clip`) with CLIP, BrgSA and GTGM on a SynthCT-VL
-   pretraining set (volumes + reports; data seed 0, the zero-shot benchmark's draw), once per method.
+1. Pretrains the tiny CPU image tower (`cpu_resenc_clip`) with CLIP, BrgSA and GTGM as their authors
+   built them (GTGM on text generated from each volume, no reports) and with our first BrgSA and GTGM
+   (`brgsa_v1`, `gtgm_v1`: `first_version_overrides`), on a SynthCT-VL pretraining set (data seed 0, the
+   zero-shot benchmark's draw), once per method.
 2. Fine-tunes on a *separate* labelled SynthCT-VL draw (data seed 1, organ label maps, MSD layout) with
    1%, 10% and 100% of the training labels, for several seeds, the same segmentation network from
    scratch, from each pretrained encoder, and MONAI's UNet and SwinUNETR from scratch, all with the same
@@ -11,6 +13,7 @@
 
     python benchmarks/transfer_segmentation.py                        # ~5 h on one core
     python benchmarks/transfer_segmentation.py --seeds 1 2 --models scratch unet   # a share of it
+    python benchmarks/transfer_segmentation.py --models gtgm --fractions 0.01      # one row at 1% labels
     python benchmarks/transfer_segmentation.py --table-only           # the table from saved JSONs
 
 Both datasets are 32^3 volumes at ~1 cm (the grid the tiny pretrained towers were trained on).
@@ -26,15 +29,27 @@ import sys
 import time
 from pathlib import Path
 
+from medvl3d.train.tasks.vl import first_version_overrides
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "transfer"
-PRETRAIN = {"clip": "clip_synth_tiny.yaml", "brgsa": "brgsa_synth_tiny.yaml", "gtgm": "gtgm_synth_tiny.yaml"}
-# Row -> (registered model, model overrides, pretraining method or None)
+# Pretraining -> (config under configs/, overrides): each method as its authors built it (the defaults),
+# and `_v1`, our first versions of BrgSA and GTGM (GTGM on the paired reports; issue 13).
+PRETRAIN = {
+    "clip": ("clip_synth_tiny.yaml", []),
+    "brgsa": ("brgsa_synth_tiny.yaml", []),
+    "gtgm": ("gtgm_synth_tiny.yaml", []),
+    "brgsa_v1": ("brgsa_synth_tiny.yaml", first_version_overrides("brgsa")),
+    "gtgm_v1": ("gtgm_synth_tiny.yaml", first_version_overrides("gtgm")),
+}
+# Row -> (registered model, model overrides, pretraining or None)
 MODELS = {
     "scratch": ("cpu_resenc_seg", {}, None),
     "clip": ("cpu_resenc_seg", {}, "clip"),
     "brgsa": ("cpu_resenc_seg", {}, "brgsa"),
     "gtgm": ("cpu_resenc_seg", {}, "gtgm"),
+    "brgsa_v1": ("cpu_resenc_seg", {}, "brgsa_v1"),
+    "gtgm_v1": ("cpu_resenc_seg", {}, "gtgm_v1"),
     "unet": ("monai_unet", {}, None),
     # Batch norm: at 32^3 SwinUNETR's deepest map is a single voxel, which instance norm cannot train on.
     "swinunetr": ("monai_swinunetr", {"net": {"norm": "batch"}}, None),
@@ -90,17 +105,19 @@ def _generate(path: Path, n_train: int, n_test: int, seed: int) -> Path:
 
 
 def pretrain(method: str, out: Path, steps: int) -> Path:
-    """One pretraining run per method (seed 0) on the zero-shot benchmark's draw; reused when present."""
+    """One pretraining run per `PRETRAIN` entry (seed 0) on the zero-shot benchmark's draw; reused when
+    present."""
     from medvl3d.models.checkpoint import latest_checkpoint
     from medvl3d.train import train
 
     run = out / f"pretrain_{method}"
     done = latest_checkpoint(run / "checkpoints") if (run / "checkpoints").is_dir() else None
     if done is not None and json.loads((done / "config.json").read_text())["step"] >= steps:
-        return run  # trained earlier, possibly with older defaults: its config.json records which
+        return run  # trained earlier: its config.json records with what
     data = _generate(out / "pretrain_data", 600, 150, seed=0)
-    sets = [f"data.root={data}", f"train.steps={steps}", "train.progress=false", f"output={run}"]
-    return train(REPO / "configs" / PRETRAIN[method], sets)
+    config, extra = PRETRAIN[method]
+    sets = [*extra, f"data.root={data}", f"train.steps={steps}", "train.progress=false", f"output={run}"]
+    return train(REPO / "configs" / config, sets)
 
 
 def finetune_data(args: argparse.Namespace, out: Path) -> Path:

@@ -252,3 +252,29 @@ def test_random_view_rotation_and_blur():
     torch.testing.assert_close(gaussian_blur(const, torch.tensor([1.0]), 1.0), const)
     with pytest.raises(ValueError, match="blur_sigma"):
         AugmentConfig(blur_sigma=(0.0, 1.0))
+
+
+@pytest.mark.parametrize("method", ["brgsa", "gtgm"])
+def test_first_version_overrides_train_our_first_versions(method):
+    """The `--set` strings behind the `_v1` benchmark rows rebuild our first BrgSA / GTGM from the configs."""
+    from pathlib import Path
+
+    from medvl3d.config import load_config
+    from medvl3d.models.config import LEGACY_BANK_OPTIONS
+    from medvl3d.train.tasks.vl import first_version_overrides
+
+    config = Path(__file__).resolve().parents[2] / "configs" / f"{method}_synth_tiny.yaml"
+    cfg = load_config(config, first_version_overrides(method))
+    default = load_config(config)
+    model = create_model("test_resenc_clip", vision={"img_size": (16, 16, 16), "width": 8}, bank_size=4)
+    task = build_task(method, model, **cfg.task.params)
+    if method == "brgsa":
+        assert {k: cfg.model.overrides[k] for k in LEGACY_BANK_OPTIONS} == LEGACY_BANK_OPTIONS
+        assert (task.cross_weight, task.mse, task.learn_scale) == (0.5, "normalized", True)
+        assert cfg.data.text_source == default.data.text_source == "summary"
+    else:
+        assert (cfg.data.text_source, default.data.text_source) == ("report", "generated")
+        assert task.barlow_on == "embedding" and task.augment == augment_config(LEGACY_AUGMENT)
+        assert task.barlow_weight == 0.01  # the config's weight is kept
+    with pytest.raises(ValueError, match="no first version"):
+        first_version_overrides("clip")

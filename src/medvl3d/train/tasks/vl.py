@@ -156,6 +156,32 @@ BRGSA_CROSS_LOSS: dict[str, Any] = {
 }
 
 
+def first_version_overrides(method: str) -> list[str]:
+    """Config overrides (``--set`` strings) that train our first version of a method, from before the
+    authors' designs became the defaults: BrgSA with `LEGACY_BANK_OPTIONS` and `BRGSA_CROSS_LOSS`; GTGM on
+    the paired reports, Barlow Twins on the joint embedding, `LEGACY_AUGMENT` views.
+
+    >>> first_version_overrides("gtgm")[:2]
+    ['data.text_source=report', 'task.params.barlow_on=embedding']
+    """
+    import json
+
+    from medvl3d.models.config import LEGACY_BANK_OPTIONS
+    from medvl3d.train.augment import LEGACY_AUGMENT
+
+    if method == "brgsa":
+        return [f"model.overrides.{k}={v}" for k, v in LEGACY_BANK_OPTIONS.items()] + [
+            f"task.params.{k}={json.dumps(v)}" for k, v in BRGSA_CROSS_LOSS.items()
+        ]
+    if method == "gtgm":
+        return [
+            "data.text_source=report",
+            "task.params.barlow_on=embedding",
+            f"task.params.augment={json.dumps(LEGACY_AUGMENT)}",
+        ]
+    raise ValueError(f"no first version of {method!r} differs from its defaults; choose 'brgsa' or 'gtgm'")
+
+
 @register_task("brgsa")
 class BrgSATask(VLTask):
     """BrgSA (arXiv 2501.03565): CLIP alignment bridged by a knowledge bank shared by both modalities.
