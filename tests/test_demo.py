@@ -96,8 +96,9 @@ def one_torch_thread():
 @needs_minilm
 def test_run_demo_end_to_end_on_a_small_budget(tmp_path, monkeypatch, capsys, one_torch_thread):
     # The same code path as `make demo` (generate -> read back -> labeller -> BrgSA pretraining with the
-    # packaged config -> zero-shot diagnosis -> calibration -> organ fine-tuning -> report), on 16 + 12
-    # volumes and 2 + 2 steps instead of 96 + 48 and 150 + 120.
+    # packaged config -> zero-shot diagnosis -> calibration -> organ fine-tuning -> Malenia zero-shot
+    # lesions -> report), on 16 + 12 and 4 + 3 volumes and 2 + 2 + 2 steps instead of 96 + 48, 24 + 8 and
+    # 150 + 120 + 150.
     from medvl3d.models.checkpoint import latest_checkpoint
 
     monkeypatch.chdir(tmp_path)  # nothing may land in the working folder (e.g. a default runs/ output)
@@ -105,18 +106,22 @@ def test_run_demo_end_to_end_on_a_small_budget(tmp_path, monkeypatch, capsys, on
     stale = out / "brgsa" / "checkpoints" / "step-00000009"  # a run left by an earlier demo
     stale.mkdir(parents=True)
     (stale.parent / "last").write_text("step-00000009", encoding="utf-8")
-    assert run_demo(out, n_train=16, n_test=12, steps=2, seg_steps=2) == 0
+    assert (
+        run_demo(out, n_train=16, n_test=12, steps=2, seg_steps=2, lesion_steps=2, lesion_cases=(4, 3)) == 0
+    )
     assert not stale.exists()  # trained from scratch, not resumed from (or refused by) the old run
     printed = capsys.readouterr().out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]
     assert sorted(p.name for p in out.iterdir()) == [
         "brgsa",
         "diagnosis.json",
+        "lesions",
         "organs",
         "preview",
         "report.html",
         "report.json",
         "synthct",
+        "synthct-lesions",
     ]
 
     # A complete checkpoint of the last step, written by the training loop.
@@ -156,9 +161,28 @@ def test_run_demo_end_to_end_on_a_small_budget(tmp_path, monkeypatch, capsys, on
     assert f"report: {(out / 'report.html').resolve()}" in printed.splitlines()[-1]
     content = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert content["volume"].endswith("valid_12_a_1.nii.gz")
-    vl, seg = content["runs"]
+    vl, seg, les = content["runs"]
     assert vl["family"] == "vl" and set(vl["diagnosis"]["calibration"].values()) <= {"label", "pooled"}
     assert vl["out_of_distribution"]["checked"] == ["input profile", "embedding"]
     assert seg["family"] == "seg" and seg["segmentation"]["labels"]["liver"]["id"] == 1
+    assert les["family"] == "malenia"
     page = (out / "report.html").read_text(encoding="utf-8")
     assert "Diagnosis: cpu_resenc_clip" in page and "Segmentation: cpu_resenc_seg" in page
+
+    # Malenia: trained on the lesion draw, scored per type of its valid split, unseen types named as such.
+    lesion_info = json.loads((latest_checkpoint(out / "lesions" / "checkpoints") / "config.json").read_text())
+    assert lesion_info["step"] == 2 and lesion_info["model"]["family"] == "malenia"
+    assert "lesion type" in printed and "Dice" in printed
+    manifest = (out / "synthct-lesions" / "manifest_valid.jsonl").read_text(encoding="utf-8")
+    valid_types = {
+        les["type"]
+        for line in manifest.splitlines()
+        for les in (json.loads(line).get("lesions") or {}).values()
+    }
+    unseen = valid_types - set(lesion_info["lesion_types"])
+    for name in valid_types:
+        row = re.search(rf"^{re.escape(name)}\s+(seen|unseen)\s", printed, re.MULTILINE)
+        assert row is not None or name not in printed, name  # a type resampled away has no row
+        if row:
+            assert (row.group(1) == "unseen") == (name in unseen), name
+    assert ("zero-shot Dice on the unseen lesion types:" in printed) or "no unseen lesion type" in printed
