@@ -99,3 +99,28 @@ def test_a_rescored_row_trains_as_its_base_and_scores_otherwise():
             setattr(model.config, name, value)
         torch.testing.assert_close(task(batch)["loss"], loss)
         assert not torch.allclose(model.score(img, txt), score)
+
+
+def test_collect_assembles_the_runs_of_several_processes(tmp_path, capsys):
+    """Processes that each trained some rows into one --out: --collect tables them without training, and
+    names the first run that has no result yet."""
+    bench = _bench()
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "splits.json").write_text(json.dumps({"abnormalities": {}}), encoding="utf-8")
+    out = tmp_path / "out"
+    for method, seed, auroc in (("clip", 0, 0.6), ("clip", 1, 0.8), ("brgsa", 0, 0.7)):
+        run = out / f"{method}_seed{seed}"
+        run.mkdir(parents=True)
+        result = {"method": method, "seed": seed, "macro": auroc, "seen": auroc, "underrepresented": None,
+                  "unseen": None, "gap_before": 1.0, "gap_after": None, "alignment": {"gap": 1.0},
+                  "per_label": {"Cardiomegaly": auroc}}  # fmt: skip
+        (run / "bench_result.json").write_text(json.dumps(result), encoding="utf-8")
+    argv = ["--collect", "--data", str(data), "--out", str(out), "--seeds", "0", "1"]
+    with pytest.raises(SystemExit, match="brgsa_seed1"):
+        bench.main([*argv, "--methods", "clip", "brgsa"])
+    assert bench.main([*argv, "--methods", "clip"]) == 0
+    printed = capsys.readouterr().out
+    assert "| clip | 0.700 ± 0.141 |" in printed  # seen: mean ± sd of 0.6 and 0.8
+    saved = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert [r["macro"] for r in saved["results"]] == [0.6, 0.8]
