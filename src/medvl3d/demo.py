@@ -7,7 +7,7 @@
 5. zero-shot diagnosis of the held-out split from text prompts, with per-group AUROC and the modality gap;
 6. calibrate its probabilities (isotonic, per label) on the held-out split, all but its last case;
 7. fine-tune an organ segmentation model from the pretrained image encoder;
-8. train a small Malenia model on lesion crops of a second SynthCT-VL draw and score it zero-shot on the
+8. train a small Malenia model on patches of a second SynthCT-VL draw at 3 mm and score it zero-shot on the
    lesion types its training data never had (Dice, NSD, detection recall per type);
 9. write the visual report of the last held-out case (``report.html``): calibrated probabilities, the
    out-of-distribution verdict, organ masks in three views, the lesion table, provenance.
