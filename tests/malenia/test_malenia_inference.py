@@ -264,3 +264,39 @@ def test_evaluation_scores_a_supervised_model_with_a_class_per_type(tmp_path, mo
     if unknown in scores:
         assert not scores[unknown]["seen"] and scores[unknown]["dice"] == 0.0
     assert any(name in scores for name in known) and not truths  # every case with lesions was scored
+
+
+def test_evaluate_segmentation_cli_scores_a_malenia_checkpoint_per_lesion_type(
+    malenia_checkpoint, tmp_path, capsys
+):
+    """`medvl3d evaluate segmentation` with a Malenia checkpoint: the folder's own types, seen or unseen
+    by the checkpoint's table, as a table, as JSON (-o) and as a page of Dice box plots (--html)."""
+    import json
+    import re
+
+    from medvl3d.cli import main
+    from medvl3d.data.synth import generate
+
+    root = tmp_path / "data"
+    generate(root, n_train=0, n_test=3, size=(24, 40, 40), spacing=(10.0, 8.0, 8.0), workers=1,
+             progress=False, unseen_lesion_types=[])  # fmt: skip
+    out, page = tmp_path / "lesions.json", tmp_path / "lesions.html"
+    argv = ["evaluate", "segmentation", "--checkpoint", str(malenia_checkpoint), "--data", str(root)]
+    assert main([*argv, "-o", str(out), "--html", str(page)]) == 0
+    printed = capsys.readouterr().out
+    scores = json.loads(out.read_text(encoding="utf-8"))["lesion_types"]
+    types = {k: v for k, v in scores.items() if k not in ("seen", "unseen")}
+    assert types
+    for name, row in types.items():
+        assert row["seen"] is (name in ("liver_cyst", "renal_cell_carcinoma"))  # the checkpoint's table
+        assert len(row["case_dice"]) == row["cases"] >= 1
+        shown = re.search(rf"^{name}\s+(seen|unseen)\s+(\d\.\d{{3}})", printed, re.MULTILINE)
+        assert shown and shown.group(1) == ("seen" if row["seen"] else "unseen")
+        assert float(shown.group(2)) == pytest.approx(row["dice"], abs=5e-4)
+    html = page.read_text(encoding="utf-8")
+    assert html.count("data:image/png;base64,") == 2 and "Seen and unseen types" in html
+
+    capsys.readouterr()
+    assert main([*argv, "--overlap", "0.5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--overlap" in err and "Malenia" in err

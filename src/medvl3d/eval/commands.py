@@ -1,12 +1,14 @@
 """CLI: ``medvl3d evaluate diagnosis`` and ``medvl3d evaluate segmentation``.
 
 Each handler parses nothing beyond argparse and calls one API function
-(:func:`medvl3d.eval.diagnosis.evaluate_diagnosis`, :func:`medvl3d.eval.segmentation.evaluate_segmentation`).
+(:func:`medvl3d.eval.diagnosis.evaluate_diagnosis`, :func:`medvl3d.eval.segmentation.evaluate_segmentation`,
+and for a Malenia checkpoint :func:`medvl3d.eval.lesion_segmentation.evaluate_lesion_types`).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from medvl3d.infer.commands import PROMPTS_HELP, device_option
@@ -38,7 +40,11 @@ def register(subparsers) -> None:
     d.add_argument("--html", default=None, help="also write a page of ROC curves and reliability diagrams")
     d.set_defaults(func=_evaluate_diagnosis)
 
-    s = sub.add_parser("segmentation", help="Dice, NSD and HD95 per class of a segmentation checkpoint")
+    s = sub.add_parser(
+        "segmentation",
+        help="Dice, NSD and HD95 per class of a segmentation checkpoint; Dice, NSD and detection recall per "
+        "lesion type (seen and unseen, as the data folder records them) of a Malenia checkpoint",
+    )
     s.add_argument("--checkpoint", required=True, help="checkpoint folder (or a run folder)")
     s.add_argument("--data", required=True, help="dataset root (MSD, KiTS23, JSONL manifest, SynthCT-VL)")
     s.add_argument("--split", default="valid")
@@ -48,7 +54,9 @@ def register(subparsers) -> None:
     s.add_argument("-o", "--out", default=None, help="also write the full results as JSON here")
     s.add_argument("--json", action="store_true", help="print JSON instead of markdown")
     s.add_argument("--device", default=None)
-    s.add_argument("--html", default=None, help="also write a page of Dice box plots per class")
+    s.add_argument(
+        "--html", default=None, help="also write a page of Dice box plots per class (per lesion type)"
+    )
     s.set_defaults(func=_evaluate_segmentation)
 
 
@@ -104,8 +112,11 @@ def _evaluate_diagnosis(args: argparse.Namespace) -> int:
 
 def _evaluate_segmentation(args: argparse.Namespace) -> int:
     from medvl3d.eval.segmentation import evaluate_segmentation
+    from medvl3d.models.checkpoint import read_info
 
     _check_outputs(args)
+    if (read_info(args.checkpoint).get("model") or {}).get("family") == "malenia":
+        return _evaluate_lesions(args)
     report = evaluate_segmentation(
         args.checkpoint,
         args.data,
@@ -123,4 +134,39 @@ def _evaluate_segmentation(args: argparse.Namespace) -> int:
 
         write_segmentation_page(report, args.html)
     print(report.to_json() if args.json else report.to_markdown())
+    return 0
+
+
+def _evaluate_lesions(args: argparse.Namespace) -> int:
+    """`evaluate segmentation` of a Malenia checkpoint: scores per lesion type of the data folder."""
+    from medvl3d.atomic import atomic_write_json
+    from medvl3d.eval.lesion_segmentation import evaluate_lesion_types, format_lesion_table
+
+    for option in ("format", "overlap"):
+        if getattr(args, option) is not None:
+            raise ValueError(
+                f"--{option}: not used for a lesion-segmentation (Malenia) checkpoint, which reads the data "
+                "folder's own layout and lesion records with its stored window"
+            )
+    scores = evaluate_lesion_types(
+        args.checkpoint,
+        args.data,
+        split=args.split,
+        nsd_tolerance_mm=args.nsd_tolerance,
+        device=device_option(args.device) or "cpu",
+    )
+    record = {
+        "checkpoint": str(args.checkpoint),
+        "data": str(args.data),
+        "split": args.split,
+        "nsd_tolerance_mm": args.nsd_tolerance,
+        "lesion_types": scores,
+    }
+    if args.out:
+        atomic_write_json(args.out, record, indent=2)
+    if args.html:
+        from medvl3d.viz.eval_pages import write_lesion_page
+
+        write_lesion_page(scores, args.html, checkpoint=args.checkpoint, data=args.data, split=args.split)
+    print(json.dumps(record, indent=2) if args.json else format_lesion_table(scores))
     return 0

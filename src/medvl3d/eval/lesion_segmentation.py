@@ -48,6 +48,7 @@ class LesionTypeScores:
             "nsd": float(np.mean(self.nsd)) if self.nsd else None,
             "recall": self.detected / self.lesions if self.lesions else None,
             "lesions": self.lesions,
+            "case_dice": list(self.dice),
         }
 
 
@@ -69,7 +70,8 @@ def evaluate_lesion_types(
             trained on every type (an upper bound) is grouped as the others are with the same set.
 
     Returns:
-        type -> {"seen", "cases", "dice", "nsd", "recall", "lesions"}, plus "seen" and "unseen" means.
+        type -> {"seen", "cases", "dice", "nsd", "recall", "lesions", "case_dice"} (means over the cases
+        holding the type, and its per-case Dice), plus "seen" and "unseen" means.
 
     Raises:
         ValueError: a checkpoint that segments nothing (vision-language), or a split without lesions.

@@ -2,7 +2,8 @@
 
 Diagnosis: ROC curves per label, macro AUROC of the seen / underrepresented / unseen labels with their
 95% intervals, and the reliability diagram of the raw and calibrated probabilities. Segmentation: a Dice
-box plot per class (per lesion type, once lesion models report per type) and the summary table.
+box plot per class and the summary table. Lesion segmentation (Malenia): a Dice box plot per lesion type,
+the seen and unseen types side by side, and the per-type table.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 
 from medvl3d.viz.html import Page, image, table
 
-__all__ = ["write_diagnosis_page", "write_segmentation_page"]
+__all__ = ["write_diagnosis_page", "write_lesion_page", "write_segmentation_page"]
 
 _KIND_TITLES = {
     "raw": "raw zero-shot",
@@ -112,4 +113,46 @@ def write_segmentation_page(report: Any, path: str | os.PathLike) -> Path:
     )
     page.h2("Summary")
     page.pre(report.to_markdown())
+    return page.write(path)
+
+
+def write_lesion_page(
+    scores: dict[str, dict[str, Any]],
+    path: str | os.PathLike,
+    *,
+    checkpoint: str | os.PathLike,
+    data: str | os.PathLike,
+    split: str,
+) -> Path:
+    """Write the page of :func:`~medvl3d.eval.lesion_segmentation.evaluate_lesion_types` scores
+    (atomically): per-case Dice per lesion type, then all seen against all unseen types' cases."""
+    from medvl3d.eval.lesion_segmentation import format_lesion_table
+    from medvl3d.viz.plots import dice_boxplots
+
+    types = {name: row for name, row in scores.items() if name not in ("seen", "unseen")}
+    page = Page(
+        "Lesion segmentation per lesion type",
+        f"{len(types)} lesion types of the {split} split of {data} | checkpoint {checkpoint}",
+    )
+    page.h2("Dice per case and lesion type")
+    labelled = {
+        f"{name} ({'seen' if row['seen'] else 'unseen'})": row["case_dice"] for name, row in types.items()
+    }
+    page.add(image(dice_boxplots(labelled), "box plot of per-case Dice for each lesion type"))
+    page.h2("Seen and unseen types")
+    groups = {
+        f"{group} types": [
+            d for row in types.values() if row["seen"] is (group == "seen") for d in row["case_dice"]
+        ]
+        for group in ("seen", "unseen")
+    }
+    page.add(
+        image(dice_boxplots({k: v for k, v in groups.items() if v}), "per-case Dice, seen vs unseen types")
+    )
+    page.text(
+        "A type is seen when the checkpoint's training data held it; unseen types are queried zero-shot from "
+        "the attribute values this data folder records for them."
+    )
+    page.h2("Summary")
+    page.pre(format_lesion_table(scores))
     return page.write(path)
