@@ -16,6 +16,7 @@ and its volume in mL, in the input's geometry.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -330,7 +331,21 @@ class LesionSegmenter:
             mask.astype(np.uint16 if len(found) > 255 else np.uint8), {0: "background"}, vol
         )
         counts = np.bincount(result.mask.ravel(), minlength=len(found) + 1)
+        # A lesion found on the model's grid can cover no voxel of a coarser input grid: it cannot be drawn
+        # on the input, so it is not listed (the list and the written mask hold the same lesions).
+        lost = [les for les in found if counts[les["id"]] == 0]
+        if lost:
+            from medvl3d.data.io import spacing_from_affine
+
+            spacing = spacing_from_affine(np.asarray(meta["raw_affine"]))
+            warnings.warn(
+                f"{len(lost)} of {len(found)} lesions found on the model's grid cover no voxel of the input "
+                f"grid (voxels of {' x '.join(f'{v:.3g}' for v in spacing)} mm) and are left out",
+                stacklevel=2,
+            )
         for les in found:
+            if counts[les["id"]] == 0:
+                continue
             attrs = dict(les["attributes"])
             if les["organ"]:
                 attrs["organ"] = les["organ"]

@@ -42,6 +42,9 @@ __all__ = ["ModelRun", "VolumeReport", "build_report"]
 
 #: Structures drawn with their own views, largest first; the rest are listed in the table.
 MAX_FINDING_VIEWS = 24
+#: Lesion rows on the page, most confident first (an untrained or poor model can report hundreds); every
+#: lesion stays in the JSON.
+MAX_LESION_ROWS = 50
 
 
 @dataclass
@@ -397,11 +400,14 @@ def _lesion_section(page: Page, report: VolumeReport) -> None:
         page.box(
             "note",
             "No lesion table: none of these checkpoints is a lesion-segmentation model. Lesions with their "
-            "predicted attributes (shape, density, margin, ...) and volumes come from a Malenia checkpoint, "
-            "which medvl3d does not provide yet; organ models list their structures above.",
+            "predicted attributes (shape, density, margin, ...) and volumes come from a Malenia checkpoint "
+            "(`medvl3d finetune configs/malenia_synth_cpu.yaml`; `make demo` trains a small one); organ "
+            "models list their structures above.",
         )
         return
-    attrs = sorted({k for _, lesion in found for k in lesion.attributes})
+    shown = sorted(found, key=lambda item: -(item[1].score if item[1].score is not None else -1.0))
+    shown = shown[:MAX_LESION_ROWS]
+    attrs = sorted({k for _, lesion in shown for k in lesion.attributes})
     rows = [
         (
             lesion.id,
@@ -411,8 +417,13 @@ def _lesion_section(page: Page, report: VolumeReport) -> None:
             "" if lesion.score is None else f"{lesion.score:.2f}",
             checkpoint_name(run.checkpoint),
         )
-        for run, lesion in found
+        for run, lesion in shown
     ]
+    if len(found) > len(shown):
+        page.text(
+            f"{len(found)} lesions found; the {len(shown)} with the highest scores are listed, every one "
+            "is in the report's JSON."
+        )
     page.add(table(["id", "lesion", "volume (mL)", *attrs, "score", "checkpoint"], rows, (0, 2)))
 
 
