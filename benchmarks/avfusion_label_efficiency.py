@@ -307,8 +307,9 @@ def _fmt(vals: list[float | None]) -> str:
     v = [x for x in vals if x is not None]
     if not v:
         return "n/a"
-    sd = statistics.pstdev(v) if len(v) > 1 else 0.0
-    return f"{statistics.fmean(v):.3f}±{sd:.3f}"
+    if len(v) == 1:  # one seed: no spread to show (a "±0.000" would claim one)
+        return f"{v[0]:.3f}"
+    return f"{statistics.fmean(v):.3f}±{statistics.pstdev(v):.3f}"
 
 
 def table(records: list[dict], rows: tuple[str, ...], budgets: list[int]) -> str:
