@@ -41,6 +41,7 @@ import sys
 import time
 from pathlib import Path
 
+from medvl3d.atomic import atomic_write_json
 from medvl3d.train.tasks.vl import first_version_overrides
 
 REPO = Path(__file__).resolve().parents[1]
@@ -213,7 +214,7 @@ def run_one(method: str, seed: int, data: Path, out: Path, args: argparse.Namesp
         run_dir = out / f"{base}_seed{seed}"
         if not (run_dir / "checkpoints").is_dir():
             raise SystemExit(f"{method} scores the checkpoints of {run_dir}: train {base} first")
-        return _evaluate(method, seed, run_dir, out / f"{method}_seed{seed}", data, args, fields, None)
+        return _evaluate(method, seed, run_dir, out / f"{method}_seed{seed}", data, args, fields)
     from medvl3d.train import train
 
     run_dir = out / f"{method}_seed{seed}"
@@ -236,7 +237,7 @@ def run_one(method: str, seed: int, data: Path, out: Path, args: argparse.Namesp
     else:
         train(REPO / "configs" / config, overrides)
         t_train = time.time() - t0
-    return _evaluate(method, seed, run_dir, run_dir, data, args, {}, t_train, t0)
+    return _evaluate(method, seed, run_dir, run_dir, data, args, t_train=t_train)
 
 
 def _evaluate(
@@ -246,18 +247,17 @@ def _evaluate(
     dest: Path,
     data: Path,
     args: argparse.Namespace,
-    fields: dict,
-    t_train: float | None,
-    t0: float | None = None,
+    fields: dict | None = None,
+    t_train: float | None = None,
 ) -> dict:
     """Zero-shot diagnosis and alignment of the checkpoints in ``run_dir`` (with model config ``fields``
-    replaced), written under ``dest``."""
+    replaced), written under ``dest``; ``t_train``: seconds the run trained (None: not trained here)."""
     import medvl3d
     from medvl3d.eval.diagnosis import evaluate_diagnosis
 
-    t0 = time.time() if t0 is None else t0
+    t0 = time.time()
     predictor = medvl3d.load(run_dir, device="cpu")
-    for name, value in fields.items():
+    for name, value in (fields or {}).items():
         setattr(predictor.model.config, name, value)
     report = evaluate_diagnosis(
         predictor,
@@ -280,7 +280,7 @@ def _evaluate(
         "alignment": alignment(run_dir, data, predictor),
         "per_label": {name: m.auroc for name, m in report.per_label.items() if m.auroc is not None},
         "train_s": t_train,
-        "total_s": time.time() - t0,
+        "total_s": (t_train or 0.0) + time.time() - t0,
     }
     print(
         f"{method} seed {seed}: macro AUROC {res['macro']:.3f}, "
@@ -288,7 +288,8 @@ def _evaluate(
         + f"total {res['total_s']:.0f} s",
         file=sys.stderr,
     )
-    (dest / f"bench_result{_suffix(args)}.json").write_text(json.dumps(res, indent=2), encoding="utf-8")
+    # Atomic: `--collect` in another process may read it at any time.
+    atomic_write_json(dest / f"bench_result{_suffix(args)}.json", res, indent=2)
     return res
 
 
@@ -376,9 +377,9 @@ def main(argv: list[str] | None = None) -> int:
         ceiling = supervised_ceiling.ceiling(
             supervised_ceiling.parse_args(["--data", str(data), "--steps", str(args.ceiling_steps)])
         )
-        ceiling_file.write_text(json.dumps(ceiling, indent=2), encoding="utf-8")
-    record = json.dumps({"args": vars(args), "results": results, "ceiling": ceiling}, indent=2)
-    (out / f"results{_suffix(args)}.json").write_text(record, encoding="utf-8")
+        atomic_write_json(ceiling_file, ceiling, indent=2)
+    record = {"args": vars(args), "results": results, "ceiling": ceiling}
+    atomic_write_json(out / f"results{_suffix(args)}.json", record, indent=2)
     print(table(results, args.methods, args.seeds, ceiling))
     print("\nPer-label AUROC, mean over seeds\n")
     print(label_table(results, args.methods))

@@ -66,8 +66,8 @@ def evaluate_lesion_types(
 
     Args:
         seen: the types that count as seen (default: those of the checkpoint's training data, or its
-            classes); a model
-            trained on every type (an upper bound) is grouped as the others are with the same set.
+            classes); a model trained on every type (an upper bound) is grouped as the others are with the
+            same set.
 
     Returns:
         type -> {"seen", "cases", "dice", "nsd", "recall", "lesions", "case_dice"} (means over the cases

@@ -333,19 +333,18 @@ class LesionSegmenter:
         counts = np.bincount(result.mask.ravel(), minlength=len(found) + 1)
         # A lesion found on the model's grid can cover no voxel of a coarser input grid: it cannot be drawn
         # on the input, so it is not listed (the list and the written mask hold the same lesions).
-        lost = [les for les in found if counts[les["id"]] == 0]
-        if lost:
+        drawn = [les for les in found if counts[les["id"]] > 0]
+        if len(drawn) < len(found):
             from medvl3d.data.io import spacing_from_affine
 
             spacing = spacing_from_affine(np.asarray(meta["raw_affine"]))
             warnings.warn(
-                f"{len(lost)} of {len(found)} lesions found on the model's grid cover no voxel of the input "
-                f"grid (voxels of {' x '.join(f'{v:.3g}' for v in spacing)} mm) and are left out",
+                f"{len(found) - len(drawn)} of {len(found)} lesions found on the model's grid cover no "
+                f"voxel of the input grid (voxels of {' x '.join(f'{v:.3g}' for v in spacing)} mm) and are "
+                "left out",
                 stacklevel=2,
             )
-        for les in found:
-            if counts[les["id"]] == 0:
-                continue
+        for les in drawn:
             attrs = dict(les["attributes"])
             if les["organ"]:
                 attrs["organ"] = les["organ"]
