@@ -163,3 +163,38 @@ def test_one_labelled_case_still_fills_a_batch_of_patches(blob_task, tmp_path, m
     cfg["data"]["label_fraction"] = 0.1  # 1 of 8 cases, batch 2
     run = train(config_from_dict(cfg))
     assert json.loads((latest_checkpoint(run / "checkpoints") / "config.json").read_text())["step"] == 2
+
+
+def _object_offsets(centre_jitter: float, draws: int = 40) -> np.ndarray:
+    """Where a one-voxel object lands in foreground patches, relative to the patch centre, per axis."""
+    from medvl3d.train.tasks.segmentation import PatchSampler, SegAugmentConfig
+
+    label = torch.zeros(1, 64, 64, 64, dtype=torch.long)
+    label[0, 30, 33, 29] = 1
+    sample = {"image": torch.rand(1, 64, 64, 64), "label": label, "meta": {"case_id": "dot"}}
+    still = SegAugmentConfig(affine_prob=0.0, intensity_prob=0.0)
+    sampler = PatchSampler(2, (16, 16, 16), 1.0, still, centre_jitter=centre_jitter)
+    offsets = []
+    for seed in range(draws):
+        patch = sampler(sample, seed=seed)["label"][0]
+        offsets.append(np.argwhere(patch.numpy() == 1)[0] - 8)
+    return np.asarray(offsets)
+
+
+def test_foreground_patches_do_not_always_centre_the_object():
+    """Centred on a small object every time, a network learns "the object sits at the centre" and finds
+    none in whole volumes: the drawn voxel must land anywhere in the patch's central part."""
+    centred = _object_offsets(0.0)
+    assert np.abs(centred).max() <= 1  # 0: the old behaviour, kept as an option
+    spread = _object_offsets(0.375)
+    assert np.abs(spread).max() <= 6  # inside the patch, off its outer 1/8
+    assert (np.abs(spread) >= 3).mean() > 0.4  # mostly off-centre, on every axis
+    assert all(len(np.unique(spread[:, a])) >= 6 for a in range(3))
+
+
+def test_centre_jitter_outside_its_range_is_a_one_line_error():
+    from medvl3d.train.tasks.segmentation import SegmentationTask
+
+    model = create_model("test_resenc_seg", n_classes=2)
+    with pytest.raises(ValueError, match=r"segmentation task centre_jitter must be in \[0, 0.5\), got 0.5"):
+        SegmentationTask(model, patch_size=(16, 16, 16), centre_jitter=0.5)

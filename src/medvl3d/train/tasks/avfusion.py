@@ -101,6 +101,8 @@ class AvFusionTask(Task):
         flip_axes: test-time mirroring axes for validation and inference.
         lambda_dice, lambda_ce: weights of the two loss terms.
         pad_to_patch: pad volumes smaller than a patch instead of refusing them.
+        centre_jitter: how far (a fraction of the patch) a drawn voxel may sit from the patch centre
+            (`PatchSampler`); 0 centres every patch on it.
     """
 
     families: ClassVar[tuple[str, ...]] = ("avfusion",)
@@ -119,6 +121,7 @@ class AvFusionTask(Task):
         lambda_dice: float = 1.0,
         lambda_ce: float = 1.0,
         pad_to_patch: bool = False,
+        centre_jitter: float = 0.375,
     ) -> None:
         super().__init__()
         from monai.losses import DiceCELoss
@@ -126,7 +129,15 @@ class AvFusionTask(Task):
         self.model = model
         self.classes = tuple(model.config.classes)
         configure_patches(
-            self, "avfusion", patch_size, fg_fraction, augment, overlap, flip_axes, pad_to_patch
+            self,
+            "avfusion",
+            patch_size,
+            fg_fraction,
+            augment,
+            overlap,
+            flip_axes,
+            pad_to_patch,
+            centre_jitter,
         )
         self.loss = DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=lambda_dice, lambda_ce=lambda_ce)
         if not model.text_ready:
@@ -140,7 +151,12 @@ class AvFusionTask(Task):
 
     def sample_transform(self, data: Any) -> ClassRemapSampler:
         return ClassRemapSampler(
-            self.classes, self.patch_size, self.fg_fraction, self.augment, self.pad_to_patch
+            self.classes,
+            self.patch_size,
+            self.fg_fraction,
+            self.augment,
+            self.pad_to_patch,
+            self.centre_jitter,
         )
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:

@@ -5,7 +5,8 @@ Training samples are the preprocessed volumes (resampled, windowed) with their l
 workers each one is checked (labels inside `n_classes`, not empty, not smaller than a patch) and turned
 into one patch by MONAI dictionary transforms: a crop centred on a voxel of a randomly chosen class
 (`RandCropByLabelClassesd`: every class, the small ones included, is drawn equally often, background
-with `1 - fg_fraction`), a random affine applied to image and label together, and intensity changes to
+with `1 - fg_fraction`; the chosen voxel then lands anywhere in the patch's central `2 * centre_jitter`,
+`RandSpatialCropd`), a random affine applied to image and label together, and intensity changes to
 the image only.
 """
 
@@ -61,6 +62,13 @@ class PatchSampler:
     """The per-sample training transform of `SegmentationTask` (picklable, for loader workers).
 
     Call with `(sample, seed)`: the same seed draws the same patch, so a resumed run repeats its draws.
+
+    `centre_jitter` (a fraction of the patch, below 0.5) moves the drawn voxel off the patch centre: a
+    region `patch * (1 + 2 * centre_jitter)` is cut around the voxel, then a patch at a random place in it.
+    With 0 every foreground patch is centred on a foreground voxel, and a network trained on small
+    objects learns "the object sits at the centre": measured on SynthCT-VL lesions (MONAI UNet, 2000
+    steps) it scored 0.82 on a lesion at the patch centre, 0.03 at 8 voxels off and found no lesion in
+    whole volumes. Near a volume border MONAI shifts the region inward, so a patch may then miss the voxel.
     """
 
     def __init__(
@@ -70,10 +78,12 @@ class PatchSampler:
         fg_fraction: float,
         augment: SegAugmentConfig,
         pad_to_patch: bool = False,
+        centre_jitter: float = 0.375,
     ) -> None:
         self.n_classes, self.patch_size = n_classes, tuple(patch_size)
         self.fg_fraction, self.augment = fg_fraction, augment
         self.pad_to_patch = pad_to_patch
+        self.centre_jitter = centre_jitter
         self._compose = None
 
     def _build(self) -> Any:
@@ -85,10 +95,22 @@ class PatchSampler:
         rot = np.deg2rad(a.rotate_deg)
         # Pad with 0 (the bottom of the window: air) and background, as sliding-window inference pads.
         pad = [mt.SpatialPadd(keys, self.patch_size, value=0)] if self.pad_to_patch else []
+        region = [int(round(p * (1 + 2 * self.centre_jitter))) for p in self.patch_size]
         steps = [
             *pad,
             mt.RandCropByLabelClassesd(
-                keys, "label", self.patch_size, ratios=ratios, num_classes=self.n_classes, warn=False
+                keys,
+                "label",
+                region,
+                ratios=ratios,
+                num_classes=self.n_classes,
+                warn=False,
+                allow_smaller=True,
+            ),
+            *(
+                [mt.RandSpatialCropd(keys, self.patch_size, random_size=False)]
+                if region != list(self.patch_size)
+                else []
             ),
             mt.RandAffined(
                 keys,
@@ -163,13 +185,17 @@ def configure_patches(
     overlap: float,
     flip_axes: Sequence[int],
     pad_to_patch: bool,
+    centre_jitter: float,
 ) -> None:
     """Check and set a label-map task's patch settings (``patch_size``, ``fg_fraction``,
-    ``pad_to_patch``, ``augment``, ``window``); errors name the task ``kind``."""
+    ``pad_to_patch``, ``centre_jitter``, ``augment``, ``window``); errors name the task ``kind``."""
     task.patch_size = coerce(list(patch_size), tuple[int, int, int], f"{kind} task patch_size", TypeError)
     if not 0 <= fg_fraction <= 1:
         raise ValueError(f"{kind} task fg_fraction must be in [0, 1], got {fg_fraction}")
+    if not 0 <= centre_jitter < 0.5:
+        raise ValueError(f"{kind} task centre_jitter must be in [0, 0.5), got {centre_jitter}")
     task.fg_fraction = float(fg_fraction)
+    task.centre_jitter = float(centre_jitter)
     task.pad_to_patch = bool(pad_to_patch)
     task.augment = (
         augment
@@ -194,6 +220,8 @@ class SegmentationTask(Task):
         flip_axes: test-time mirroring axes for validation and inference (see `medvl3d.infer.sliding_window`).
         lambda_dice, lambda_ce: weights of the two loss terms.
         pad_to_patch: pad volumes smaller than a patch (thin slabs) instead of refusing them.
+        centre_jitter: how far (a fraction of the patch) a drawn voxel may sit from the patch centre
+            (`PatchSampler`); 0 centres every patch on it.
     """
 
     families: ClassVar[tuple[str, ...]] = ("seg", "monai")
@@ -212,6 +240,7 @@ class SegmentationTask(Task):
         lambda_dice: float = 1.0,
         lambda_ce: float = 1.0,
         pad_to_patch: bool = False,
+        centre_jitter: float = 0.375,
     ) -> None:
         super().__init__()
         from monai.losses import DeepSupervisionLoss, DiceCELoss
@@ -219,7 +248,15 @@ class SegmentationTask(Task):
         self.model = model
         self.n_classes = int(model.config.n_classes)
         configure_patches(
-            self, "segmentation", patch_size, fg_fraction, augment, overlap, flip_axes, pad_to_patch
+            self,
+            "segmentation",
+            patch_size,
+            fg_fraction,
+            augment,
+            overlap,
+            flip_axes,
+            pad_to_patch,
+            centre_jitter,
         )
         loss = DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=lambda_dice, lambda_ce=lambda_ce)
         self.loss = DeepSupervisionLoss(loss) if getattr(model.config, "deep_supervision", False) else loss
@@ -236,7 +273,12 @@ class SegmentationTask(Task):
 
     def sample_transform(self, data: Any) -> PatchSampler:
         return PatchSampler(
-            self.n_classes, self.patch_size, self.fg_fraction, self.augment, self.pad_to_patch
+            self.n_classes,
+            self.patch_size,
+            self.fg_fraction,
+            self.augment,
+            self.pad_to_patch,
+            self.centre_jitter,
         )
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
