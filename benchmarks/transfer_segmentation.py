@@ -105,18 +105,39 @@ def _generate(path: Path, n_train: int, n_test: int, seed: int) -> Path:
 
 
 def pretrain(method: str, out: Path, steps: int) -> Path:
-    """One pretraining run per `PRETRAIN` entry (seed 0) on the zero-shot benchmark's draw; reused when
-    present."""
+    """One pretraining run per `PRETRAIN` entry (seed 0) on the zero-shot benchmark's draw; an earlier run under
+    `out` is reused (and resumed when shorter) when its settings agree, refused when they do not."""
+    from medvl3d.config import config_to_dict, load_config
     from medvl3d.models.checkpoint import latest_checkpoint
     from medvl3d.train import train
 
     run = out / f"pretrain_{method}"
-    done = latest_checkpoint(run / "checkpoints") if (run / "checkpoints").is_dir() else None
-    if done is not None and json.loads((done / "config.json").read_text())["step"] >= steps:
-        return run  # trained earlier: its config.json records with what
-    data = _generate(out / "pretrain_data", 600, 150, seed=0)
+    data = out / "pretrain_data"
     config, extra = PRETRAIN[method]
     sets = [*extra, f"data.root={data}", f"train.steps={steps}", "train.progress=false", f"output={run}"]
+    done = latest_checkpoint(run / "checkpoints") if (run / "checkpoints").is_dir() else None
+    if done is not None:
+        info = json.loads((done / "config.json").read_text())
+        want, have = config_to_dict(load_config(REPO / "configs" / config, sets)), info["train"]
+        # A setting given both then and now must agree (one left out then was that day's default: the
+        # first-version runs were trained when their settings were the defaults).
+        pairs = [("model", "overrides"), ("task", "params"), ("optim", None)]
+        differs = [
+            f"{sec}.{name}"
+            for sec, key in pairs
+            for name, value in (want[sec][key] if key else want[sec]).items()
+            if name in (have[sec][key] if key else have[sec])
+            and (have[sec][key] if key else have[sec])[name] != value
+        ]
+        differs += [f"{sec}.name" for sec in ("model", "task") if have[sec]["name"] != want[sec]["name"]]
+        if differs:
+            raise SystemExit(
+                f"{run}: an earlier pretraining run whose {', '.join(differs)} differ from {config} "
+                f"{' '.join(extra)}; move it away or use another --out"
+            )
+        if info["step"] >= steps:
+            return run  # trained earlier with these settings
+    _generate(data, 600, 150, seed=0)
     return train(REPO / "configs" / config, sets)
 
 
