@@ -105,8 +105,8 @@ def _generate(path: Path, n_train: int, n_test: int, seed: int) -> Path:
 
 
 def pretrain(method: str, out: Path, steps: int) -> Path:
-    """One pretraining run per `PRETRAIN` entry (seed 0) on the zero-shot benchmark's draw; an earlier run under
-    `out` is reused (and resumed when shorter) when its settings agree, refused when they do not."""
+    """One pretraining run per `PRETRAIN` entry (seed 0) on the zero-shot benchmark's draw; an earlier
+    run under `out` is reused (resumed when shorter) when its settings agree, refused when not."""
     from medvl3d.config import config_to_dict, load_config
     from medvl3d.models.checkpoint import latest_checkpoint
     from medvl3d.train import train
