@@ -165,18 +165,21 @@ def test_one_labelled_case_still_fills_a_batch_of_patches(blob_task, tmp_path, m
     assert json.loads((latest_checkpoint(run / "checkpoints") / "config.json").read_text())["step"] == 2
 
 
-def _object_offsets(centre_jitter: float, draws: int = 40) -> np.ndarray:
+def _object_offsets(centre_jitter: float, shape=(64, 64, 64), at=(30, 33, 29), draws: int = 40) -> np.ndarray:
     """Where a one-voxel object lands in foreground patches, relative to the patch centre, per axis."""
     from medvl3d.train.tasks.segmentation import PatchSampler, SegAugmentConfig
 
-    label = torch.zeros(1, 64, 64, 64, dtype=torch.long)
-    label[0, 30, 33, 29] = 1
-    sample = {"image": torch.rand(1, 64, 64, 64), "label": label, "meta": {"case_id": "dot"}}
+    label = torch.zeros(1, *shape, dtype=torch.long)
+    label[(0, *at)] = 1
+    sample = {"image": torch.rand(1, *shape), "label": label, "meta": {"case_id": "dot"}}
     still = SegAugmentConfig(affine_prob=0.0, intensity_prob=0.0)
     sampler = PatchSampler(2, (16, 16, 16), 1.0, still, centre_jitter=centre_jitter)
     offsets = []
     for seed in range(draws):
         patch = sampler(sample, seed=seed)["label"][0]
+        assert patch.shape == (16, 16, 16) and int(patch.sum()) == 1, (
+            f"seed {seed}: the object is not in the patch"
+        )
         offsets.append(np.argwhere(patch.numpy() == 1)[0] - 8)
     return np.asarray(offsets)
 
@@ -190,6 +193,9 @@ def test_foreground_patches_do_not_always_centre_the_object():
     assert np.abs(spread).max() <= 6  # inside the patch, off its outer 1/8
     assert (np.abs(spread) >= 3).mean() > 0.4  # mostly off-centre, on every axis
     assert all(len(np.unique(spread[:, a])) >= 6 for a in range(3))
+    assert np.array_equal(spread, _object_offsets(0.375))  # the seed fixes the draw (exact resume)
+    # a volume hardly larger than the patch, the object at its edge: every patch still holds it
+    _object_offsets(0.375, shape=(18, 20, 17), at=(0, 19, 8))
 
 
 def test_centre_jitter_outside_its_range_is_a_one_line_error():

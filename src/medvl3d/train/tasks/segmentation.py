@@ -3,11 +3,10 @@ patches, for any model of family "seg" or "monai" (from scratch or from a pretra
 
 Training samples are the preprocessed volumes (resampled, windowed) with their label maps; in the loader
 workers each one is checked (labels inside `n_classes`, not empty, not smaller than a patch) and turned
-into one patch by MONAI dictionary transforms: a crop centred on a voxel of a randomly chosen class
-(`RandCropByLabelClassesd`: every class, the small ones included, is drawn equally often, background
-with `1 - fg_fraction`; the chosen voxel then lands anywhere in the patch's central `2 * centre_jitter`,
-`RandSpatialCropd`), a random affine applied to image and label together, and intensity changes to
-the image only.
+into one patch by MONAI dictionary transforms: a crop around a voxel of a randomly chosen class (every
+class, the small ones included, is drawn equally often, background with `1 - fg_fraction`; the voxel
+lands anywhere in the patch's central `2 * centre_jitter`, `ClassCropd`), a random affine applied to
+image and label together, and intensity changes to the image only.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ from medvl3d.infer.sliding_window import SlidingWindowConfig, sliding_window_pro
 from medvl3d.train.tasks.base import DataFacts, Task, TaskContext, log_parts, register_task
 from medvl3d.typed import build_dataclass, coerce, to_plain
 
-__all__ = ["SegAugmentConfig", "SegmentationTask", "PatchSampler"]
+__all__ = ["ClassCropd", "SegAugmentConfig", "SegmentationTask", "PatchSampler"]
 
 
 @dataclass
@@ -58,17 +57,53 @@ class SegAugmentConfig:
     blur_sigma: tuple[float, float] = (0.5, 1.0)
 
 
+class ClassCropd:
+    """A patch of ``image`` and ``label`` holding a voxel of a class drawn with ``ratios`` (classes absent
+    from the label map are skipped), placed so that the voxel lands up to ``jitter * patch`` from the patch
+    centre, uniformly per axis; at a volume border the patch moves inward and still holds the voxel.
+    MONAI's ``RandCropByLabelClassesd`` always centres the patch on the voxel (the border aside); the
+    class indices come from MONAI's ``map_classes_to_indices`` as there. Seeded by ``set_random_state``
+    (`PatchSampler` seeds it per draw)."""
+
+    def __init__(self, patch_size: Sequence[int], ratios: Sequence[float], jitter: float) -> None:
+        self.patch_size, self.ratios, self.jitter = tuple(patch_size), list(ratios), float(jitter)
+        self.R = np.random.RandomState()
+
+    def set_random_state(self, seed: int) -> None:
+        self.R = np.random.RandomState(seed % 2**32)
+
+    def __call__(self, data: dict) -> dict:
+        from monai.transforms.utils import map_classes_to_indices
+
+        label = data["label"]
+        shape = tuple(label.shape[1:])
+        indices = map_classes_to_indices(label, len(self.ratios))
+        weights = np.asarray([r if len(ix) else 0.0 for r, ix in zip(self.ratios, indices)], np.float64)
+        if weights.sum() == 0:  # no class of positive ratio here: any voxel
+            voxel = [int(self.R.randint(n)) for n in shape]
+        else:
+            cls = int(self.R.choice(len(weights), p=weights / weights.sum()))
+            flat = int(indices[cls][int(self.R.randint(len(indices[cls])))])
+            voxel = [int(v) for v in np.unravel_index(flat, shape)]
+        starts = []
+        for v, p, n in zip(voxel, self.patch_size, shape):
+            reach = int(self.jitter * p)
+            centre = v + int(self.R.randint(-reach, reach + 1))
+            starts.append(min(max(centre - p // 2, 0), max(n - p, 0)))
+        window = (slice(None), *(slice(s, s + p) for s, p in zip(starts, self.patch_size)))
+        return {**data, "image": data["image"][window], "label": label[window]}
+
+
 class PatchSampler:
     """The per-sample training transform of `SegmentationTask` (picklable, for loader workers).
 
     Call with `(sample, seed)`: the same seed draws the same patch, so a resumed run repeats its draws.
 
-    `centre_jitter` (a fraction of the patch, below 0.5) moves the drawn voxel off the patch centre: a
-    region `patch * (1 + 2 * centre_jitter)` is cut around the voxel, then a patch at a random place in it.
-    With 0 every foreground patch is centred on a foreground voxel, and a network trained on small
-    objects learns "the object sits at the centre": measured on SynthCT-VL lesions (MONAI UNet, 2000
-    steps) it scored 0.82 on a lesion at the patch centre, 0.03 at 8 voxels off and found no lesion in
-    whole volumes. Near a volume border MONAI shifts the region inward, so a patch may then miss the voxel.
+    `centre_jitter` (a fraction of the patch, below 0.5) moves the drawn voxel off the patch centre
+    (`ClassCropd`). With 0 every foreground patch is centred on a foreground voxel (MONAI's
+    `RandCropByLabelClassesd`), and a network trained on small objects learns "the object sits at the
+    centre": measured on SynthCT-VL lesions (MONAI UNet, 2000 steps) it scored 0.82 on a lesion at the
+    patch centre, 0.03 at 8 voxels off and found almost no lesion in whole volumes.
     """
 
     def __init__(
@@ -84,7 +119,7 @@ class PatchSampler:
         self.fg_fraction, self.augment = fg_fraction, augment
         self.pad_to_patch = pad_to_patch
         self.centre_jitter = centre_jitter
-        self._compose = None
+        self._compose = self._crop = None
 
     def _build(self) -> Any:
         from monai import transforms as mt
@@ -95,23 +130,17 @@ class PatchSampler:
         rot = np.deg2rad(a.rotate_deg)
         # Pad with 0 (the bottom of the window: air) and background, as sliding-window inference pads.
         pad = [mt.SpatialPadd(keys, self.patch_size, value=0)] if self.pad_to_patch else []
-        region = [int(round(p * (1 + 2 * self.centre_jitter))) for p in self.patch_size]
+        self._crop = ClassCropd(self.patch_size, ratios, self.centre_jitter)
+        crop = (
+            self._crop
+            if self.centre_jitter > 0
+            else mt.RandCropByLabelClassesd(
+                keys, "label", self.patch_size, ratios=ratios, num_classes=self.n_classes, warn=False
+            )
+        )
         steps = [
             *pad,
-            mt.RandCropByLabelClassesd(
-                keys,
-                "label",
-                region,
-                ratios=ratios,
-                num_classes=self.n_classes,
-                warn=False,
-                allow_smaller=True,
-            ),
-            *(
-                [mt.RandSpatialCropd(keys, self.patch_size, random_size=False)]
-                if region != list(self.patch_size)
-                else []
-            ),
+            crop,
             mt.RandAffined(
                 keys,
                 prob=a.affine_prob,
@@ -167,6 +196,7 @@ class PatchSampler:
         if self._compose is None:
             self._compose = self._build()
         self._compose.set_random_state(seed=seed % 2**32)
+        self._crop.set_random_state(seed)
         data = {"image": torch.as_tensor(sample["image"]).float(), "label": torch.as_tensor(sample["label"])}
         out = self._compose(data)
         out = out[0] if isinstance(out, list) else out
