@@ -42,6 +42,7 @@ table in the README used the BrgSA and GTGM towers of our first versions, now `p
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import subprocess
@@ -170,7 +171,9 @@ def prepare_data(args: argparse.Namespace) -> Path:
     return target
 
 
+@functools.cache
 def _commit() -> str:
+    """The commit the run started from (`main` asks first: commits made while it trains are not its code)."""
     return subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True
     ).stdout.strip()
@@ -384,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.table_only:
         import torch
 
+        _commit()
         torch.set_num_threads(1)
         data = prepare_data(args)
         for row, budget, seed in plan(args):

@@ -81,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     from medvl3d.train.finetune import finetune
 
     args = parse_args(argv)
+    # The commit the run starts from: one made while it trains is not its code.
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
     torch.set_num_threads(1)
     out = Path(args.out)
     data = out / f"data_n{args.n_train}"
@@ -106,7 +108,6 @@ def main(argv: list[str] | None = None) -> int:
         }
         for split, rows in scores.items()
     }
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
     record = {
         "benchmark": "lesion_learnability",
         "commit": commit.strip(),
