@@ -101,3 +101,18 @@ def synth_seg(tmp_path_factory, synth_small) -> Path:
         "inference": {"patch_size": [32, 32, 32], "overlap": 0.25},
     }
     return save_checkpoint(tmp_path_factory.mktemp("synth_seg") / "checkpoints", 1, model, info)
+
+
+@pytest.fixture(scope="session")
+def bench_script():
+    """``bench_script(name)``: the script ``benchmarks/<name>.py`` imported as a module (the benchmarks are
+    scripts, not a package)."""
+    import importlib.util
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_io_resample.py"
 
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_io_resample", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_bench_path_small(tmp_path):
-    bench = _bench()
+def test_bench_path_small(tmp_path, bench_script):
+    bench = bench_script("bench_io_resample")
     path = bench.make_volume(tmp_path / "ct.nii.gz", shape=(64, 64, 17), spacing=(0.7, 0.7, 2.5))
     rows = bench.run(path, repeats=1)
     vol = rows["read_volume (.nii.gz)"][1]

@@ -3,7 +3,6 @@ groups are selectable (a preset or explicit labels), generated as asked."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -12,20 +11,11 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _bench():
-    spec = importlib.util.spec_from_file_location(
-        "pretrain_diagnosis", REPO / "benchmarks" / "pretrain_diagnosis.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_every_row_is_a_valid_config_with_its_ablation():
+def test_every_row_is_a_valid_config_with_its_ablation(bench_script):
     from medvl3d.config import load_config
     from medvl3d.models import model_config
 
-    bench = _bench()
+    bench = bench_script("pretrain_diagnosis")
     cfgs = {}
     for name, (config, extra) in bench.METHODS.items():
         cfgs[name] = load_config(REPO / "configs" / config, extra)  # unknown keys / values fail here
@@ -45,8 +35,8 @@ def test_every_row_is_a_valid_config_with_its_ablation():
     assert cfgs["clip_summary"].data.text_source == "summary" and cfgs["clip_summary"].task.name == "clip"
 
 
-def test_groups_are_selectable_and_generated_as_asked(tmp_path):
-    bench = _bench()
+def test_groups_are_selectable_and_generated_as_asked(tmp_path, bench_script):
+    bench = bench_script("pretrain_diagnosis")
     args = bench.parse_args(["--groups", "learnable"])
     under, unseen = bench.label_groups(args)
     assert under == ["Cardiomegaly", "Pleural effusion", "Emphysema"] and unseen == ["Pericardial effusion"]
@@ -75,7 +65,7 @@ def test_groups_are_selectable_and_generated_as_asked(tmp_path):
         )
 
 
-def test_a_rescored_row_trains_as_its_base_and_scores_otherwise():
+def test_a_rescored_row_trains_as_its_base_and_scores_otherwise(bench_script):
     """`brgsa_both_score` scores brgsa's checkpoints instead of retraining: valid only because the loss
     never reads `bank_score` (same weights, same batch -> same loss) while the zero-shot score does."""
     import torch
@@ -83,7 +73,7 @@ def test_a_rescored_row_trains_as_its_base_and_scores_otherwise():
     from medvl3d.models import create_model
     from medvl3d.train.tasks import build_task
 
-    bench = _bench()
+    bench = bench_script("pretrain_diagnosis")
     base, fields = bench.RESCORED["brgsa_both_score"]
     assert base in bench.METHODS and "brgsa_both_score" in bench.ALL_METHODS
     torch.manual_seed(0)
@@ -101,10 +91,10 @@ def test_a_rescored_row_trains_as_its_base_and_scores_otherwise():
         assert not torch.allclose(model.score(img, txt), score)
 
 
-def test_collect_assembles_the_runs_of_several_processes(tmp_path, capsys):
+def test_collect_assembles_the_runs_of_several_processes(tmp_path, capsys, bench_script):
     """Processes that each trained some rows into one --out: --collect tables them without training, and
     names the first run that has no result yet."""
-    bench = _bench()
+    bench = bench_script("pretrain_diagnosis")
     data = tmp_path / "data"
     data.mkdir()
     (data / "splits.json").write_text(json.dumps({"abnormalities": {}}), encoding="utf-8")

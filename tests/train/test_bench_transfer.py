@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location(
-        "transfer_segmentation", REPO / "benchmarks" / "transfer_segmentation.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _fake_run(out: Path, method: str, train: dict, step: int) -> Path:
@@ -38,8 +28,8 @@ def _settings(bench, method: str, out: Path, steps: int) -> dict:
     return config_to_dict(load_config(REPO / "configs" / config, sets))
 
 
-def test_a_matching_run_is_reused_and_one_with_other_settings_is_refused(tmp_path):
-    bench = _bench()
+def test_a_matching_run_is_reused_and_one_with_other_settings_is_refused(tmp_path, bench_script):
+    bench = bench_script("transfer_segmentation")
     same = _settings(bench, "brgsa_v1", tmp_path / "a", 400)
     run = _fake_run(tmp_path / "a", "brgsa_v1", same, 400)
     assert bench.pretrain("brgsa_v1", tmp_path / "a", 400) == run  # reused: nothing trains
