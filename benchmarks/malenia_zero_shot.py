@@ -1,7 +1,7 @@
 """Zero-shot lesion segmentation on SynthCT-VL: Malenia, its ablations and the baselines, one table.
 
 Usage:
-    python benchmarks/malenia_zero_shot.py --out benchmarks/results/malenia [--steps 1000] [--seeds 0 1 2]
+    python benchmarks/malenia_zero_shot.py [--out runs/bench_malenia] [--steps 1000] [--seeds 0 1 2]
     python benchmarks/malenia_zero_shot.py --out /tmp/malenia_smoke --smoke      # a few steps, minutes
 
 Rows (same data, same steps, same model size; `configs/malenia_synth_cpu.yaml`):
@@ -18,13 +18,17 @@ Rows (same data, same steps, same model size; `configs/malenia_synth_cpu.yaml`):
 
 Each cell is scored by `medvl3d.eval.lesion_segmentation.evaluate_lesion_types` on the `valid` split
 (types and queries from the folder's records): Dice, NSD (2 mm) and lesion detection recall for seen and
-unseen types. Every run writes `<out>/<row>_seed<k>.json`; a cell already there is not rerun.
+unseen types. Data, caches and runs go under `--out`; every cell writes
+`<results>/zero_shot_<row>_seed<k>.json` (commit, command, seed, scores; `--results`, default
+`benchmarks/results/malenia`, the smoke run's `<out>/results`), and a cell already there is not rerun.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -175,7 +179,12 @@ def table(results: list[dict]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("-o", "--out", type=Path, required=True, help="results folder (JSON per cell, runs/)")
+    ap.add_argument(
+        "-o", "--out", type=Path, default=Path("runs/bench_malenia"), help="work folder (data, runs)"
+    )
+    ap.add_argument(
+        "--results", type=Path, default=None, help="JSON per cell (default benchmarks/results/malenia)"
+    )
     ap.add_argument("--data", type=Path, default=None, help="SynthCT-VL folder (default: <out>/data)")
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -188,6 +197,13 @@ def main() -> None:
     )
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    results_dir = args.results or (
+        args.out / "results" if args.smoke else REPO / "benchmarks" / "results" / "malenia"
+    )
+    results_dir.mkdir(parents=True, exist_ok=True)
+    commit = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
     if args.smoke:
         size, spacing, n_train, n_test = (48, 80, 80), (6.0, 4.4, 4.4), 4, 2
         args.steps, args.seeds, args.eval_cases = 4, [0], 2
@@ -212,12 +228,17 @@ def main() -> None:
             else data
         )
         for seed in args.seeds:
-            path = args.out / f"{row}_seed{seed}.json"
+            path = results_dir / f"zero_shot_{row}_seed{seed}.json"
             if path.is_file():
                 results.append(json.loads(path.read_text(encoding="utf-8")))
                 continue
             runner = run_cell if ROWS[row] is not None else run_supervised_cell
-            result = runner(row, seed, train_data, args)
+            result = {
+                "benchmark": "malenia_zero_shot",
+                "commit": commit,
+                "command": " ".join(["benchmarks/malenia_zero_shot.py", *sys.argv[1:]]),
+                **runner(row, seed, train_data, args),
+            }
             path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
             results.append(result)
             print(
