@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from malenia_zero_shot import supervised_lesion_overrides  # the same settings as the table's bounds
 
+    from medvl3d.atomic import atomic_write_text
     from medvl3d.data.synth import generate
     from medvl3d.train.finetune import finetune
 
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"lesion_learnability_{tag}.json"
-    path.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    atomic_write_text(path, json.dumps(record, indent=1) + "\n")
     print(json.dumps(summary), "->", path)
     return 0
 

@@ -32,6 +32,8 @@ import sys
 import time
 from pathlib import Path
 
+from medvl3d.atomic import atomic_write_text
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "malenia_synth_cpu.yaml"
 ROWS = {
@@ -86,7 +88,7 @@ def type_maps(data: Path, work: Path) -> Path:
         "labels": {"0": "background", **{str(i): t for i, t in enumerate(types, start=1)}},
         "training": entries,
     }
-    target.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    atomic_write_text(target, json.dumps(doc, indent=1) + "\n")  # its presence means done
     return target
 
 
@@ -239,7 +241,7 @@ def main() -> None:
                 "command": " ".join(["benchmarks/malenia_zero_shot.py", *sys.argv[1:]]),
                 **runner(row, seed, train_data, args),
             }
-            path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+            atomic_write_text(path, json.dumps(result, indent=2) + "\n")  # a rerun skips the cell
             results.append(result)
             print(
                 f"{row} seed {seed}: {result['train_seconds']:.0f} s, unseen {result['scores'].get('unseen')}"
