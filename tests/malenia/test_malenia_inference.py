@@ -15,10 +15,13 @@ from medvl3d.infer.lesions import (
     LesionQuery,
     LesionSegmenter,
     find_lesions,
+    lesion_maps,
     parse_attribute_query,
     query_from_description,
+    query_maps,
     window_maps,
 )
+from medvl3d.infer.sliding_window import SlidingWindowConfig
 from medvl3d.models import create_model
 
 
@@ -129,6 +132,26 @@ def test_window_maps_channels_and_lesion_list():
     assert [f["voxels"] for f in found] == [216, 27]
     assert found[0]["attributes"]["location"] == "right kidney" and found[0]["organ"] == "kidney"
     assert int((ids == 1).sum()) == 216
+
+
+def test_query_maps_equal_one_lesion_map_per_query():
+    """Scoring a case's types in one sliding window gives, per type, exactly its own pass's map."""
+    torch.manual_seed(0)
+    model = create_model("test_malenia").eval()
+    window = SlidingWindowConfig(patch_size=(32, 32, 32), overlap=0.25)
+    image = torch.rand(1, 40, 36, 44)  # several overlapping windows, blended
+    queries = [
+        LesionQuery({"organ": "kidney", "density": "hyperdense"}),
+        LesionQuery({"density": "hypodense", "shape": "round-like"}),
+        LesionQuery({"organ": "liver"}),
+    ]
+    together = query_maps(model, image, window, queries)
+    assert together.shape == (3, 40, 36, 44)
+    for q, got in zip(queries, together):
+        assert torch.equal(got, lesion_maps(model, image, window, q)[0])
+    assert not torch.equal(together[0], together[1])  # the queries' maps differ: the check is not vacuous
+    with pytest.raises(ValueError, match="at least one query"):
+        query_maps(model, image, window, [])
 
 
 @pytest.mark.parametrize("case", ["nifti", "dicom"])

@@ -112,9 +112,8 @@ def evaluate_lesion_types(
         prepared = preprocess_sample(sample, spec)
         label = torch.as_tensor(prepared["label"])[0].numpy()
         spacing = prepared["meta"]["spacing"]
-        mask_of = case_masks(prepared["image"])
-        for name in sorted({les["type"] for les in sample["lesions"].values()}):
-            pred = mask_of(name)
+        names = sorted({les["type"] for les in sample["lesions"].values()})
+        for name, pred in case_masks(prepared["image"], names).items():
             ids = [int(k) for k, les in sample["lesions"].items() if les["type"] == name]
             truth = np.isin(label, ids)
             if not truth.any():  # resampled away (a lesion smaller than a voxel)
@@ -142,28 +141,33 @@ def evaluate_lesion_types(
 
 
 def _zero_shot_types(checkpoint: str | os.PathLike, device: str, queries: dict[str, dict[str, str]]) -> tuple:
-    """A Malenia checkpoint: its preprocessing, the types it was trained on, and per preprocessed image a
-    function type name -> mask of that type's query (its recorded values, or its name for name-only
-    models)."""
+    """A Malenia checkpoint: its preprocessing, the types it was trained on, and a function (preprocessed
+    image, type names) -> mask per type of that type's query (its recorded values, or its name for
+    name-only models), all of a case's types from one sliding window.
+
+    A name-only model chooses among names: its vocabulary takes every type of the scored folder, in sorted
+    order, before the first case, so each type is scored against the same candidates whatever the order
+    of the cases (SAT's fixed prompt list)."""
     from medvl3d.infer.lesions import LesionQuery, LesionSegmenter
 
     segmenter = LesionSegmenter.from_checkpoint(checkpoint, device)
     by_name = segmenter.model.config.query == "name"
+    if by_name:
+        for name in sorted(queries):
+            segmenter.prepare_query(LesionQuery(name=name))
 
-    def case_masks(image: torch.Tensor) -> Any:
-        def mask_of(name: str) -> np.ndarray:
-            query = LesionQuery(name=name) if by_name else LesionQuery(dict(queries[name]))
-            return (segmenter.maps(image, query)[0] >= 0.5).numpy()
-
-        return mask_of
+    def case_masks(image: torch.Tensor, names: list[str]) -> dict[str, np.ndarray]:
+        asked = [LesionQuery(name=n) if by_name else LesionQuery(dict(queries[n])) for n in names]
+        probs = segmenter.query_maps(image, asked)
+        return {name: (p >= 0.5).numpy() for name, p in zip(names, probs)}
 
     return segmenter.spec, set(segmenter.knowledge), case_masks
 
 
 def _supervised_types(checkpoint: str | os.PathLike, device: str) -> tuple:
     """A supervised segmentation checkpoint whose classes are lesion types (the supervised bounds of the
-    zero-shot table): its preprocessing, its classes as the known types, and per preprocessed image a
-    function type name -> voxels of that class (empty for a type it has no class for: an unseen type)."""
+    zero-shot table): its preprocessing, its classes as the known types, and a function (preprocessed
+    image, type names) -> voxels of each type's class (empty for a type it has no class for: unseen)."""
     from medvl3d.infer import Predictor
     from medvl3d.infer.sliding_window import sliding_window_probabilities
 
@@ -171,14 +175,10 @@ def _supervised_types(checkpoint: str | os.PathLike, device: str) -> tuple:
     predictor.require("logits", "scoring lesion types")  # a segmentation model, not a vision-language one
     ids = {name: i for i, name in predictor.label_names.items() if i > 0}
 
-    def case_masks(image: torch.Tensor) -> Any:
+    def case_masks(image: torch.Tensor, names: list[str]) -> dict[str, np.ndarray]:
         probs = sliding_window_probabilities(predictor.model, image, predictor.window, predictor.device)
         classes = probs.argmax(0).numpy()
-
-        def mask_of(name: str) -> np.ndarray:
-            return classes == ids[name] if name in ids else np.zeros(classes.shape, bool)
-
-        return mask_of
+        return {n: classes == ids[n] if n in ids else np.zeros(classes.shape, bool) for n in names}
 
     return predictor.spec, set(ids), case_masks
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,9 @@ __all__ = [
     "parse_attribute_query",
     "query_from_description",
     "window_maps",
+    "window_query_maps",
     "lesion_maps",
+    "query_maps",
     "find_lesions",
     "LesionSegmenter",
 ]
@@ -158,14 +160,19 @@ def _description_weights(model: MaleniaModel, query: LesionQuery) -> torch.Tenso
     return w / w.sum() if w.sum() > 0 else None
 
 
-@torch.no_grad()
-def window_maps(model: MaleniaModel, x: torch.Tensor, query: LesionQuery | None = None) -> torch.Tensor:
-    """`[B, 1 + sum_a (V_a - 1), X, Y, Z]`: the lesion (or query) probability, then per attribute the
-    probability of each value (token predictions weighted by their masks)."""
+def _forward(model: MaleniaModel, x: torch.Tensor) -> tuple:
+    """The model's output on a window, its token masks `[B, N, X, Y, Z]` (probabilities on the window's
+    grid), `p_lesion [B, N]` and the attribute value probabilities given a lesion."""
     out = model(x)
-    size = tuple(x.shape[2:])
-    masks = model.upsample(out["masks"], size).float().sigmoid()  # [B, N, X, Y, Z]
+    masks = model.upsample(out["masks"], tuple(x.shape[2:])).float().sigmoid()
     p_lesion, given = _value_probs(model, out["attr"])
+    return out, masks, p_lesion, given
+
+
+def _query_prob(model: MaleniaModel, forward: tuple, query: LesionQuery | None) -> torch.Tensor:
+    """`[B, 1, X, Y, Z]`: the lesion probability (no query) or that of `query`'s lesions: the kept tokens'
+    masks, averaged with the text branch's mask of the query's values."""
+    out, masks, p_lesion, given = forward
     keep = p_lesion >= 0.5
     if query is not None:
         keep = keep & (_match(model, given, query) >= 0.5)
@@ -173,18 +180,65 @@ def window_maps(model: MaleniaModel, x: torch.Tensor, query: LesionQuery | None 
     prob = kept.max(1, keepdim=True).values if masks.shape[1] else masks.sum(1, keepdim=True)
     w = _description_weights(model, query) if query is not None and out.get("text") is not None else None
     if w is not None:
-        w = w.to(x.device)[None, None].expand(x.shape[0], 1, -1)
-        text_prob = model.upsample(model.text_masks(out, w), size).float().sigmoid()
+        w = w.to(masks.device)[None, None].expand(masks.shape[0], 1, -1)
+        text_prob = model.upsample(model.text_masks(out, w), tuple(masks.shape[2:])).float().sigmoid()
         prob = 0.5 * (prob + text_prob)
+    return prob
+
+
+@torch.no_grad()
+def window_maps(model: MaleniaModel, x: torch.Tensor, query: LesionQuery | None = None) -> torch.Tensor:
+    """`[B, 1 + sum_a (V_a - 1), X, Y, Z]`: the lesion (or query) probability, then per attribute the
+    probability of each value (token predictions weighted by their masks)."""
+    forward = _forward(model, x)
+    _, masks, p_lesion, given = forward
     weight = masks * p_lesion[..., None, None, None]
     denom = weight.sum(1).clamp_min(1e-6)  # [B, X, Y, Z]
-    channels = [prob]
+    channels = [_query_prob(model, forward, query)]
     for attr in model.vocabulary.attributes:
         channels.append(torch.einsum("bnv,bnxyz->bvxyz", given[attr], weight) / denom[:, None])
     return torch.cat(channels, 1)
 
 
 @torch.no_grad()
+def window_query_maps(model: MaleniaModel, x: torch.Tensor, queries: Sequence[LesionQuery]) -> torch.Tensor:
+    """`[B, Q, X, Y, Z]`: the probability of each query's lesions, from one forward pass."""
+    forward = _forward(model, x)
+    return torch.cat([_query_prob(model, forward, q) for q in queries], 1)
+
+
+def _stitch(
+    model: MaleniaModel,
+    image: torch.Tensor,
+    window: SlidingWindowConfig,
+    predictor: Callable[[torch.Tensor], torch.Tensor],
+    device: torch.device | str,
+) -> torch.Tensor:
+    """`predictor`'s window outputs stitched over a preprocessed `[C, X, Y, Z]` volume (MONAI's sliding
+    window, CPU output), the model in eval mode meanwhile."""
+    from monai.inferers import sliding_window_inference
+
+    if image.ndim != 4:
+        raise ValueError(f"lesion maps need a [C, X, Y, Z] image, got {tuple(image.shape)}")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            maps = sliding_window_inference(
+                image[None].float(),
+                roi_size=window.patch_size,
+                sw_batch_size=window.batch_size,
+                predictor=predictor,
+                overlap=window.overlap,
+                mode=window.mode,
+                sw_device=torch.device(device),
+                device=torch.device("cpu"),
+            )
+    finally:
+        model.train(was_training)
+    return (maps.as_tensor() if hasattr(maps, "as_tensor") else maps)[0]
+
+
 def lesion_maps(
     model: MaleniaModel,
     image: torch.Tensor,
@@ -194,26 +248,22 @@ def lesion_maps(
 ) -> torch.Tensor:
     """`window_maps` stitched over a preprocessed `[C, X, Y, Z]` volume (MONAI's sliding window, CPU
     output)."""
-    from monai.inferers import sliding_window_inference
+    return _stitch(model, image, window, lambda x: window_maps(model, x, query), device)
 
-    if image.ndim != 4:
-        raise ValueError(f"lesion_maps expects a [C, X, Y, Z] image, got {tuple(image.shape)}")
-    was_training = model.training
-    model.eval()
-    try:
-        maps = sliding_window_inference(
-            image[None].float(),
-            roi_size=window.patch_size,
-            sw_batch_size=window.batch_size,
-            predictor=lambda x: window_maps(model, x, query),
-            overlap=window.overlap,
-            mode=window.mode,
-            sw_device=torch.device(device),
-            device=torch.device("cpu"),
-        )
-    finally:
-        model.train(was_training)
-    return (maps.as_tensor() if hasattr(maps, "as_tensor") else maps)[0]
+
+def query_maps(
+    model: MaleniaModel,
+    image: torch.Tensor,
+    window: SlidingWindowConfig,
+    queries: Sequence[LesionQuery],
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """`[Q, X, Y, Z]`: each query's lesion probability over a preprocessed volume in one sliding window (the
+    same values as `lesion_maps(...)[0]` query by query, without its attribute channels: scoring many
+    types of a case costs one pass, not one per type)."""
+    if not queries:
+        raise ValueError("query_maps needs at least one query")
+    return _stitch(model, image, window, lambda x: window_query_maps(model, x, queries), device)
 
 
 def find_lesions(
@@ -294,6 +344,13 @@ class LesionSegmenter:
     def maps(self, image: torch.Tensor, query: LesionQuery | None = None) -> torch.Tensor:
         """Lesion/attribute maps of a preprocessed `[1, X, Y, Z]` image."""
         return lesion_maps(self.model, image, self.window, self.prepare_query(query), self.device)
+
+    def query_maps(self, image: torch.Tensor, queries: Sequence[LesionQuery]) -> torch.Tensor:
+        """`[Q, X, Y, Z]`: each query's lesion probability on a preprocessed `[1, X, Y, Z]` image, one pass.
+
+        A name-only model's vocabulary takes every query's name before the pass (`prepare_query`)."""
+        prepared = [self.prepare_query(q) for q in queries]
+        return query_maps(self.model, image, self.window, prepared, self.device)
 
     def segment(self, volume: Any, query: LesionQuery | None = None, min_voxels: int = 3) -> Any:
         """Segment a volume (path, DICOM folder or ``Volume``) for ``query`` (None: every lesion)."""

@@ -407,7 +407,7 @@ class MaleniaTask(Task):
     def validate(self, model: nn.Module, valid: Sequence[dict], ctx: TaskContext) -> dict[str, float]:
         """Zero-shot Dice per lesion type on the first `val_cases` validation cases: each type's query is
         its most frequent recorded values (without the scan's contrast phase)."""
-        from medvl3d.infer.lesions import lesion_maps
+        from medvl3d.infer.lesions import query_maps
 
         cases = list(valid)[: self.val_cases]
         table = lesion_table([les for s in cases for les in (s.get("lesions") or {}).values()], "validation")
@@ -420,12 +420,15 @@ class MaleniaTask(Task):
         try:
             for sample in cases:
                 label = torch.as_tensor(sample["label"])[0]
-                for name in sorted({les["type"] for les in (sample.get("lesions") or {}).values()}):
-                    query = self._type_query(model, name, queries[name])
-                    maps = lesion_maps(model, torch.as_tensor(sample["image"]), self.window, query, device)
+                names = sorted({les["type"] for les in (sample.get("lesions") or {}).values()})
+                if not names:
+                    continue
+                asked = [self._type_query(model, name, queries[name]) for name in names]
+                maps = query_maps(model, torch.as_tensor(sample["image"]), self.window, asked, device)
+                for name, prob in zip(names, maps):
                     ids = [int(k) for k, les in sample["lesions"].items() if les["type"] == name]
                     truth = torch.isin(label, torch.tensor(ids))
-                    pred = maps[0] >= 0.5
+                    pred = prob >= 0.5
                     inter = float((pred & truth).sum())
                     scores.setdefault(name, []).append(2 * inter / max(1.0, float(pred.sum() + truth.sum())))
         finally:
