@@ -198,6 +198,37 @@ def test_foreground_patches_do_not_always_centre_the_object():
     _object_offsets(0.375, shape=(18, 20, 17), at=(0, 19, 8))
 
 
+def test_class_crop_draws_the_voxel_monai_lists_for_the_same_random_numbers():
+    """`ClassCropd` lists only the drawn class's voxels; the voxel must be the one MONAI's full index lists
+    give for the same draws (classes absent from the map skipped)."""
+    from monai.transforms.utils import map_classes_to_indices
+
+    from medvl3d.train.tasks.segmentation import ClassCropd
+
+    gen = torch.Generator().manual_seed(0)
+    label = torch.zeros(1, 20, 18, 22, dtype=torch.long)
+    label[0, 3:6, 4:9, 2:5] = 1
+    label[0, 12:15, 10:12, 15:20] = 3  # class 2 absent
+    label[0, 9, 9, 9] = 4
+    image = torch.rand(1, 20, 18, 22, generator=gen)
+    ratios = [0.2, 0.2, 0.2, 0.2, 0.2]
+    crop = ClassCropd((8, 8, 8), ratios, 0.0)  # no jitter: the patch is centred on the drawn voxel
+    indices = map_classes_to_indices(label, len(ratios))
+    weights = np.asarray([r if len(ix) else 0.0 for r, ix in zip(ratios, indices)])
+    drawn = set()
+    for seed in range(30):
+        crop.set_random_state(seed)
+        got = crop({"image": image, "label": label})
+        ref = np.random.RandomState(seed)
+        cls = int(ref.choice(5, p=weights / weights.sum()))
+        voxel = np.unravel_index(int(indices[cls][int(ref.randint(len(indices[cls])))]), (20, 18, 22))
+        starts = [min(max(v - 4, 0), n - 8) for v, n in zip(voxel, (20, 18, 22))]
+        want = label[(slice(None), *(slice(s, s + 8) for (s,) in zip(starts)))]
+        assert torch.equal(got["label"], want), f"seed {seed}"
+        drawn.add(cls)
+    assert drawn == {0, 1, 3, 4}  # every present class drawn, the absent one never
+
+
 def test_centre_jitter_outside_its_range_is_a_one_line_error():
     from medvl3d.train.tasks.segmentation import SegmentationTask
 

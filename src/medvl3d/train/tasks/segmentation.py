@@ -61,9 +61,11 @@ class ClassCropd:
     """A patch of ``image`` and ``label`` holding a voxel of a class drawn with ``ratios`` (classes absent
     from the label map are skipped), placed so that the voxel lands up to ``jitter * patch`` from the patch
     centre, uniformly per axis; at a volume border the patch moves inward and still holds the voxel.
-    MONAI's ``RandCropByLabelClassesd`` always centres the patch on the voxel (the border aside); the
-    class indices come from MONAI's ``map_classes_to_indices`` as there. Seeded by ``set_random_state``
-    (`PatchSampler` seeds it per draw)."""
+    MONAI's ``RandCropByLabelClassesd`` always centres the patch on the voxel (the border aside). The voxel
+    is the one MONAI's ``map_classes_to_indices`` would give for the same random numbers, but only the
+    drawn class's voxels are listed (a count per class, then one pass): MONAI lists every class's voxels at
+    every draw, 0.65 s for 16 classes on a 160 x 176 x 176 volume, 3.5x a training step of the lesion
+    UNet; this takes about 0.05 s. Seeded by ``set_random_state`` (`PatchSampler` seeds it per draw)."""
 
     def __init__(self, patch_size: Sequence[int], ratios: Sequence[float], jitter: float) -> None:
         self.patch_size, self.ratios, self.jitter = tuple(patch_size), list(ratios), float(jitter)
@@ -73,17 +75,17 @@ class ClassCropd:
         self.R = np.random.RandomState(seed % 2**32)
 
     def __call__(self, data: dict) -> dict:
-        from monai.transforms.utils import map_classes_to_indices
-
         label = data["label"]
         shape = tuple(label.shape[1:])
-        indices = map_classes_to_indices(label, len(self.ratios))
-        weights = np.asarray([r if len(ix) else 0.0 for r, ix in zip(self.ratios, indices)], np.float64)
+        flat_label = torch.as_tensor(label).reshape(-1).long()
+        counts = torch.bincount(flat_label, minlength=len(self.ratios))[: len(self.ratios)].tolist()
+        weights = np.asarray([r if n else 0.0 for r, n in zip(self.ratios, counts)], np.float64)
         if weights.sum() == 0:  # no class of positive ratio here: any voxel
             voxel = [int(self.R.randint(n)) for n in shape]
         else:
             cls = int(self.R.choice(len(weights), p=weights / weights.sum()))
-            flat = int(indices[cls][int(self.R.randint(len(indices[cls])))])
+            k = int(self.R.randint(counts[cls]))
+            flat = int(torch.nonzero(flat_label == cls)[k])  # ascending, as MONAI lists them
             voxel = [int(v) for v in np.unravel_index(flat, shape)]
         starts = []
         for v, p, n in zip(voxel, self.patch_size, shape):
