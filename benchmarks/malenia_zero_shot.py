@@ -3,6 +3,7 @@
 Usage:
     python benchmarks/malenia_zero_shot.py [--out runs/bench_malenia] [--steps 1000] [--seeds 0 1 2]
     python benchmarks/malenia_zero_shot.py --out /tmp/malenia_smoke --smoke      # a few steps, minutes
+    python benchmarks/malenia_zero_shot.py --rows name_only --seeds 0 --rescore  # score trained cells again
 
 Rows (same data, same steps, same model size; `configs/malenia_synth_cpu.yaml`):
 - `malenia`: multi-scale mask-attribute alignment + CMKI;
@@ -158,6 +159,23 @@ def run_cell(row: str, seed: int, data: Path, args: argparse.Namespace) -> dict:
     return {"row": row, "seed": seed, "steps": args.steps, "train_seconds": train_s, "scores": scores}
 
 
+def rescore(path: Path, run: Path, args: argparse.Namespace, commit: str) -> dict:
+    """Score a trained cell again (a change of the scoring, not of the model); rewrites its JSON."""
+    from medvl3d.eval.lesion_segmentation import evaluate_lesion_types
+
+    if not run.is_dir():
+        raise SystemExit(f"{run}: no trained run to rescore for {path.name}")
+    result = json.loads(path.read_text(encoding="utf-8"))
+    result["scores"] = evaluate_lesion_types(
+        run, args.eval_data, "valid", max_cases=args.eval_cases, seen=args.seen
+    )
+    result["scored_commit"] = commit
+    result["rescore_command"] = " ".join(["benchmarks/malenia_zero_shot.py", *sys.argv[1:]])
+    atomic_write_text(path, json.dumps(result, indent=2) + "\n")
+    print(f"{path.name}: rescored, unseen {result['scores'].get('unseen')}")
+    return result
+
+
 def table(results: list[dict]) -> str:
     import numpy as np
 
@@ -193,6 +211,12 @@ def main() -> None:
     ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     ap.add_argument("--eval-cases", type=int, default=None, help="score only the first N valid cases")
     ap.add_argument("--smoke", action="store_true", help="tiny data, 4 steps, seed 0, 2 eval cases")
+    ap.add_argument(
+        "--rescore",
+        action="store_true",
+        help="score the cells already trained again with this commit's scoring (no training); the JSON keeps "
+        "its training commit and gains scored_commit",
+    )
     ap.add_argument("--set", action="append", default=[], help="extra Malenia config override (repeatable)")
     ap.add_argument(
         "--set-supervised", action="append", default=[], help="extra override of the supervised rows"
@@ -231,6 +255,10 @@ def main() -> None:
         )
         for seed in args.seeds:
             path = results_dir / f"zero_shot_{row}_seed{seed}.json"
+            if args.rescore:
+                if path.is_file():
+                    results.append(rescore(path, args.out / "runs" / f"{row}_seed{seed}", args, commit))
+                continue
             if path.is_file():
                 results.append(json.loads(path.read_text(encoding="utf-8")))
                 continue
