@@ -14,7 +14,7 @@ import pytest
 
 import medvl3d
 from medvl3d.config import load_config
-from medvl3d.demo import CONFIG_NAME, _label_generated_reports, demo_config, run_demo
+from medvl3d.demo import CONFIG_NAME, DEMO_LESION_TYPES, _label_generated_reports, demo_config, run_demo
 from medvl3d.schema import CTRATE_LABELS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -180,6 +180,7 @@ def test_run_demo_end_to_end_on_a_small_budget(tmp_path, monkeypatch, capsys, on
         for les in (json.loads(line).get("lesions") or {}).values()
     }
     unseen = valid_types - set(lesion_info["lesion_types"])
+    assert set(lesion_info["lesion_types"]) | valid_types <= set(DEMO_LESION_TYPES)  # the liver/kidney draw
     for name in valid_types:
         row = re.search(rf"^{re.escape(name)}\s+(seen|unseen)\s", printed, re.MULTILINE)
         assert row is not None or name not in printed, name  # a type resampled away has no row
