@@ -4,6 +4,7 @@ Usage:
     python benchmarks/malenia_zero_shot.py [--out runs/bench_malenia] [--steps 1000] [--seeds 0 1 2]
     python benchmarks/malenia_zero_shot.py --out /tmp/malenia_smoke --smoke      # a few steps, minutes
     python benchmarks/malenia_zero_shot.py --rows name_only --seeds 0 --rescore  # score trained cells again
+    python benchmarks/malenia_zero_shot.py --table-only                          # the README table
 
 Rows (same data, same steps, same model size; `configs/malenia_synth_cpu.yaml`):
 - `malenia`: multi-scale mask-attribute alignment + CMKI;
@@ -177,12 +178,13 @@ def rescore(path: Path, run: Path, args: argparse.Namespace, commit: str) -> dic
 
 
 def table(results: list[dict]) -> str:
+    """A markdown table: per row, the seeds scored and mean +- std over them of each group's metrics."""
     import numpy as np
 
-    head = f"{'row':22s} {'seeds':>5s} " + " ".join(
-        f"{g + ' ' + m:>14s}" for g in ("seen", "unseen") for m in ("Dice", "NSD", "recall")
+    head = "| row | seeds | " + " | ".join(
+        f"{g} {m}" for g in ("seen", "unseen") for m in ("Dice", "NSD", "recall")
     )
-    lines = [head, "-" * len(head)]
+    lines = [head + " |", "|---" * 8 + "|"]
     for row in ROWS:
         cells = [r for r in results if r["row"] == row]
         if not cells:
@@ -192,8 +194,26 @@ def table(results: list[dict]) -> str:
             for metric in ("dice", "nsd", "recall"):
                 xs = [c["scores"].get(group, {}).get(metric) for c in cells]
                 xs = [x for x in xs if x is not None]
-                vals.append(f"{np.mean(xs):7.3f}+-{np.std(xs):5.3f}" if xs else f"{'-':>14s}")
-        lines.append(f"{row:22s} {len(cells):5d} " + " ".join(f"{v:>14s}" for v in vals))
+                vals.append(f"{np.mean(xs):.3f} ± {np.std(xs):.3f}" if xs else "-")
+        seeds = ",".join(str(c["seed"]) for c in sorted(cells, key=lambda c: c["seed"]))
+        lines.append(f"| {row} | {seeds} | " + " | ".join(vals) + " |")
+    # Dice per unseen type (the group mean above hides which types carry it)
+    unseen = sorted(
+        {k for r in results for k, v in r["scores"].items() if isinstance(v, dict) and v.get("seen") is False}
+    )
+    lines += [
+        "",
+        "| row (mean Dice over seeds) | " + " | ".join(unseen) + " |",
+        "|---" * (len(unseen) + 1) + "|",
+    ]
+    for row in ROWS:
+        cells = [r for r in results if r["row"] == row]
+        if cells:
+            means = [
+                np.mean([c["scores"][t]["dice"] for c in cells if t in c["scores"]] or [np.nan])
+                for t in unseen
+            ]
+            lines.append(f"| {row} | " + " | ".join(f"{m:.3f}" for m in means) + " |")
     return "\n".join(lines)
 
 
@@ -212,6 +232,9 @@ def main() -> None:
     ap.add_argument("--eval-cases", type=int, default=None, help="score only the first N valid cases")
     ap.add_argument("--smoke", action="store_true", help="tiny data, 4 steps, seed 0, 2 eval cases")
     ap.add_argument(
+        "--table-only", action="store_true", help="print the table of the JSONs there; run nothing"
+    )
+    ap.add_argument(
         "--rescore",
         action="store_true",
         help="score the cells already trained again with this commit's scoring (no training); the JSON keeps "
@@ -227,6 +250,12 @@ def main() -> None:
         args.out / "results" if args.smoke else REPO / "benchmarks" / "results" / "malenia"
     )
     results_dir.mkdir(parents=True, exist_ok=True)
+    if args.table_only:
+        found = [
+            json.loads(f.read_text(encoding="utf-8")) for f in sorted(results_dir.glob("zero_shot_*.json"))
+        ]
+        print(table([r for r in found if r.get("row") in args.rows and r.get("seed") in args.seeds]))
+        return
     commit = subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True
     ).stdout.strip()
