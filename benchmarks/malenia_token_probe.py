@@ -1,0 +1,108 @@
+"""What a trained Malenia (or name-only) model's tokens say about a lesion: one 48^3 window centred on each
+valid lesion of a type, per token its mask's Dice with the lesion, its lesion probability and its top
+predicted values (names for the name-only model; location, density and shape for Malenia).
+
+Usage:
+    python benchmarks/malenia_token_probe.py --run runs/bench_malenia/runs/name_only_seed0 \
+        --data runs/bench_malenia/data --type renal_cyst [--cases 2] [-o probe.json]
+
+Why the name-only query finds nothing where Malenia does: its masks cover the lesion, but its name
+predictions are too diffuse for the query's gate (a token is kept when the queried name has probability
+>= 0.5). Printed and written as JSON (commit, command, per token numbers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from medvl3d.atomic import atomic_write_text
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def probe(run: Path, data: Path, lesion_type: str, cases: int) -> list[dict]:
+    from medvl3d.data.datasets import open_split
+    from medvl3d.data.preprocess import preprocess_sample
+    from medvl3d.infer.lesions import LesionSegmenter, _value_probs
+    from medvl3d.models.malenia import NAME_ATTRIBUTE
+
+    seg = LesionSegmenter.from_checkpoint(run)
+    model, vocab = seg.model, seg.model.vocabulary.table()
+    dataset = open_split(data, "valid")
+    rows: list[dict] = []
+    for i in range(len(dataset)):
+        if len({r["case"] for r in rows}) >= cases:
+            break
+        sample = dataset[i]
+        ids = [int(k) for k, les in (sample.get("lesions") or {}).items() if les["type"] == lesion_type]
+        if not ids:
+            continue
+        prepared = preprocess_sample(sample, seg.spec)
+        truth = torch.isin(torch.as_tensor(prepared["label"])[0], torch.tensor(ids))
+        if not truth.any():
+            continue
+        centre = truth.nonzero().float().mean(0).long()
+        window = tuple(
+            slice(min(max(0, int(c) - 24), n - 48), min(max(0, int(c) - 24), n - 48) + 48)
+            for c, n in zip(centre, truth.shape)
+        )
+        x = prepared["image"][(slice(None), *window)][None].float()
+        t = truth[window]
+        with torch.no_grad():
+            out = model.eval()(x)
+            masks = model.upsample(out["masks"], tuple(x.shape[2:])).sigmoid()[0] >= 0.5
+            p_lesion, given = _value_probs(model, out["attr"])
+        attrs = [NAME_ATTRIBUTE] if NAME_ATTRIBUTE in given else ["location", "density", "shape"]
+        for n in range(masks.shape[0]):
+            m = masks[n]
+            top = {}
+            for a in attrs:
+                p = given[a][0, n]
+                top[a] = [[vocab[a][int(j)], round(float(p[j]), 3)] for j in p.argsort(descending=True)[:3]]
+            rows.append({
+                "case": sample["meta"].get("case_id", i), "token": n,
+                "dice": round(2 * float((m & t).sum()) / max(1.0, float(m.sum() + t.sum())), 3),
+                "p_lesion": round(float(p_lesion[0, n]), 3), "top": top,
+            })  # fmt: skip
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", type=Path, required=True, help="a trained Malenia run or checkpoint")
+    ap.add_argument("--data", type=Path, required=True, help="the SynthCT-VL folder (its valid split)")
+    ap.add_argument("--type", required=True, help="lesion type to probe")
+    ap.add_argument("--cases", type=int, default=2)
+    ap.add_argument("-o", "--out", type=Path, default=None, help="JSON record (default: print only)")
+    args = ap.parse_args()
+    commit = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
+    rows = probe(args.run, args.data, args.type, args.cases)
+    if not rows:
+        raise SystemExit(f"{args.data}: no valid case holds a visible {args.type!r} lesion")
+    for r in rows:
+        tops = "; ".join(
+            f"{a}: " + ", ".join(f"{v} {p:.2f}" for v, p in vals) for a, vals in r["top"].items()
+        )
+        print(
+            f"case {r['case']} token {r['token']}: Dice {r['dice']:.2f}, p_lesion {r['p_lesion']:.2f}, {tops}"
+        )
+    if args.out:
+        record = {
+            "benchmark": "malenia_token_probe", "commit": commit,
+            "command": " ".join(["benchmarks/malenia_token_probe.py", *sys.argv[1:]]),
+            "run": str(args.run), "type": args.type, "tokens": rows,
+        }  # fmt: skip
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(args.out, json.dumps(record, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
