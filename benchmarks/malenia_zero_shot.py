@@ -16,7 +16,8 @@ Rows (same data, same steps, same model size; `configs/malenia_synth_cpu.yaml`):
 - `supervised_seen`, `supervised_all`: the supervised bounds, MONAI's UNet with one class per lesion type
   (type maps written from the instance maps and the records) trained on the seen types only (lower bound:
   it has no class for an unseen type, so it scores 0 there by construction; its seen Dice is the
-  reference for Malenia's) and on every type (upper bound), same patches, steps and batch.
+  reference for Malenia's) and on every type (upper bound), same patches, steps and batch; their Dice term is
+  the mean over the classes present (`dice_classes: present`, `medvl3d.losses.dice`).
 
 Each cell is scored by `medvl3d.eval.lesion_segmentation.evaluate_lesion_types` on the `valid` split
 (types and queries from the folder's records): Dice, NSD (2 mm) and lesion detection recall for seen and
@@ -97,7 +98,7 @@ def type_maps(data: Path, work: Path) -> Path:
 def supervised_lesion_overrides(steps: int, seed: int, cache: Path) -> list[str]:
     """A supervised lesion network's settings over `configs/seg_synth_tiny.yaml`: MONAI's UNet on the same
     48^3 patches at 2 mm, soft-tissue window and batch as Malenia (also `lesion_learnability.py`)."""
-    params = {"patch_size": [48, 48, 48], "fg_fraction": 0.7, "overlap": 0.25}
+    params = {"patch_size": [48, 48, 48], "fg_fraction": 0.7, "overlap": 0.25, "dice_classes": "present"}
     return [
         "data.format=msd",
         "data.preprocess.spacing=[2.0,2.0,2.0]",
@@ -265,7 +266,8 @@ def main() -> None:
         args.set += ["data.preprocess.spacing=[4.0,4.0,4.0]", "task.params.patch_size=[32,32,32]",
                      "task.params.val_cases=1", "optim.warmup_steps=1"]  # fmt: skip
         args.set_supervised += ["data.preprocess.spacing=[4.0,4.0,4.0]", "optim.warmup_steps=1",
-                                'task.params={"patch_size": [32, 32, 32], "pad_to_patch": true}']  # fmt: skip
+                                'task.params={"patch_size": [32, 32, 32], "pad_to_patch": true, '
+                                '"dice_classes": "present"}']  # fmt: skip
     else:
         size, spacing, n_train, n_test = (128, 176, 176), (2.5, 2.0, 2.0), 120, 40
     data = args.data or make_data(args.out / "data", n_train, n_test, size, spacing, all_types=False)

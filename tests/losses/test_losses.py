@@ -153,3 +153,33 @@ def test_gather_with_grad_two_process_gloo(tmp_path, monkeypatch):
             # DDP averages parameter gradients over ranks: the local shard's gradient / world.
             torch.testing.assert_close(res[r][name][1] / world, gi[sl], rtol=1e-5, atol=1e-6)
             torch.testing.assert_close(res[r][name][2] / world, gt[sl], rtol=1e-5, atol=1e-6)
+
+
+def test_present_class_dice_scores_a_right_answer_as_right_whatever_absent_classes_hold():
+    from monai.losses import DiceCELoss, DiceLoss
+
+    from medvl3d.losses.dice import PresentClassDiceCELoss
+
+    n_classes = 16
+    target = torch.zeros(2, 1, 8, 8, 8)
+    target[0, 0, 2:5, 2:5, 2:5] = 7  # one small lesion class of 16 in the batch
+    right = torch.zeros(2, n_classes, 8, 8, 8)
+    right[:, 0] = 12.0
+    right[0, 7, 2:5, 2:5, 2:5] = 24.0  # every voxel right; absent classes at probability ~6e-6 a voxel
+    ce = F.cross_entropy(right, target[:, 0].long())
+    every = DiceCELoss(to_onehot_y=True, softmax=True)(right, target)
+    assert every - ce > 0.85  # MONAI's mean over every class: 14 absent classes score Dice ~0 each
+    assert PresentClassDiceCELoss()(right, target) - ce < 1e-3
+    # A prediction that misses the lesion costs the whole Dice of the one class present, its batch Dice.
+    missed = right.clone()
+    missed[0, 7] = 0.0
+    ce_missed = F.cross_entropy(missed, target[:, 0].long())
+    present = PresentClassDiceCELoss()(missed, target)
+    assert present - ce_missed > 0.99
+    one = DiceLoss(to_onehot_y=True, softmax=True, include_background=False, batch=True, reduction="none")
+    assert torch.allclose(present - ce_missed, one(missed, target).flatten()[6])
+    # No foreground in the batch: cross-entropy alone.
+    empty = torch.zeros_like(target)
+    assert torch.allclose(PresentClassDiceCELoss()(right, empty), F.cross_entropy(right, empty[:, 0].long()))
+    with pytest.raises(ValueError, match=r"label ids outside \[0, 16\)"):
+        PresentClassDiceCELoss()(right, target + 9)

@@ -235,3 +235,19 @@ def test_centre_jitter_outside_its_range_is_a_one_line_error():
     model = create_model("test_resenc_seg", n_classes=2)
     with pytest.raises(ValueError, match=r"segmentation task centre_jitter must be in \[0, 0.5\), got 0.5"):
         SegmentationTask(model, patch_size=(16, 16, 16), centre_jitter=0.5)
+
+
+def test_present_class_dice_trains_and_a_bad_choice_is_a_one_line_error(blob_task, tmp_path, make_config):
+    from medvl3d.losses.dice import PresentClassDiceCELoss
+    from medvl3d.train.tasks.segmentation import SegmentationTask
+
+    model = create_model("test_resenc_seg", n_classes=3)
+    assert isinstance(SegmentationTask(model, patch_size=(16, 16, 16), dice_classes="present").loss,
+                      PresentClassDiceCELoss)  # fmt: skip
+    with pytest.raises(ValueError, match=r"dice_classes must be 'all' or 'present', got 'some'"):
+        SegmentationTask(model, patch_size=(16, 16, 16), dice_classes="some")
+    cfg = make_config(blob_task, tmp_path / "run", steps=30)
+    cfg["task"]["params"]["dice_classes"] = "present"
+    run = train(config_from_dict(cfg))
+    report = evaluate_segmentation(run, blob_task, progress=False)
+    assert min(report.summary[n]["dice"]["mean"] for n in ("ball", "box")) > 0.5, report.summary

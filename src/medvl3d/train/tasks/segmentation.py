@@ -251,6 +251,9 @@ class SegmentationTask(Task):
         overlap: sliding-window overlap for validation and inference.
         flip_axes: test-time mirroring axes for validation and inference (see `medvl3d.infer.sliding_window`).
         lambda_dice, lambda_ce: weights of the two loss terms.
+        dice_classes: "all" (MONAI's `DiceCELoss`: the Dice term the mean over every class, background
+            included) or "present" (`PresentClassDiceCELoss`: the mean over the foreground classes present in
+            the batch, batch Dice), for label maps with many small classes, of which a patch holds one or two.
         pad_to_patch: pad volumes smaller than a patch (thin slabs) instead of refusing them.
         centre_jitter: how far (a fraction of the patch) a drawn voxel may sit from the patch centre
             (`PatchSampler`); 0 centres every patch on it.
@@ -273,9 +276,12 @@ class SegmentationTask(Task):
         lambda_ce: float = 1.0,
         pad_to_patch: bool = False,
         centre_jitter: float = 0.375,
+        dice_classes: str = "all",
     ) -> None:
         super().__init__()
         from monai.losses import DeepSupervisionLoss, DiceCELoss
+
+        from medvl3d.losses.dice import PresentClassDiceCELoss
 
         self.model = model
         self.n_classes = int(model.config.n_classes)
@@ -290,7 +296,14 @@ class SegmentationTask(Task):
             pad_to_patch,
             centre_jitter,
         )
-        loss = DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=lambda_dice, lambda_ce=lambda_ce)
+        if dice_classes == "all":
+            loss = DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=lambda_dice, lambda_ce=lambda_ce)
+        elif dice_classes == "present":
+            loss = PresentClassDiceCELoss(lambda_dice=lambda_dice, lambda_ce=lambda_ce)
+        else:
+            raise ValueError(
+                f"segmentation task dice_classes must be 'all' or 'present', got {dice_classes!r}"
+            )
         self.loss = DeepSupervisionLoss(loss) if getattr(model.config, "deep_supervision", False) else loss
 
     @classmethod
