@@ -353,3 +353,36 @@ def test_report_lists_the_lesions_a_malenia_checkpoint_finds(malenia_checkpoint,
     assert rows == min(len(found), report_module.MAX_LESION_ROWS)
     if len(found) > report_module.MAX_LESION_ROWS:
         assert f"{len(found)} lesions found" in page
+
+
+def test_name_only_scoring_fixes_its_candidate_names_before_the_first_case(tmp_path, monkeypatch):
+    """SAT's fixed prompt list: every type of the scored folder joins the name-only model's vocabulary, in
+    sorted order, before any case, so a type's score does not depend on which cases came first."""
+    from medvl3d.eval.lesion_segmentation import _zero_shot_types
+    from medvl3d.models.checkpoint import save_checkpoint
+    from medvl3d.models.malenia import NAME_ATTRIBUTE, NO_LESION
+
+    model = create_model("test_malenia", query="name")
+    info = {
+        "model": {"name": "test_malenia", "family": "malenia", "config": model.config.to_dict()},
+        "preprocess": {"spacing": None, "intensity": {"ct_window": [-200.0, 300.0]}},
+        "inference": {"patch_size": [32, 32, 32], "overlap": 0.0},
+        "lesion_types": lesion_table([CYST, TUMOUR]),
+        "type_names": ["renal_cell_carcinoma"],
+    }
+    ckpt = save_checkpoint(tmp_path / "checkpoints", 1, model, info)
+    made = []
+    real = LesionSegmenter.from_checkpoint.__func__
+
+    def spy(cls, *args):
+        made.append(real(cls, *args))
+        return made[-1]
+
+    monkeypatch.setattr(LesionSegmenter, "from_checkpoint", classmethod(spy))
+    queries = {"splenic_infarct": {}, "liver_cyst": {}, "adrenal_adenoma": {}}
+    _, _, case_masks = _zero_shot_types(ckpt, "cpu", queries)
+    want = ("renal cell carcinoma", "adrenal adenoma", "liver cyst", "splenic infarct", NO_LESION)
+    assert made[0].model.vocabulary.table()[NAME_ATTRIBUTE] == want  # before any case
+    masks = case_masks(torch.zeros(1, 32, 32, 32), ["splenic_infarct", "adrenal_adenoma"])
+    assert set(masks) == {"splenic_infarct", "adrenal_adenoma"}
+    assert made[0].model.vocabulary.table()[NAME_ATTRIBUTE] == want  # a case adds no candidate
