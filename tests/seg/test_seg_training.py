@@ -251,3 +251,24 @@ def test_present_class_dice_trains_and_a_bad_choice_is_a_one_line_error(blob_tas
     run = train(config_from_dict(cfg))
     report = evaluate_segmentation(run, blob_task, progress=False)
     assert min(report.summary[n]["dice"]["mean"] for n in ("ball", "box")) > 0.5, report.summary
+
+
+def test_foreground_share_holds_when_a_case_lacks_most_classes():
+    """A class per lesion type, one type in the case: `fg_fraction` of the patches still hold it (MONAI
+    gives an absent class's ratio to background too: 0.7 fell to 0.14)."""
+    from medvl3d.train.tasks.segmentation import ClassCropd, PatchSampler, SegAugmentConfig
+
+    label = torch.zeros(1, 40, 40, 40, dtype=torch.long)
+    label[0, 20:23, 10:13, 30:33] = 9  # one lesion of class 9 of 15
+    sample = {"image": torch.rand(1, 40, 40, 40), "label": label, "meta": {"case_id": "one_type"}}
+    still = SegAugmentConfig(affine_prob=0.0, intensity_prob=0.0)
+    sampler = PatchSampler(15, (8, 8, 8), 0.7, still)
+    held = np.mean([bool((sampler(sample, seed=s)["label"] == 9).any()) for s in range(400)])
+    assert 0.62 < held < 0.78, held  # binomial sd 0.023 at 0.7
+    ratios = [0.3] + [0.05] * 14
+    plain = ClassCropd((8, 8, 8), ratios, 0.375)
+    shares = []
+    for s in range(400):
+        plain.set_random_state(s)
+        shares.append(bool((plain({"image": sample["image"], "label": label})["label"] == 9).any()))
+    assert np.mean(shares) < 0.3  # MONAI's way, kept as the default of ClassCropd

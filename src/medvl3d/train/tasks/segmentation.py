@@ -1,12 +1,14 @@
-"""Supervised segmentation as a task: Dice + cross-entropy (MONAI's `DiceCELoss`) on class-balanced
-patches, for any model of family "seg" or "monai" (from scratch or from a pretrained encoder).
+"""Supervised segmentation as a task: Dice + cross-entropy on class-balanced patches, for any model of
+family "seg" or "monai" (from scratch or from a pretrained encoder).
 
 Training samples are the preprocessed volumes (resampled, windowed) with their label maps; in the loader
 workers each one is checked (labels inside `n_classes`, not empty, not smaller than a patch) and turned
-into one patch by MONAI dictionary transforms: a crop around a voxel of a randomly chosen class (every
-class, the small ones included, is drawn equally often, background with `1 - fg_fraction`; the voxel
-lands anywhere in the patch's central `2 * centre_jitter`, `ClassCropd`), a random affine applied to
-image and label together, and intensity changes to the image only.
+into one patch: a crop around a voxel of a randomly chosen class (background with `1 - fg_fraction`,
+otherwise one of the foreground classes the case holds, each equally often, the small ones included; the
+voxel lands anywhere in the patch's central `2 * centre_jitter`, `ClassCropd`), then MONAI dictionary
+transforms: a random affine applied to image and label together, and intensity changes to the image only.
+The loss is MONAI's `DiceCELoss`, or with `dice_classes="present"` a Dice over the classes a batch holds
+(`medvl3d.losses.dice`), for maps with many small classes.
 """
 
 from __future__ import annotations
@@ -65,10 +67,19 @@ class ClassCropd:
     is the one MONAI's ``map_classes_to_indices`` would give for the same random numbers, but only the
     drawn class's voxels are listed (a count per class, then one pass): MONAI lists every class's voxels at
     every draw, 0.65 s for 16 classes on a 160 x 176 x 176 volume, 3.5x a training step of the lesion
-    UNet; this takes about 0.1 s. Seeded by ``set_random_state`` (`PatchSampler` seeds it per draw)."""
+    UNet; this takes about 0.1 s. Seeded by ``set_random_state`` (`PatchSampler` seeds it per draw).
 
-    def __init__(self, patch_size: Sequence[int], ratios: Sequence[float], jitter: float) -> None:
+    With ``pool_foreground`` the ratios of foreground classes (ids >= 1) absent from the map go to the
+    present ones, in proportion to their ratios: the foreground share stays ``sum(ratios[1:])`` whenever the
+    map holds any foreground (nnU-Net's oversampling draws among the classes a case holds). Without it, as
+    in MONAI, an absent class's ratio goes to every present class, background included: with a class per
+    lesion type (14) and one type in a case, a foreground share of 0.7 fell to 0.14."""
+
+    def __init__(
+        self, patch_size: Sequence[int], ratios: Sequence[float], jitter: float, pool_foreground: bool = False
+    ) -> None:
         self.patch_size, self.ratios, self.jitter = tuple(patch_size), list(ratios), float(jitter)
+        self.pool_foreground = bool(pool_foreground)
         self.R = np.random.RandomState()
 
     def set_random_state(self, seed: int) -> None:
@@ -80,6 +91,8 @@ class ClassCropd:
         flat_label = torch.as_tensor(label).reshape(-1).long()
         counts = torch.bincount(flat_label, minlength=len(self.ratios))[: len(self.ratios)].tolist()
         weights = np.asarray([r if n else 0.0 for r, n in zip(self.ratios, counts)], np.float64)
+        if self.pool_foreground and weights[1:].sum() > 0:
+            weights[1:] *= sum(self.ratios[1:]) / weights[1:].sum()
         if weights.sum() == 0:  # no class of positive ratio here: any voxel
             voxel = [int(self.R.randint(n)) for n in shape]
         else:
@@ -101,11 +114,12 @@ class PatchSampler:
 
     Call with `(sample, seed)`: the same seed draws the same patch, so a resumed run repeats its draws.
 
-    `centre_jitter` (a fraction of the patch, below 0.5) moves the drawn voxel off the patch centre
-    (`ClassCropd`). With 0 every foreground patch is centred on a foreground voxel (MONAI's
-    `RandCropByLabelClassesd`), and a network trained on small objects learns "the object sits at the
-    centre": measured on SynthCT-VL lesions (MONAI UNet, 2000 steps) it scored 0.82 on a lesion at the
-    patch centre, 0.03 at 8 voxels off and found almost no lesion in whole volumes.
+    `fg_fraction` of the patches hold a foreground voxel, of a class drawn equally among those the case
+    holds (`ClassCropd` with `pool_foreground`). `centre_jitter` (a fraction of the patch, below 0.5) moves
+    the drawn voxel off the patch centre. With 0 every foreground patch is centred on a foreground voxel (as
+    MONAI's `RandCropByLabelClassesd` does), and a network trained on small objects learns "the object
+    sits at the centre": measured on SynthCT-VL lesions (MONAI UNet, 2000 steps) it scored 0.82 on a lesion
+    at the patch centre, 0.03 at 8 voxels off and found almost no lesion in whole volumes.
     """
 
     def __init__(
@@ -132,17 +146,11 @@ class PatchSampler:
         rot = np.deg2rad(a.rotate_deg)
         # Pad with 0 (the bottom of the window: air) and background, as sliding-window inference pads.
         pad = [mt.SpatialPadd(keys, self.patch_size, value=0)] if self.pad_to_patch else []
-        self._crop = ClassCropd(self.patch_size, ratios, self.centre_jitter)
-        crop = (
-            self._crop
-            if self.centre_jitter > 0
-            else mt.RandCropByLabelClassesd(
-                keys, "label", self.patch_size, ratios=ratios, num_classes=self.n_classes, warn=False
-            )
-        )
+        # The foreground share is fg_fraction in every case that holds foreground, whichever classes it holds.
+        self._crop = ClassCropd(self.patch_size, ratios, self.centre_jitter, pool_foreground=True)
         steps = [
             *pad,
-            crop,
+            self._crop,
             mt.RandAffined(
                 keys,
                 prob=a.affine_prob,
@@ -246,7 +254,8 @@ class SegmentationTask(Task):
     Args:
         model: a "seg" or "monai" family model.
         patch_size: training patch (X, Y, Z) in preprocessed voxels; also the inference window.
-        fg_fraction: share of patches centred on a foreground class (nnU-Net forces a third).
+        fg_fraction: share of patches centred on a foreground class, in every case holding one (nnU-Net
+            forces a third).
         augment: `SegAugmentConfig` fields as a dict.
         overlap: sliding-window overlap for validation and inference.
         flip_axes: test-time mirroring axes for validation and inference (see `medvl3d.infer.sliding_window`).
