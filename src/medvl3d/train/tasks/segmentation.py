@@ -149,8 +149,8 @@ class PatchSampler:
         pad = [mt.SpatialPadd(keys, self.patch_size, value=0)] if self.pad_to_patch else []
         # The foreground share is fg_fraction in every case that holds foreground, whichever classes it holds.
         self._crop = ClassCropd(self.patch_size, ratios, self.centre_jitter, pool_foreground=True)
-        # centre_jitter 0: MONAI's crop, whose draws the tables measured with centred patches reproduce (its
-        # foreground share falls in cases that lack classes; their classes are in every case).
+        # centre_jitter 0: MONAI's crop, so that the tables measured with centred patches reproduce draw for
+        # draw (its foreground share falls in cases that lack some classes).
         crop = (
             self._crop
             if self.centre_jitter > 0
