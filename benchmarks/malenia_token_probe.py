@@ -168,10 +168,12 @@ def main() -> None:
         "the training frequency of each value (a diagnostic)",
     )
     args = ap.parse_args()
+    if not (args.type or args.name_top1 or args.prior_balanced):
+        ap.error("--type is required unless --name-top1 or --prior-balanced")
+    commit = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
     if args.name_top1 or args.prior_balanced:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True
-        ).stdout.strip()
         scoring = score_name_top1 if args.name_top1 else score_prior_balanced
         scores = scoring(args.run, args.data)
         print({g: scores.get(g) for g in ("seen", "unseen")})
@@ -185,11 +187,6 @@ def main() -> None:
             }  # fmt: skip
             atomic_write_text(args.out, json.dumps(record, indent=1) + "\n")
         return
-    commit = subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True
-    ).stdout.strip()
-    if not args.type:
-        ap.error("--type is required unless --name-top1 or --prior-balanced")
     rows = probe(args.run, args.data, args.type, args.cases)
     if not rows:
         raise SystemExit(f"{args.data}: no valid case holds a visible {args.type!r} lesion")
