@@ -10,7 +10,13 @@ import pytest
 import torch
 from malenia_helpers import CYST, TUMOUR, lesion_batch
 
-from medvl3d.data.lesion_knowledge import lesion_table, nearest_type, organ_of_location, type_queries
+from medvl3d.data.lesion_knowledge import (
+    TYPE_QUERY_ATTRIBUTES,
+    lesion_table,
+    nearest_type,
+    organ_of_location,
+    type_queries,
+)
 from medvl3d.infer.lesions import (
     LesionQuery,
     LesionSegmenter,
@@ -66,6 +72,12 @@ def test_lesion_table_comes_from_the_records():
         "density": "hypodense",
         "location": "left lobe",
     }
+    # A type's query names its organ, not its most frequent lobe: the right-lobe cyst belongs to the type
+    # as much as the left-lobe ones, and the type's mask is the union of them all.
+    right = {**CYST, "location": "right lobe"}
+    query = type_queries(lesion_table([CYST, CYST, right]), TYPE_QUERY_ATTRIBUTES)["liver_cyst"]
+    assert query["organ"] == "liver" and "location" not in query and query["density"] == "hypodense"
+    assert parse_attribute_query(query).attributes == query  # a query the CLI would accept
     guess = {k: v for k, v in TUMOUR.items() if k not in ("type", "organ")}
     assert nearest_type(guess, table)[0] == "renal_cell_carcinoma"
     assert nearest_type({"location": "left lobe", "density": "isodense"}, table)[0] == "liver_cyst"

@@ -15,7 +15,14 @@ from typing import Any
 
 from medvl3d.schema import ATTRIBUTES, LESION_ORGANS
 
-__all__ = ["lesion_table", "type_queries", "nearest_type", "organ_of_location", "records_lesions"]
+__all__ = [
+    "TYPE_QUERY_ATTRIBUTES",
+    "lesion_table",
+    "type_queries",
+    "nearest_type",
+    "organ_of_location",
+    "records_lesions",
+]
 
 #: lesion type -> {"organ": str, "count": int, attribute: {value: frequency}}
 LesionTable = dict[str, dict[str, Any]]
@@ -67,14 +74,25 @@ def lesion_table(lesions: Iterable[Mapping[str, Any]], where: str = "the data") 
     }
 
 
+#: The attributes of a lesion type's query: its organ, not a location within it (which lobe or side is a
+#: property of each lesion, as the contrast phase is of the scan: a query naming the type's most frequent
+#: lobe asks for a part of the type's lesions), and its most frequent value of each other attribute.
+TYPE_QUERY_ATTRIBUTES = ("organ", "shape", "density", "homogeneity", "margin", "neighbor_relation")
+
+
 def type_queries(table: LesionTable, attributes: Iterable[str] = ATTRIBUTES) -> dict[str, dict[str, str]]:
     """Each type's typical description: its most frequent value of every attribute (ties: first in order).
 
-    ``attributes`` restricts the description (e.g. leave out the contrast phase, a property of the scan).
+    ``attributes`` restricts the description (e.g. leave out the contrast phase, a property of the scan);
+    ``"organ"`` among them stands for the type's organ (see :data:`TYPE_QUERY_ATTRIBUTES`).
     """
     keep = list(attributes)
     return {
-        name: {a: max(row[a].items(), key=lambda kv: kv[1])[0] for a in keep if row.get(a)}
+        name: {
+            a: row["organ"] if a == "organ" else max(row[a].items(), key=lambda kv: kv[1])[0]
+            for a in keep
+            if row.get(a)
+        }
         for name, row in table.items()
     }
 

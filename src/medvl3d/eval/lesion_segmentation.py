@@ -4,8 +4,9 @@ The types and their queries come from the evaluated folder's own lesion records
 (:func:`medvl3d.data.lesion_knowledge.lesion_table`): a SynthCT-VL folder generated with another
 ``--lesion-types`` YAML is scored on its types. A type is *seen* when the checkpoint's training data held
 it (the checkpoint's ``lesion_types`` table), else *unseen*. Each case is queried once per type present
-in it (its most frequent recorded values, without the scan's contrast phase; the name for name-only
-models) on the preprocessed grid, and compared with the union of that type's lesions.
+in it (its organ and most frequent recorded values, without the scan's contrast phase:
+:data:`~medvl3d.data.lesion_knowledge.TYPE_QUERY_ATTRIBUTES`; the name for name-only models) on the
+preprocessed grid, and compared with the union of that type's lesions.
 
 A supervised segmentation checkpoint whose classes are lesion type names (the zero-shot table's
 supervised bounds; ``benchmarks/malenia_zero_shot.py`` trains them) is scored the same way: a type's
@@ -23,11 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from medvl3d.data.lesion_knowledge import lesion_table, records_lesions, type_queries
+from medvl3d.data.lesion_knowledge import TYPE_QUERY_ATTRIBUTES, lesion_table, records_lesions, type_queries
 
 __all__ = ["LesionTypeScores", "evaluate_lesion_types", "format_lesion_table"]
-
-QUERY_ATTRIBUTES = ("location", "shape", "density", "homogeneity", "margin", "neighbor_relation")
 
 
 @dataclass
@@ -93,7 +92,9 @@ def evaluate_lesion_types(
     if supervised:
         spec, known, case_masks = _supervised_types(checkpoint, device)
     else:
-        spec, known, case_masks = _zero_shot_types(checkpoint, device, type_queries(table, QUERY_ATTRIBUTES))
+        spec, known, case_masks = _zero_shot_types(
+            checkpoint, device, type_queries(table, TYPE_QUERY_ATTRIBUTES)
+        )
     if supervised and not known & set(table):
         # Legitimate for a seen-only bound on a folder of unseen types (0 by construction), a mistake for an
         # organ model: say it, do not refuse.

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medvl3d.data.lesion_knowledge import lesion_table, records_lesions, type_queries
+from medvl3d.data.lesion_knowledge import TYPE_QUERY_ATTRIBUTES, lesion_table, records_lesions, type_queries
 from medvl3d.infer.sliding_window import SlidingWindowConfig
 from medvl3d.losses.mask_matching import (
     attribute_alignment_loss,
@@ -406,14 +406,12 @@ class MaleniaTask(Task):
 
     def validate(self, model: nn.Module, valid: Sequence[dict], ctx: TaskContext) -> dict[str, float]:
         """Zero-shot Dice per lesion type on the first `val_cases` validation cases: each type's query is
-        its most frequent recorded values (without the scan's contrast phase)."""
+        its organ and most frequent recorded values (`TYPE_QUERY_ATTRIBUTES`)."""
         from medvl3d.infer.lesions import query_maps
 
         cases = list(valid)[: self.val_cases]
         table = lesion_table([les for s in cases for les in (s.get("lesions") or {}).values()], "validation")
-        queries = type_queries(
-            table, ("location", "shape", "density", "homogeneity", "margin", "neighbor_relation")
-        )
+        queries = type_queries(table, TYPE_QUERY_ATTRIBUTES)
         device = next(model.parameters()).device
         scores: dict[str, list[float]] = {}
         vocabulary = model.vocabulary
