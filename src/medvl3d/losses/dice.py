@@ -48,11 +48,12 @@ class PresentClassDiceCELoss(nn.Module):
                 f"logits {tuple(input.shape)}"
             )
         ids = target.long()
-        if bool((ids < 0).any()) or bool((ids >= n_classes).any()):
+        lo, hi = torch.stack(ids.aminmax()).tolist()  # the step's one host sync
+        if lo < 0 or hi >= n_classes:
             raise ValueError(f"PresentClassDiceCELoss: label ids outside [0, {n_classes})")
-        present = torch.bincount(ids.flatten(), minlength=n_classes)[1:] > 0
+        # The classes present, without a sync (bincount and boolean indexing would each make one).
+        present = torch.zeros(n_classes, device=ids.device).scatter_(0, ids.flatten(), 1.0)[1:]
         ce = F.cross_entropy(input, ids[:, 0])
-        if not bool(present.any()):
-            return self.lambda_ce * ce
-        dice = self.dice(input, target).flatten()[present].mean()
+        # No foreground class present: the Dice term is 0 and the loss is the cross-entropy.
+        dice = (self.dice(input, target).flatten() * present).sum() / present.sum().clamp_min(1.0)
         return self.lambda_dice * dice + self.lambda_ce * ce
