@@ -1,6 +1,7 @@
 """What a trained Malenia (or name-only) model's tokens say about a lesion: one 48^3 window centred on each
-valid lesion of a type, per token its mask's Dice with the lesion, its lesion probability and its top
-predicted values (names for the name-only model; location, density and shape for Malenia).
+valid lesion of a type, per token its mask's Dice with the lesion, its lesion probability, its top
+predicted values (names for the name-only model; location, density and shape for Malenia) and the
+probability it gives each value of the type's query (what the gate reads; the evaluation's query).
 
 Usage:
     python benchmarks/malenia_token_probe.py --run runs/bench_malenia/runs/name_only_seed0 \
@@ -34,13 +35,27 @@ REPO = Path(__file__).resolve().parents[1]
 
 def probe(run: Path, data: Path, lesion_type: str, cases: int) -> list[dict]:
     from medvl3d.data.datasets import open_split
+    from medvl3d.data.lesion_knowledge import (
+        TYPE_QUERY_ATTRIBUTES,
+        lesion_table,
+        records_lesions,
+        type_queries,
+    )
     from medvl3d.data.preprocess import preprocess_sample
-    from medvl3d.infer.lesions import LesionSegmenter, _value_probs
+    from medvl3d.infer.lesions import LesionQuery, LesionSegmenter, _value_probs, query_value_probs
     from medvl3d.models.malenia import NAME_ATTRIBUTE
 
     seg = LesionSegmenter.from_checkpoint(run)
     model, vocab = seg.model, seg.model.vocabulary.table()
     dataset = open_split(data, "valid")
+    by_name = NAME_ATTRIBUTE in vocab
+    values = type_queries(lesion_table(records_lesions(dataset)), TYPE_QUERY_ATTRIBUTES).get(lesion_type)
+    if values is None:
+        raise SystemExit(f"{data}: the valid split records no {lesion_type!r} lesion")
+    query = LesionQuery(name=lesion_type) if by_name else LesionQuery(dict(values))
+    if by_name:
+        seg.prepare_query(query)  # an unseen name joins the vocabulary, as at evaluation
+        vocab = model.vocabulary.table()
     rows: list[dict] = []
     for i in range(len(dataset)):
         if len({r["case"] for r in rows}) >= cases:
@@ -64,7 +79,8 @@ def probe(run: Path, data: Path, lesion_type: str, cases: int) -> list[dict]:
             out = model.eval()(x)
             masks = model.upsample(out["masks"], tuple(x.shape[2:])).sigmoid()[0] >= 0.5
             p_lesion, given = _value_probs(model, out["attr"])
-        attrs = [NAME_ATTRIBUTE] if NAME_ATTRIBUTE in given else ["location", "density", "shape"]
+            asked = query_value_probs(model, given, query)
+        attrs = [NAME_ATTRIBUTE] if by_name else ["location", "density", "shape"]
         for n in range(masks.shape[0]):
             m = masks[n]
             top = {}
@@ -75,6 +91,9 @@ def probe(run: Path, data: Path, lesion_type: str, cases: int) -> list[dict]:
                 "case": sample["meta"].get("case_id", i), "token": n,
                 "dice": round(2 * float((m & t).sum()) / max(1.0, float(m.sum() + t.sum())), 3),
                 "p_lesion": round(float(p_lesion[0, n]), 3), "top": top,
+                # What the type's query gate reads (kept when the mean is >= 0.5 and p_lesion >= 0.5).
+                "query": {k: round(float(v[0, n]), 3) for k, v in asked.items()},
+                "query_mean": round(float(torch.stack(list(asked.values())).mean(0)[0, n]), 3),
             })  # fmt: skip
     return rows
 
@@ -194,8 +213,10 @@ def main() -> None:
         tops = "; ".join(
             f"{a}: " + ", ".join(f"{v} {p:.2f}" for v, p in vals) for a, vals in r["top"].items()
         )
+        asked = ", ".join(f"{k} {v:.2f}" for k, v in r["query"].items())
         print(
-            f"case {r['case']} token {r['token']}: Dice {r['dice']:.2f}, p_lesion {r['p_lesion']:.2f}, {tops}"
+            f"case {r['case']} token {r['token']}: Dice {r['dice']:.2f}, p_lesion {r['p_lesion']:.2f}, "
+            f"{tops}; query mean {r['query_mean']:.2f} ({asked})"
         )
     if args.out:
         record = {

@@ -146,6 +146,26 @@ def test_window_maps_channels_and_lesion_list():
     assert int((ids == 1).sum()) == 216
 
 
+def test_query_gate_reads_an_organ_as_the_sum_of_its_locations():
+    from medvl3d.infer.lesions import _match, query_value_probs
+
+    model = create_model("test_malenia")
+    loc, dens = model.vocabulary.table()["location"], model.vocabulary.table()["density"]
+    given = {a: torch.zeros(1, 2, len(v) - 1) for a, v in model.vocabulary.values}
+    given["location"][0, 0, loc.index("left kidney")] = 0.3  # token 0: torn between the two kidneys
+    given["location"][0, 0, loc.index("right kidney")] = 0.3
+    given["location"][0, 0, loc.index("right lobe")] = 0.4
+    given["location"][0, 1, loc.index("right lobe")] = 1.0  # token 1: the liver
+    given["density"][0, :, dens.index("hyperdense")] = torch.tensor([0.9, 0.5])
+    query = LesionQuery({"organ": "kidney", "density": "hyperdense"})
+    probs = query_value_probs(model, given, query)
+    assert list(probs) == ["organ", "density"]
+    assert torch.allclose(probs["organ"], torch.tensor([[0.6, 0.0]]))
+    assert torch.allclose(_match(model, given, query), torch.tensor([[0.75, 0.25]]))
+    with pytest.raises(ValueError, match="names no attribute"):
+        _match(model, given, LesionQuery({}))
+
+
 def test_query_maps_equal_one_lesion_map_per_query():
     """Scoring a case's types in one sliding window gives, per type, exactly its own pass's map."""
     torch.manual_seed(0)

@@ -33,6 +33,7 @@ from medvl3d.schema import ATTRIBUTES, LESION_ORGANS
 __all__ = [
     "LesionQuery",
     "parse_attribute_query",
+    "query_value_probs",
     "query_from_description",
     "window_maps",
     "window_query_maps",
@@ -128,21 +129,28 @@ def _value_probs(model: MaleniaModel, attr_logits: dict[str, torch.Tensor]) -> t
     return 1 - torch.stack(no_lesion, 0).mean(0), given
 
 
-def _match(model: MaleniaModel, given: dict[str, torch.Tensor], query: LesionQuery) -> torch.Tensor:
-    """`[B, N]` mean probability of the queried values among each token's predictions."""
+def query_value_probs(model: MaleniaModel, given: dict[str, torch.Tensor], query: LesionQuery) -> dict:
+    """Queried attribute (``organ``, ``name``) -> `[B, N]` each token's probability of the queried value
+    (an organ's: the sum over its locations), from the value probabilities given a lesion."""
     vocab = model.vocabulary.table()
-    scores = []
+    scores = {}
     for key, value in query.attributes.items():
         if key == "organ":
             locs = [i for i, v in enumerate(vocab["location"][:-1]) if organ_of_location(v) == value]
-            scores.append(given["location"][..., locs].sum(-1))
+            scores[key] = given["location"][..., locs].sum(-1)
         elif key in given:
-            scores.append(given[key][..., model.vocabulary.index(key, value)])
+            scores[key] = given[key][..., model.vocabulary.index(key, value)]
     if query.name is not None:
-        scores.append(given[NAME_ATTRIBUTE][..., model.vocabulary.index(NAME_ATTRIBUTE, query.name)])
+        scores["name"] = given[NAME_ATTRIBUTE][..., model.vocabulary.index(NAME_ATTRIBUTE, query.name)]
+    return scores
+
+
+def _match(model: MaleniaModel, given: dict[str, torch.Tensor], query: LesionQuery) -> torch.Tensor:
+    """`[B, N]` mean probability of the queried values among each token's predictions."""
+    scores = query_value_probs(model, given, query)
     if not scores:
         raise ValueError(f"query {query.label()!r} names no attribute this model predicts")
-    return torch.stack(scores, 0).mean(0)
+    return torch.stack(list(scores.values()), 0).mean(0)
 
 
 def _description_weights(model: MaleniaModel, query: LesionQuery) -> torch.Tensor | None:
