@@ -73,6 +73,23 @@ def test_ablations():
         names.set_vocabulary(Vocabulary.of(attribute_vocabulary()))
 
 
+def test_pooled_attributes_read_what_the_mask_covers():
+    """With `attr_pool`, the same token over other features predicts other attributes (without it, the token
+    alone decides), and the attribute loss does not train the masks through the pooling weights."""
+    torch.manual_seed(0)
+    q = torch.randn(1, 4, 16)
+    feats = torch.randn(1, 16, 8, 8, 8)
+    text = torch.randn(43, 16)
+    for pooled in (False, True):
+        model = create_model("test_malenia", attr_pool=pooled)
+        a = model._predict(q, feats, text)["attr"]["density"]
+        b = model._predict(q, feats + torch.randn_like(feats), text)["attr"]["density"]
+        assert torch.allclose(a, b) is not pooled
+    model._predict(q, feats, text)["attr"]["density"].sum().backward()
+    assert model.mask_embed[0].weight.grad is None and model.attr_pool[1].weight.grad is not None
+    assert create_model("test_malenia").attr_pool is None  # the default: the paper's model
+
+
 def test_masked_attention_blocks_outside_the_previous_mask():
     model = create_model("test_malenia")
     masks = torch.full((1, 2, 4, 4, 4), -10.0)

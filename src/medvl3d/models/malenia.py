@@ -89,6 +89,9 @@ class MaleniaConfig:
             key and a learned constant logit), so a description of a lesion type the image lacks can answer
             with no mask. With only the tokens to borrow from (unmatched tokens' masks are not supervised),
             it lit up the lesion present for any description. Checkpoints written before it load with False.
+        attr_pool: each token's attributes also read the mean per-voxel feature under its own mask (mask
+            pooling, as open-vocabulary segmenters classify masks; not in the Malenia paper, whose
+            attributes come from the token alone). Off: the default and the paper's model.
     """
 
     family: ClassVar[str] = "malenia"
@@ -109,6 +112,7 @@ class MaleniaConfig:
     freeze_encoder: bool = False
     text_centre: bool = True
     text_null: bool = True
+    attr_pool: bool = False
 
     def __post_init__(self) -> None:
         if self.query not in QUERY_MODES:
@@ -337,6 +341,7 @@ class MaleniaModel(EncoderHost):
         self.mask_embed = _mlp(d, d)
         self.vocabulary = vocabulary or self.default_vocabulary()
         self.attr_heads = nn.ModuleDict({a: nn.Linear(d, d) for a in self.vocabulary.attributes})
+        self.attr_pool = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d)) if config.attr_pool else None
         self._text_cache: dict[tuple[str, ...], torch.Tensor] = {}
         self._text_encoder: list[Any] = []  # outside the module tree: frozen, never saved
         text_dim = self._encode_prompts(["lesion"]).shape[1]
@@ -395,10 +400,17 @@ class MaleniaModel(EncoderHost):
         """Mask logits and attribute logits of tokens `q [B, N, d]`; `text [V, d]` is the value table."""
         qn = self.out_norm(q)
         masks = torch.einsum("bnd,bdxyz->bnxyz", self.mask_embed(qn), mask_feats)
+        qa = qn
+        if self.attr_pool is not None:
+            # The mean feature under the token's mask (its weights fixed: the masks learn from the mask
+            # loss alone), so what a token covers, not only which token it is, sets its attributes.
+            w = masks.detach().sigmoid().to(mask_feats.dtype)
+            pooled = torch.einsum("bnxyz,bdxyz->bnd", w, mask_feats)
+            qa = qn + self.attr_pool(pooled / w.flatten(2).sum(-1, keepdim=True).clamp_min(1.0))
         text_n = F.normalize(text, dim=-1)
         attr = {}
         for a, (s, e) in self.vocabulary.offsets().items():
-            emb = F.normalize(self.attr_heads[a](qn), dim=-1)
+            emb = F.normalize(self.attr_heads[a](qa), dim=-1)
             attr[a] = emb @ text_n[s:e].T / self.config.temperature
         return {"masks": masks, "attr": attr}
 
