@@ -3,16 +3,25 @@ volumes: foreground voxels, classes, overlap with the lesions and its largest fo
 
 Usage:
     python benchmarks/supervised_lesion_probe.py --run runs/bench_malenia/runs/supervised_seen_seed1 \
-        --data runs/bench_malenia/data [--cases 3]
+        --data runs/bench_malenia/data [--cases 3] [-o probe.json]
+
+Printed, and with `-o` written as JSON (commit, command, per case numbers).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from medvl3d.atomic import atomic_write_text
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
@@ -25,12 +34,16 @@ def main() -> None:
     ap.add_argument("--run", type=Path, required=True, help="a supervised run or checkpoint")
     ap.add_argument("--data", type=Path, required=True, help="the SynthCT-VL folder (its valid split)")
     ap.add_argument("--cases", type=int, default=3, help="valid cases with lesions to probe")
+    ap.add_argument("-o", "--out", type=Path, default=None, help="JSON record (default: print only)")
     args = ap.parse_args()
+    commit = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
     predictor = Predictor.from_checkpoint(args.run)
     dataset = open_split(args.data, "valid")
-    done = 0
+    rows: list[dict] = []
     for i in range(len(dataset)):
-        if done >= args.cases:
+        if len(rows) >= args.cases:
             break
         sample = dataset[i]
         if not sample.get("lesions"):
@@ -43,13 +56,26 @@ def main() -> None:
         classes = probs.argmax(0).numpy()
         fg = classes > 0
         names = sorted({les["type"] for les in sample["lesions"].values()})
-        top = float(probs[1:].max())
+        row = {
+            "case": sample["meta"].get("case_id", i), "types": names,
+            "predicted_voxels": int(fg.sum()), "classes": np.unique(classes[fg]).tolist(),
+            "lesion_voxels": int(lesions.sum()), "both": int((fg & lesions).sum()),
+            "max_foreground_probability": float(probs[1:].max()),
+        }  # fmt: skip
         print(
-            f"{sample['meta'].get('case_id', i)} ({', '.join(names)}): {int(fg.sum())} foreground voxels "
-            f"predicted (classes {np.unique(classes[fg]).tolist()}), {int(lesions.sum())} lesion voxels, "
-            f"{int((fg & lesions).sum())} in both; largest foreground probability {top:.2g}"
+            f"{row['case']} ({', '.join(names)}): {row['predicted_voxels']} foreground voxels predicted "
+            f"(classes {row['classes']}), {row['lesion_voxels']} lesion voxels, {row['both']} in both; "
+            f"largest foreground probability {row['max_foreground_probability']:.2g}"
         )
-        done += 1
+        rows.append(row)
+    if args.out:
+        record = {
+            "benchmark": "supervised_lesion_probe", "commit": commit,
+            "command": " ".join(["benchmarks/supervised_lesion_probe.py", *sys.argv[1:]]),
+            "run": str(args.run), "cases": rows,
+        }  # fmt: skip
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(args.out, json.dumps(record, indent=1) + "\n")
 
 
 if __name__ == "__main__":
