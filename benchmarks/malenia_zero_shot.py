@@ -5,6 +5,7 @@ Usage:
     python benchmarks/malenia_zero_shot.py --out /tmp/malenia_smoke --smoke      # a few steps, minutes
     python benchmarks/malenia_zero_shot.py --rows name_only --seeds 0 --rescore  # score trained cells again
     python benchmarks/malenia_zero_shot.py --table-only                          # the README table
+    python benchmarks/malenia_zero_shot.py --support      # what training holds of each unseen type's values
 
 Rows (same data, same steps, same model size; `configs/malenia_synth_cpu.yaml`):
 - `malenia`: multi-scale mask-attribute alignment + CMKI;
@@ -186,6 +187,36 @@ def rescore(path: Path, run: Path, args: argparse.Namespace, commit: str) -> dic
     return result
 
 
+def unseen_support(data: Path) -> dict[str, dict]:
+    """Per unseen type of the valid split: its query (organ and most frequent values) and how many training
+    lesions share its organ, its organ and density, and every queried value: what a model that composes
+    seen values has to go on."""
+    from medvl3d.data.datasets import open_split
+    from medvl3d.data.lesion_knowledge import (
+        TYPE_QUERY_ATTRIBUTES,
+        lesion_table,
+        records_lesions,
+        type_queries,
+    )
+
+    train = records_lesions(open_split(data, "train"))
+    seen = {les["type"] for les in train}
+    queries = type_queries(lesion_table(records_lesions(open_split(data, "valid"))), TYPE_QUERY_ATTRIBUTES)
+    out = {}
+    for name, query in sorted(queries.items()):
+        if name in seen:
+            continue
+        organ = [les for les in train if les["organ"] == query["organ"]]
+        density = [les for les in organ if les.get("density") == query.get("density")]
+        every = [les for les in density if all(les.get(a) == v for a, v in query.items() if a != "organ")]
+        out[name] = {
+            "query": query, "train_lesions": len(train), "same_organ": len(organ),
+            "same_organ_and_density": len(density), "same_every_value": len(every),
+            "types_with_organ_and_density": sorted({les["type"] for les in density}),
+        }  # fmt: skip
+    return out
+
+
 def table(results: list[dict]) -> str:
     """A markdown table: per row, the seeds scored and mean +- std over them of each group's metrics."""
     import numpy as np
@@ -249,6 +280,12 @@ def main() -> None:
         help="score the cells already trained again with this commit's scoring (no training); the JSON keeps "
         "its training commit and gains scored_commit",
     )
+    ap.add_argument(
+        "--support",
+        action="store_true",
+        help="per unseen type, the training lesions sharing its organ and values; writes "
+        "<results>/unseen_support.json",
+    )
     ap.add_argument("--set", action="append", default=[], help="extra Malenia config override (repeatable)")
     ap.add_argument(
         "--set-supervised", action="append", default=[], help="extra override of the supervised rows"
@@ -283,6 +320,19 @@ def main() -> None:
     from medvl3d.data.datasets import open_split
     from medvl3d.data.lesion_knowledge import records_lesions
 
+    if args.support:
+        support = unseen_support(data)
+        for name, row in support.items():
+            print(f"{name}: {row['same_organ']} training lesions in the {row['query']['organ']}, "
+                  f"{row['same_organ_and_density']} of them {row['query'].get('density')} "
+                  f"({', '.join(row['types_with_organ_and_density']) or 'none'}), "
+                  f"{row['same_every_value']} with every queried value")  # fmt: skip
+        record = {
+            "benchmark": "malenia_unseen_support", "commit": commit, "data": str(data),
+            "command": " ".join(["benchmarks/malenia_zero_shot.py", *sys.argv[1:]]), "types": support,
+        }  # fmt: skip
+        atomic_write_text(results_dir / "unseen_support.json", json.dumps(record, indent=1) + "\n")
+        return
     # Seen = the types of the standard train split, for every row (the upper bound trains on all of them).
     args.seen = {les["type"] for les in records_lesions(open_split(data, "train"))}
     results = []

@@ -30,3 +30,38 @@ def test_table_has_mean_and_spread_over_seeds_and_the_unseen_types(bench_script)
     per_type = [x for x in lines if x.startswith("| row (mean Dice over seeds) |")]
     assert per_type == ["| row (mean Dice over seeds) | liver_metastasis |"]  # unseen types only
     assert "| malenia | 0.400 |" in lines
+
+
+def test_unseen_support_counts_the_training_lesions_that_share_a_type_s_values(bench_script, tmp_path):
+    """The types and values come from the folder: an unseen bright kidney type has dark kidney lesions to
+    learn its organ from and none with its density."""
+    from medvl3d.data.synth import generate
+
+    blob = """
+  {name}:
+    organ: kidney
+    size_mm: [25, 35]
+    count: [1, 1]
+    attributes:
+      contrast: {{contrast-enhanced: 1.0}}
+      location: {{right kidney: 1.0}}
+      shape: {{round-like: 1.0}}
+      density: {{{density}: 1.0}}
+      homogeneity: {{homogeneous: 1.0}}
+      margin: {{well-defined: 1.0}}
+      neighbor_relation: {{separate from neighbouring organs: 1.0}}
+"""
+    yaml_text = "version: 1\ntypes:" + blob.format(name="dark_blob", density="hypodense")
+    yaml_text += blob.format(name="bright_blob", density="hyperdense")
+    (tmp_path / "types.yaml").write_text(yaml_text, encoding="utf-8")
+    root = tmp_path / "data"
+    generate(root, n_train=3, n_test=3, size=(24, 32, 32), spacing=(12.0, 11.0, 11.0), workers=1,
+             progress=False, lesion_types=tmp_path / "types.yaml",
+             unseen_lesion_types=["bright_blob"])  # fmt: skip
+    support = bench_script("malenia_zero_shot").unseen_support(root)
+    assert list(support) == ["bright_blob"]
+    row = support["bright_blob"]
+    assert row["query"]["organ"] == "kidney" and row["query"]["density"] == "hyperdense"
+    assert row["same_organ"] == row["train_lesions"] > 0  # every training lesion is a dark kidney blob
+    assert row["same_organ_and_density"] == row["same_every_value"] == 0
+    assert row["types_with_organ_and_density"] == []
