@@ -14,8 +14,8 @@ Rows (same data, same steps, same model size; `configs/malenia_synth_cpu.yaml`):
 - `name_only`: tokens aligned with the lesion type *name* (SAT/VoxTell-style), queried by the unseen name;
 - `all_types_upper`: Malenia trained on a copy of the data whose train split holds every type, the unseen
   ones included;
-- `malenia_pool`, `all_types_upper_pool`: the same two with the `attr_pool` option (each token's attributes
-  also read the mean feature under its mask; an extension, not in the paper);
+- `malenia_pool`: Malenia with the `attr_pool` option (each token's attributes also read the mean feature
+  under its mask; an extension, not in the paper);
 - `supervised_seen`, `supervised_all`: the supervised bounds, MONAI's UNet with one class per lesion type
   (type maps written from the instance maps and the records) trained on the seen types only (lower bound:
   it has no class for an unseen type, so it scores 0 there by construction; its seen Dice is the
@@ -49,15 +49,10 @@ ROWS = {
     "name_only": ["model.overrides.query=name"],
     "all_types_upper": [],
     "malenia_pool": ["model.overrides.attr_pool=true"],  # our extension, not the paper's model
-    "all_types_upper_pool": ["model.overrides.attr_pool=true"],
     "supervised_seen": None,  # MONAI UNet on type maps (`run_supervised_cell`)
     "supervised_all": None,
 }
-ALL_TYPES_ROWS = (
-    "all_types_upper",
-    "all_types_upper_pool",
-    "supervised_all",
-)  # trained on the copy whose train split has every type
+ALL_TYPES_ROWS = ("all_types_upper", "supervised_all")  # trained on the copy whose train split has every type
 
 
 def make_data(root: Path, n_train: int, n_test: int, size: tuple, spacing: tuple, all_types: bool) -> Path:
