@@ -164,6 +164,8 @@ def test_query_gate_reads_an_organ_as_the_sum_of_its_locations():
     assert torch.allclose(_match(model, given, query), torch.tensor([[0.75, 0.25]]))
     with pytest.raises(ValueError, match="names no attribute"):
         _match(model, given, LesionQuery({}))
+    with pytest.raises(ValueError, match="organ 'brain': none of this model's locations"):
+        _match(model, given, LesionQuery({"organ": "brain"}))
 
 
 def test_query_maps_equal_one_lesion_map_per_query():

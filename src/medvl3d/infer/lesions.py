@@ -137,6 +137,8 @@ def query_value_probs(model: MaleniaModel, given: dict[str, torch.Tensor], query
     for key, value in query.attributes.items():
         if key == "organ":
             locs = [i for i, v in enumerate(vocab["location"][:-1]) if organ_of_location(v) == value]
+            if not locs:  # else the organ would score 0 and quietly sink the query
+                raise ValueError(f"organ {value!r}: none of this model's locations lies in it")
             scores[key] = given["location"][..., locs].sum(-1)
         elif key in given:
             scores[key] = given[key][..., model.vocabulary.index(key, value)]
