@@ -15,7 +15,8 @@ Rows (same data, same steps, same model size; `configs/malenia_synth_cpu.yaml`):
 - `all_types_upper`: Malenia trained on a copy of the data whose train split holds every type, the unseen
   ones included;
 - `malenia_pool`: Malenia with the `attr_pool` option (each token's attributes also read the mean feature
-  under its mask; an extension, not in the paper);
+  under its mask; an extension, not in the paper); `malenia_pool_only`: attributes from that feature alone
+  (`attr_from_token=false`);
 - `supervised_seen`, `supervised_all`: the supervised bounds, MONAI's UNet with one class per lesion type
   (type maps written from the instance maps and the records) trained on the seen types only (lower bound:
   it has no class for an unseen type, so it scores 0 there by construction; its seen Dice is the
@@ -49,6 +50,7 @@ ROWS = {
     "name_only": ["model.overrides.query=name"],
     "all_types_upper": [],
     "malenia_pool": ["model.overrides.attr_pool=true"],  # our extension, not the paper's model
+    "malenia_pool_only": ["model.overrides.attr_pool=true", "model.overrides.attr_from_token=false"],
     "supervised_seen": None,  # MONAI UNet on type maps (`run_supervised_cell`)
     "supervised_all": None,
 }

@@ -88,6 +88,13 @@ def test_pooled_attributes_read_what_the_mask_covers():
     model._predict(q, feats, text)["attr"]["density"].sum().backward()
     assert model.mask_embed[0].weight.grad is None and model.attr_pool[1].weight.grad is not None
     assert create_model("test_malenia").attr_pool is None  # the default: the paper's model
+    # From the pooled feature alone: a token over the same features as another says what it says.
+    alone = create_model("test_malenia", attr_pool=True, attr_from_token=False)
+    same = feats[:, :, :1, :1, :1].expand_as(feats)  # every voxel alike: every token pools the same
+    attr = alone._predict(q, same, text)["attr"]["density"]
+    assert torch.allclose(attr[0, 0], attr[0, 1], atol=1e-5)
+    with pytest.raises(ValueError, match="attr_from_token=False needs attr_pool=True"):
+        create_model("test_malenia", attr_from_token=False)
 
 
 def test_masked_attention_blocks_outside_the_previous_mask():

@@ -92,6 +92,8 @@ class MaleniaConfig:
         attr_pool: each token's attributes also read the mean per-voxel feature under its own mask (mask
             pooling, as open-vocabulary segmenters classify masks; not in the Malenia paper, whose
             attributes come from the token alone). Off: the default and the paper's model.
+        attr_from_token: with `attr_pool`, False reads the attributes from the pooled feature alone, so a
+            token's attributes can only follow what it covers.
     """
 
     family: ClassVar[str] = "malenia"
@@ -113,6 +115,7 @@ class MaleniaConfig:
     text_centre: bool = True
     text_null: bool = True
     attr_pool: bool = False
+    attr_from_token: bool = True
 
     def __post_init__(self) -> None:
         if self.query not in QUERY_MODES:
@@ -127,6 +130,10 @@ class MaleniaConfig:
             raise ValueError(f"MaleniaConfig.hidden {self.hidden} is not divisible by heads {self.heads}")
         if self.n_organs == 1 or self.n_organs < 0:
             raise ValueError(f"MaleniaConfig.n_organs must be 0 (no organ head) or >= 2, got {self.n_organs}")
+        if not (self.attr_from_token or self.attr_pool):
+            raise ValueError(
+                "MaleniaConfig.attr_from_token=False needs attr_pool=True (attributes from somewhere)"
+            )
         if self.temperature <= 0:
             raise ValueError(f"MaleniaConfig.temperature must be > 0, got {self.temperature}")
 
@@ -406,7 +413,8 @@ class MaleniaModel(EncoderHost):
             # loss alone), so what a token covers, not only which token it is, sets its attributes.
             w = masks.detach().sigmoid().to(mask_feats.dtype)
             pooled = torch.einsum("bnxyz,bdxyz->bnd", w, mask_feats)
-            qa = qn + self.attr_pool(pooled / w.flatten(2).sum(-1, keepdim=True).clamp_min(1.0))
+            pooled = self.attr_pool(pooled / w.flatten(2).sum(-1, keepdim=True).clamp_min(1.0))
+            qa = qn + pooled if self.config.attr_from_token else pooled
         text_n = F.normalize(text, dim=-1)
         attr = {}
         for a, (s, e) in self.vocabulary.offsets().items():
