@@ -42,7 +42,13 @@ def probe(run: Path, data: Path, lesion_type: str, cases: int) -> list[dict]:
         type_queries,
     )
     from medvl3d.data.preprocess import preprocess_sample
-    from medvl3d.infer.lesions import LesionQuery, LesionSegmenter, _value_probs, query_value_probs
+    from medvl3d.infer.lesions import (
+        LesionQuery,
+        LesionSegmenter,
+        _match,
+        _value_probs,
+        query_value_probs,
+    )
     from medvl3d.models.malenia import NAME_ATTRIBUTE
 
     seg = LesionSegmenter.from_checkpoint(run)
@@ -80,6 +86,7 @@ def probe(run: Path, data: Path, lesion_type: str, cases: int) -> list[dict]:
             masks = model.upsample(out["masks"], tuple(x.shape[2:])).sigmoid()[0] >= 0.5
             p_lesion, given = _value_probs(model, out["attr"])
             asked = query_value_probs(model, given, query)
+            gate = _match(model, given, query)
         attrs = [NAME_ATTRIBUTE] if by_name else ["location", "density", "shape"]
         for n in range(masks.shape[0]):
             m = masks[n]
@@ -93,7 +100,7 @@ def probe(run: Path, data: Path, lesion_type: str, cases: int) -> list[dict]:
                 "p_lesion": round(float(p_lesion[0, n]), 3), "top": top,
                 # What the type's query gate reads (kept when the mean is >= 0.5 and p_lesion >= 0.5).
                 "query": {k: round(float(v[0, n]), 3) for k, v in asked.items()},
-                "query_mean": round(float(torch.stack(list(asked.values())).mean(0)[0, n]), 3),
+                "query_mean": round(float(gate[0, n]), 3),
             })  # fmt: skip
     return rows
 
