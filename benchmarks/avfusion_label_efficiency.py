@@ -45,12 +45,14 @@ import argparse
 import functools
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_record import git_commit  # noqa: E402
+
 RESULTS = REPO / "benchmarks" / "results" / "avfusion"
 #: A real CT pulmonary angiogram crop (1.5 mm, LPS) whose only vessel label is the pulmonary artery.
 REAL = REPO.parent / "shared" / "data" / "real" / "totalseg" / "pulmonary"
@@ -174,9 +176,7 @@ def prepare_data(args: argparse.Namespace) -> Path:
 @functools.cache
 def _commit() -> str:
     """The commit the run started from (`main` asks first: commits made while it trains are not its code)."""
-    return subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True
-    ).stdout.strip()
+    return git_commit()
 
 
 def _encoder(method: str | None, args: argparse.Namespace) -> Path | None:

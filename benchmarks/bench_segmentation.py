@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,6 +24,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
+from bench_record import git_commit  # noqa: E402
+
 MODELS = {
     "ours (cpu_resenc_seg_wide)": ("cpu_resenc_seg_wide", {}),
     "MONAI UNet": ("monai_unet", {}),
@@ -131,9 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     record = {
         "benchmark": "bench_segmentation",
-        "commit": subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True
-        ).stdout.strip(),
+        "commit": git_commit(),
         "command": " ".join(["bench_segmentation.py", *(argv if argv is not None else sys.argv[1:])]),
         "threads": args.threads,
         "patch": args.patch,

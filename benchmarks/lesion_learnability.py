@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_record import git_commit  # noqa: E402
+
 RESULTS = REPO / "benchmarks" / "results" / "malenia"
 LESION_ORGANS = (1, 2, 3, 4, 5, 6, 7, 10)  # SynthCT-VL organ ids that carry lesions
 
@@ -88,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
     # The commit the run starts from: one made while it trains is not its code.
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
+    commit = git_commit()
     torch.set_num_threads(1)
     out = Path(args.out)
     data = out / f"data_n{args.n_train}"

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -31,6 +30,8 @@ import torch
 from medvl3d.atomic import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_record import git_commit  # noqa: E402
 
 
 def probe(run: Path, data: Path, lesion_type: str, cases: int) -> list[dict]:
@@ -196,9 +197,7 @@ def main() -> None:
     args = ap.parse_args()
     if not (args.type or args.name_top1 or args.prior_balanced):
         ap.error("--type is required unless --name-top1 or --prior-balanced")
-    commit = subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True
-    ).stdout.strip()
+    commit = git_commit()
     if args.name_top1 or args.prior_balanced:
         scoring = score_name_top1 if args.name_top1 else score_prior_balanced
         scores = scoring(args.run, args.data)

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -42,6 +41,9 @@ from pathlib import Path
 from medvl3d.atomic import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_record import git_commit  # noqa: E402
+
 CONFIG = REPO / "configs" / "malenia_synth_cpu.yaml"
 ROWS = {
     "malenia": [],
@@ -187,7 +189,11 @@ def rescore(path: Path, run: Path, args: argparse.Namespace, commit: str) -> dic
 def unseen_support(data: Path) -> dict[str, dict]:
     """Per unseen type of the valid split: its query (organ and most frequent values) and how many training
     lesions share its organ, its organ and density, and every queried value: what a model that composes
-    seen values has to go on."""
+    seen values has to go on.
+
+    Raises:
+        ValueError: a valid split with no type the train split lacks (nothing to report).
+    """
     from medvl3d.data.datasets import open_split
     from medvl3d.data.lesion_knowledge import (
         TYPE_QUERY_ATTRIBUTES,
@@ -211,6 +217,10 @@ def unseen_support(data: Path) -> dict[str, dict]:
             "same_organ_and_density": len(density), "same_every_value": len(every),
             "types_with_organ_and_density": sorted({les["type"] for les in density}),
         }  # fmt: skip
+    if not out:
+        raise ValueError(
+            f"{data}: every lesion type of the valid split is in the train split: none is unseen"
+        )
     return out
 
 
@@ -299,9 +309,7 @@ def main() -> None:
         ]
         print(table([r for r in found if r.get("row") in args.rows and r.get("seed") in args.seeds]))
         return
-    commit = subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True
-    ).stdout.strip()
+    commit = git_commit()
     if args.smoke:
         size, spacing, n_train, n_test = (48, 80, 80), (6.0, 4.4, 4.4), 4, 2
         args.steps, args.seeds, args.eval_cases = 4, [0], 2
@@ -318,7 +326,10 @@ def main() -> None:
     from medvl3d.data.lesion_knowledge import records_lesions
 
     if args.support:
-        support = unseen_support(data)
+        try:
+            support = unseen_support(data)
+        except ValueError as err:
+            raise SystemExit(f"--support: {err}") from None
         for name, row in support.items():
             print(f"{name}: {row['same_organ']} training lesions in the {row['query']['organ']}, "
                   f"{row['same_organ_and_density']} of them {row['query'].get('density')} "

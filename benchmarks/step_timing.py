@@ -10,6 +10,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from bench_record import git_commit
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -36,7 +38,7 @@ def record_header(benchmark: str, script: str, threads: int) -> dict:
 
     return {
         "benchmark": benchmark,
-        "commit": git("rev-parse", "HEAD"),
+        "commit": git_commit(),
         # Files of the measured code that differ from that commit (the step was timed on them as they were).
         "uncommitted": git("status", "--porcelain", "--", "src", f"benchmarks/{script}").splitlines(),
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -22,6 +21,8 @@ import torch
 from medvl3d.atomic import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_record import git_commit  # noqa: E402
 
 
 def main() -> None:
@@ -36,9 +37,7 @@ def main() -> None:
     ap.add_argument("--cases", type=int, default=3, help="valid cases with lesions to probe")
     ap.add_argument("-o", "--out", type=Path, default=None, help="JSON record (default: print only)")
     args = ap.parse_args()
-    commit = subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True
-    ).stdout.strip()
+    commit = git_commit()
     predictor = Predictor.from_checkpoint(args.run)
     dataset = open_split(args.data, "valid")
     rows: list[dict] = []

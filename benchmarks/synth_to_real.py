@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,6 +21,9 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_record import git_commit  # noqa: E402
+
 REAL = REPO.parent / "shared" / "data" / "real" / "totalseg"
 RESULTS = REPO / "benchmarks" / "results" / "synth_to_real"
 #: Real case -> (image, reference labels in TotalSegmentator's `total` ids on the same grid).
@@ -127,9 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     results = score(run)
     record = {
         "benchmark": "synth_to_real",
-        "commit": subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True
-        ).stdout.strip(),
+        "commit": git_commit(),
         "command": " ".join(["synth_to_real.py", *(argv if argv is not None else sys.argv[1:])]),
         "seed": args.seed,
         "config": Path(args.config).name,

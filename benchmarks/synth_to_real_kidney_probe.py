@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -22,7 +21,8 @@ import numpy as np
 from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from synth_to_real import REAL, REPO, RESULTS, reference  # noqa: E402
+from bench_record import git_commit  # noqa: E402
+from synth_to_real import REAL, RESULTS, reference  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,9 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"+{shift:g} HU: " + ", ".join(f"{n} {r['dice']:.3f}" for n, r in row.items()), flush=True)
     record = {
         "benchmark": "synth_to_real_kidney_probe",
-        "commit": subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True
-        ).stdout.strip(),
+        "commit": git_commit(),
         "command": " ".join(["synth_to_real_kidney_probe.py", *(argv if argv is not None else sys.argv[1:])]),
         "run": str(args.run),
         "results": results,

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 import warnings
@@ -40,6 +39,9 @@ from medvl3d.data.synth.phantom import ORGAN_LABELS
 from medvl3d.data.synth.realism import TOTALSEG_MAP
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_record import git_commit  # noqa: E402
+
 REAL = REPO.parent / "shared" / "data" / "real" / "totalseg"
 RESULTS = REPO / "benchmarks" / "results" / "synth_to_real"
 N_CLASSES = len(ORGAN_LABELS) + 1
@@ -68,15 +70,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tag", default=None, help="name of the result JSON (default: variation_seed)")
     p.add_argument("--overlay-dir", default=None, help="also write overlay PNGs of the real cases here")
     return p.parse_args(argv)
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def synth_source_hash() -> str:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,6 +31,9 @@ from pathlib import Path
 from medvl3d.train.tasks.vl import first_version_overrides
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_record import git_commit  # noqa: E402
+
 RESULTS = REPO / "benchmarks" / "results" / "transfer"
 # Pretraining -> (config under configs/, overrides): each method as its authors built it (the defaults),
 # and `_v1`, our first versions of BrgSA and GTGM (GTGM on the paired reports; issue 13).
@@ -146,12 +148,6 @@ def finetune_data(args: argparse.Namespace, out: Path) -> Path:
     return _generate(out / "finetune_data", args.n_train, args.n_valid, seed=1)
 
 
-def _commit() -> str:
-    return subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True
-    ).stdout.strip()
-
-
 def finetune_one(row: str, fraction: float, seed: int, args: argparse.Namespace, out: Path) -> dict:
     """Fine-tune and evaluate one cell; the record is also written to benchmarks/results/transfer/."""
     from medvl3d.eval.segmentation import evaluate_segmentation
@@ -187,7 +183,7 @@ def finetune_one(row: str, fraction: float, seed: int, args: argparse.Namespace,
     organs = {n: {m: report.summary[n][m]["mean"] for m in ("dice", "nsd")} for n in report.classes.values()}
     record = {
         "benchmark": "transfer_segmentation",
-        "commit": _commit(),
+        "commit": git_commit(),
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "row": row,
         "model": model,

@@ -3,6 +3,8 @@ unseen type, from the cell records (the README's table is printed by `--table-on
 
 from __future__ import annotations
 
+import pytest
+
 
 def _cell(row: str, seed: int, unseen_dice: float, metastasis: float) -> dict:
     return {
@@ -65,3 +67,12 @@ def test_unseen_support_counts_the_training_lesions_that_share_a_type_s_values(b
     assert row["same_organ"] == row["train_lesions"] > 0  # every training lesion is a dark kidney blob
     assert row["same_organ_and_density"] == row["same_every_value"] == 0
     assert row["types_with_organ_and_density"] == []
+    # A folder of one type, trained on, has no unseen type: an error, not an empty record.
+    (tmp_path / "one.yaml").write_text(
+        "version: 1\ntypes:" + blob.format(name="dark_blob", density="hypodense")
+    )
+    seen_only = tmp_path / "seen_only"
+    generate(seen_only, n_train=3, n_test=3, size=(24, 32, 32), spacing=(12.0, 11.0, 11.0), workers=1,
+             progress=False, lesion_types=tmp_path / "one.yaml")  # fmt: skip
+    with pytest.raises(ValueError, match="none is unseen"):
+        bench_script("malenia_zero_shot").unseen_support(seen_only)
