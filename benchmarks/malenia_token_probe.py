@@ -10,11 +10,17 @@ Usage:
         --data runs/bench_malenia/data --name-top1 [-o top1.json]   # the whole valid split, top-1 name gate
     python benchmarks/malenia_token_probe.py --run runs/bench_malenia/runs/malenia_seed0 \
         --data runs/bench_malenia/data --prior-balanced [-o balanced.json]   # rare values up-weighted
+    python benchmarks/malenia_token_probe.py --run runs/bench_malenia/runs/malenia_seed0 \
+        --data runs/bench_malenia/data --organ-gate exclude [-o gate.json]   # queries bounded by organ head
+    python benchmarks/malenia_token_probe.py --run runs/bench_malenia/runs/malenia_seed0 \
+        --data runs/bench_malenia/data --organ-head [-o organs.json]   # where it puts each type's voxels
 
 Why the name-only query finds nothing where Malenia does: its masks cover the lesion, but its name
 predictions are too diffuse for the query's gate (a token is kept when the queried name has probability
 >= 0.5). Why Malenia misses renal oncocytoma (hyperdense): its covering token leans hypodense, the
-common value; `--prior-balanced` tests whether dividing by the values' training frequencies helps.
+common value; `--prior-balanced` tests whether dividing by the values' training frequencies helps. Why
+queries are not bounded by the model's organ head: `--organ-gate` scores that, `--organ-head` shows
+where the head puts each type's lesions.
 Printed and written as JSON (commit, command, per token numbers or scores).
 """
 
@@ -176,6 +182,86 @@ def score_prior_balanced(run: Path, data: Path) -> dict:
     return _score_patched(run, data, "_value_probs", patched)
 
 
+def score_organ_gate(run: Path, data: Path, mode: str) -> dict:
+    """A Malenia model scored with each query's map bounded by the model's own organ head: `require` keeps
+    the voxels it puts in the query's organ, `exclude` drops those it puts in another lesion-bearing organ
+    (either region grown by one mask-feature voxel, for lesion rims). Would the organ head stop tokens
+    over another organ's lesions from answering a query? A diagnostic, not a setting of the library:
+    `_query_prob` is patched here."""
+    import torch.nn.functional as F
+
+    from medvl3d.data.lesion_knowledge import organ_of_location
+    from medvl3d.data.synth.phantom import LESION_ORGAN_IDS
+
+    def patched(original):
+        def bounded(model, forward, query):
+            prob = original(model, forward, query)
+            out = forward[0]
+            attrs = {} if query is None else query.attributes
+            organ = attrs.get("organ") or organ_of_location(attrs.get("location"))
+            if organ is None or out.get("organs") is None:
+                return prob
+            p = out["organs"].float().softmax(1)
+            if mode == "require":
+                keep = p[:, list(LESION_ORGAN_IDS[organ])].sum(1, keepdim=True)
+            else:
+                others = [i for o, ids in LESION_ORGAN_IDS.items() if o != organ for i in ids]
+                keep = 1 - p[:, others].sum(1, keepdim=True)
+            keep = F.max_pool3d(keep, 3, stride=1, padding=1)
+            return prob * (model.upsample(keep, tuple(prob.shape[2:])) >= 0.5)
+
+        return bounded
+
+    return _score_patched(run, data, "_query_prob", patched)
+
+
+def organ_head_labels(run: Path, data: Path) -> dict:
+    """Per lesion type of the valid split: the share of its lesions' voxels the model's organ head puts in
+    each organ (one 48^3 window centred on each lesion, as `probe`), its own organ first."""
+    from collections import Counter
+
+    from medvl3d.data.datasets import open_split
+    from medvl3d.data.preprocess import preprocess_sample
+    from medvl3d.data.synth.phantom import LESION_ORGAN_IDS, ORGAN_LABELS
+    from medvl3d.infer.lesions import LesionSegmenter
+
+    seg = LesionSegmenter.from_checkpoint(run)
+    model = seg.model.eval()
+    dataset = open_split(data, "valid")
+    counts: dict[str, Counter] = {}
+    organ_of: dict[str, str] = {}
+    for i in range(len(dataset)):
+        sample = dataset[i]
+        if not sample.get("lesions"):
+            continue
+        prepared = preprocess_sample(sample, seg.spec)
+        label = torch.as_tensor(prepared["label"])[0]
+        for k, les in sample["lesions"].items():
+            truth = label == int(k)
+            if not truth.any():
+                continue
+            centre = truth.nonzero().float().mean(0).long()
+            lo = [min(max(0, int(c) - 24), n - 48) for c, n in zip(centre, truth.shape)]
+            window = tuple(slice(a, a + 48) for a in lo)
+            with torch.no_grad():
+                out = model(prepared["image"][(slice(None), *window)][None].float())
+            labels = model.upsample(out["organs"].float(), (48, 48, 48))[0].argmax(0)[truth[window]]
+            counts.setdefault(les["type"], Counter()).update(labels.tolist())
+            organ_of[les["type"]] = les["organ"]
+    result = {}
+    for name, c in sorted(counts.items()):
+        total = sum(c.values())
+        own = sum(c[i] for i in LESION_ORGAN_IDS[organ_of[name]])
+        shares = {ORGAN_LABELS.get(i, "background"): round(n / total, 3) for i, n in c.most_common()}
+        result[name] = {
+            "organ": organ_of[name],
+            "voxels": total,
+            "own_organ": round(own / total, 3),
+            "labels": shares,
+        }
+    return result
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", type=Path, required=True, help="a trained Malenia run or checkpoint")
@@ -194,22 +280,45 @@ def main() -> None:
         help="instead: score a Malenia run on the whole valid split with its value probabilities divided by "
         "the training frequency of each value (a diagnostic)",
     )
+    ap.add_argument(
+        "--organ-gate",
+        choices=("require", "exclude"),
+        help="instead: score a Malenia run on the whole valid split with each query bounded by its organ "
+        "head (a diagnostic)",
+    )
+    ap.add_argument(
+        "--organ-head",
+        action="store_true",
+        help="instead: where the run's organ head puts each valid lesion type's voxels (a diagnostic)",
+    )
     args = ap.parse_args()
-    if not (args.type or args.name_top1 or args.prior_balanced):
-        ap.error("--type is required unless --name-top1 or --prior-balanced")
+    if not (args.type or args.name_top1 or args.prior_balanced or args.organ_gate or args.organ_head):
+        ap.error("--type is required unless --name-top1, --prior-balanced, --organ-gate or --organ-head")
     commit = git_commit()
-    if args.name_top1 or args.prior_balanced:
-        scoring = score_name_top1 if args.name_top1 else score_prior_balanced
-        scores = scoring(args.run, args.data)
+    command = " ".join(["benchmarks/malenia_token_probe.py", *sys.argv[1:]])
+    if args.organ_head:
+        labels = organ_head_labels(args.run, args.data)
+        for name, row in labels.items():
+            where = f"{row['own_organ']:.2f} of {row['voxels']} voxels in the {row['organ']}"
+            print(f"{name}: {where}; {row['labels']}")
+        if args.out:
+            record = {"benchmark": "malenia_organ_head", "commit": commit, "command": command,
+                      "run": str(args.run), "types": labels}  # fmt: skip
+            atomic_write_text(args.out, json.dumps(record, indent=1) + "\n")
+        return
+    if args.name_top1 or args.prior_balanced or args.organ_gate:
+        if args.organ_gate:
+            scores, benchmark = score_organ_gate(args.run, args.data, args.organ_gate), "malenia_organ_gate"
+        elif args.name_top1:
+            scores, benchmark = score_name_top1(args.run, args.data), "malenia_name_top1"
+        else:
+            scores, benchmark = score_prior_balanced(args.run, args.data), "malenia_prior_balanced"
         print({g: scores.get(g) for g in ("seen", "unseen")})
         print({k: round(v["dice"], 3) for k, v in scores.items() if k not in ("seen", "unseen")})
         if args.out:
-            record = {
-                "benchmark": "malenia_name_top1" if args.name_top1 else "malenia_prior_balanced",
-                "commit": commit,
-                "command": " ".join(["benchmarks/malenia_token_probe.py", *sys.argv[1:]]),
-                "run": str(args.run), "scores": scores,
-            }  # fmt: skip
+            gate = {"organ_gate": args.organ_gate} if args.organ_gate else {}
+            record = {"benchmark": benchmark, "commit": commit, "command": command, "run": str(args.run),
+                      **gate, "scores": scores}  # fmt: skip
             atomic_write_text(args.out, json.dumps(record, indent=1) + "\n")
         return
     rows = probe(args.run, args.data, args.type, args.cases)
@@ -227,8 +336,7 @@ def main() -> None:
     if args.out:
         record = {
             "benchmark": "malenia_token_probe", "commit": commit,
-            "command": " ".join(["benchmarks/malenia_token_probe.py", *sys.argv[1:]]),
-            "run": str(args.run), "type": args.type, "tokens": rows,
+            "command": command, "run": str(args.run), "type": args.type, "tokens": rows,
         }  # fmt: skip
         args.out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(args.out, json.dumps(record, indent=1) + "\n")
