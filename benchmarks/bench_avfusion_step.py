@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from step_timing import record_header, summarise, training_step, write_record  # noqa: E402
+from step_timing import record_header, step_arguments, summarise, training_step, write_record  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "avfusion"
@@ -36,17 +36,11 @@ TASKS = {"avfusion": "avfusion", "monai": "segmentation", "seg": "segmentation"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", nargs="+", default=["cpu_avfusion", REFERENCE])
+    p = step_arguments(
+        __doc__, ["cpu_avfusion", REFERENCE], 64, "an MSD dataset.json: also time the data path", RESULTS
+    )
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=JSON", help="avfusion config overrides")
-    p.add_argument("--patch", type=int, default=64, help="patch edge in voxels")
-    p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=5, help="timed steps per model (after one warm-up)")
-    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--channels-last", action="store_true", help="models and images in torch.channels_last_3d")
-    p.add_argument("--data", default=None, help="an MSD dataset.json: also time the data path")
-    p.add_argument("--tag", default="cpu1", help="name of the JSON record")
-    p.add_argument("--results", default=str(RESULTS))
     return p.parse_args(argv)
 
 

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from step_timing import record_header, summarise, training_step, write_record  # noqa: E402
+from step_timing import record_header, step_arguments, summarise, training_step, write_record  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "malenia"
@@ -46,16 +46,10 @@ TUMOUR = {
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", nargs="+", default=["cpu_malenia", REFERENCE])
-    p.add_argument("--patch", type=int, default=48, help="patch edge in voxels")
-    p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=5, help="timed steps per model (after one warm-up)")
-    p.add_argument("--threads", type=int, default=1)
+    p = step_arguments(
+        __doc__, ["cpu_malenia", REFERENCE], 48, "a SynthCT-VL folder: also time the data path", RESULTS
+    )
     p.add_argument("--breakdown", action="store_true", help="also time the parts of a malenia step")
-    p.add_argument("--data", default=None, help="a SynthCT-VL folder: also time the data path")
-    p.add_argument("--tag", default="cpu1", help="name of the JSON record")
-    p.add_argument("--results", default=str(RESULTS))
     return p.parse_args(argv)
 
 

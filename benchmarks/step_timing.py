@@ -4,6 +4,7 @@ result JSON."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import subprocess
@@ -13,6 +14,22 @@ from pathlib import Path
 from bench_record import git_commit
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def step_arguments(
+    doc: str, models: list[str], patch: int, data_help: str, results: Path
+) -> argparse.ArgumentParser:
+    """The options every step-time benchmark takes (each script adds its own before parsing)."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=models)
+    p.add_argument("--patch", type=int, default=patch, help="patch edge in voxels")
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=5, help="timed steps per model (after one warm-up)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--data", default=None, help=data_help)
+    p.add_argument("--tag", default="cpu1", help="name of the JSON record")
+    p.add_argument("--results", default=str(results))
+    return p
 
 
 def training_step(task, optimiser, batch: dict) -> float:
