@@ -131,13 +131,13 @@ class AvFusionTask(Task):
         configure_patches(
             self,
             "avfusion",
-            patch_size=patch_size,
-            fg_fraction=fg_fraction,
-            augment=augment,
-            overlap=overlap,
-            flip_axes=flip_axes,
-            pad_to_patch=pad_to_patch,
-            centre_jitter=centre_jitter,
+            patch_size,
+            fg_fraction,
+            augment,
+            overlap,
+            flip_axes,
+            pad_to_patch,
+            centre_jitter,
         )
         self.loss = DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=lambda_dice, lambda_ce=lambda_ce)
         if not model.text_ready:

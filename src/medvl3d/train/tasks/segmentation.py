@@ -229,7 +229,6 @@ class PatchSampler:
 def configure_patches(
     task: Task,
     kind: str,
-    *,
     patch_size: Sequence[int],
     fg_fraction: float,
     augment: dict | SegAugmentConfig | None,
@@ -308,13 +307,13 @@ class SegmentationTask(Task):
         configure_patches(
             self,
             "segmentation",
-            patch_size=patch_size,
-            fg_fraction=fg_fraction,
-            augment=augment,
-            overlap=overlap,
-            flip_axes=flip_axes,
-            pad_to_patch=pad_to_patch,
-            centre_jitter=centre_jitter,
+            patch_size,
+            fg_fraction,
+            augment,
+            overlap,
+            flip_axes,
+            pad_to_patch,
+            centre_jitter,
         )
         if dice_classes == "all":
             loss = DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=lambda_dice, lambda_ce=lambda_ce)
