@@ -76,3 +76,41 @@ def test_unseen_support_counts_the_training_lesions_that_share_a_type_s_values(b
              progress=False, lesion_types=tmp_path / "one.yaml")  # fmt: skip
     with pytest.raises(ValueError, match="none is unseen"):
         bench_script("malenia_zero_shot").unseen_support(seen_only)
+
+
+def test_the_organ_gate_probe_bounds_a_query_by_the_organ_head(bench_script, monkeypatch):
+    """`malenia_token_probe --organ-gate`: `require` keeps the voxels the organ head puts in the query's
+    organ, `exclude` drops those it puts in another lesion organ, each region grown by one feature voxel; a
+    query without an organ is left as it was."""
+    import torch
+
+    from medvl3d.data.synth.phantom import LESION_ORGAN_IDS
+    from medvl3d.infer.lesions import LesionQuery
+    from medvl3d.models import create_model
+
+    probe = bench_script("malenia_token_probe")
+    monkeypatch.setattr(probe, "_score_patched", lambda run, data, name, patched: (name, patched))
+    model = create_model("test_malenia")
+    logits = torch.zeros(1, 16, 6, 6, 6)
+    logits[:, 0] = 5.0  # background, but for a liver block and a left-kidney block
+    logits[0, LESION_ORGAN_IDS["liver"][0], :3, :3, :3] = 10.0
+    logits[0, LESION_ORGAN_IDS["kidney"][1], 3:, 3:, 3:] = 10.0
+    forward = ({"organs": logits},)
+
+    def everywhere(model, forward, query):
+        return torch.ones(1, 1, 6, 6, 6)
+
+    name, patched = probe.score_organ_gate(None, None, "require")
+    assert name == "_query_prob"
+    kept = patched(everywhere)(model, forward, LesionQuery({"organ": "liver", "density": "hypodense"}))
+    want = torch.zeros(6, 6, 6)
+    want[:4, :4, :4] = 1  # the liver block and its rim
+    assert torch.equal(kept[0, 0], want)
+    _, patched = probe.score_organ_gate(None, None, "exclude")
+    kept = patched(everywhere)(model, forward, LesionQuery({"location": "left lobe"}))
+    want = torch.ones(6, 6, 6)
+    want[4:, 4:, 4:] = 0  # the kidney block less its rim
+    assert torch.equal(kept[0, 0], want)
+    assert torch.equal(
+        patched(everywhere)(model, forward, LesionQuery({"density": "hypodense"})), everywhere(0, 0, 0)
+    )
