@@ -35,7 +35,6 @@ import torch
 
 from medvl3d.atomic import atomic_write_text
 
-REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_record import git_commit  # noqa: E402
 
@@ -182,6 +181,17 @@ def score_prior_balanced(run: Path, data: Path) -> dict:
     return _score_patched(run, data, "_value_probs", patched)
 
 
+def _require_organ_head(run: Path) -> None:
+    """Refuse, in one line, a run whose model has no organ head (`n_organs: 0`): nothing to bound by."""
+    from medvl3d.models.checkpoint import read_info
+
+    config = ((read_info(run).get("model") or {}).get("config")) or {}
+    if not config.get("n_organs"):
+        raise SystemExit(
+            f"{run}: its model has no organ head (n_organs 0); --organ-gate/--organ-head need one"
+        )
+
+
 def score_organ_gate(run: Path, data: Path, mode: str) -> dict:
     """A Malenia model scored with each query's map bounded by the model's own organ head: `require` keeps
     the voxels it puts in the query's organ, `exclude` drops those it puts in another lesion-bearing organ
@@ -192,6 +202,8 @@ def score_organ_gate(run: Path, data: Path, mode: str) -> dict:
 
     from medvl3d.data.lesion_knowledge import organ_of_location
     from medvl3d.data.synth.phantom import LESION_ORGAN_IDS
+
+    _require_organ_head(run)
 
     def patched(original):
         def bounded(model, forward, query):
@@ -225,6 +237,7 @@ def organ_head_labels(run: Path, data: Path) -> dict:
     from medvl3d.data.synth.phantom import LESION_ORGAN_IDS, ORGAN_LABELS
     from medvl3d.infer.lesions import LesionSegmenter
 
+    _require_organ_head(run)
     seg = LesionSegmenter.from_checkpoint(run)
     model = seg.model.eval()
     dataset = open_split(data, "valid")

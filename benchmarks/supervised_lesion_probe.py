@@ -20,7 +20,6 @@ import torch
 
 from medvl3d.atomic import atomic_write_text
 
-REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_record import git_commit  # noqa: E402
 

@@ -78,7 +78,9 @@ def test_unseen_support_counts_the_training_lesions_that_share_a_type_s_values(b
         bench_script("malenia_zero_shot").unseen_support(seen_only)
 
 
-def test_the_organ_gate_probe_bounds_a_query_by_the_organ_head(bench_script, monkeypatch):
+def test_the_organ_gate_probe_bounds_a_query_by_the_organ_head(
+    bench_script, monkeypatch, malenia_checkpoint, tmp_path
+):
     """`malenia_token_probe --organ-gate`: `require` keeps the voxels the organ head puts in the query's
     organ, `exclude` drops those it puts in another lesion organ, each region grown by one feature voxel; a
     query without an organ is left as it was."""
@@ -100,13 +102,13 @@ def test_the_organ_gate_probe_bounds_a_query_by_the_organ_head(bench_script, mon
     def everywhere(model, forward, query):
         return torch.ones(1, 1, 6, 6, 6)
 
-    name, patched = probe.score_organ_gate(None, None, "require")
+    name, patched = probe.score_organ_gate(malenia_checkpoint, None, "require")
     assert name == "_query_prob"
     kept = patched(everywhere)(model, forward, LesionQuery({"organ": "liver", "density": "hypodense"}))
     want = torch.zeros(6, 6, 6)
     want[:4, :4, :4] = 1  # the liver block and its rim
     assert torch.equal(kept[0, 0], want)
-    _, patched = probe.score_organ_gate(None, None, "exclude")
+    _, patched = probe.score_organ_gate(malenia_checkpoint, None, "exclude")
     kept = patched(everywhere)(model, forward, LesionQuery({"location": "left lobe"}))
     want = torch.ones(6, 6, 6)
     want[4:, 4:, 4:] = 0  # the kidney block less its rim
@@ -114,3 +116,14 @@ def test_the_organ_gate_probe_bounds_a_query_by_the_organ_head(bench_script, mon
     assert torch.equal(
         patched(everywhere)(model, forward, LesionQuery({"density": "hypodense"})), everywhere(0, 0, 0)
     )
+
+    # A model without an organ head has nothing to bound by: one line, not a silent ungated score.
+    from medvl3d.models.checkpoint import save_checkpoint
+
+    bare = create_model("test_malenia", n_organs=0)
+    info = {"model": {"name": "test_malenia", "family": "malenia", "config": bare.config.to_dict()}}
+    path = save_checkpoint(tmp_path / "checkpoints", 1, bare, info)
+    with pytest.raises(SystemExit, match="no organ head"):
+        probe.score_organ_gate(path, None, "exclude")
+    with pytest.raises(SystemExit, match="no organ head"):
+        probe.organ_head_labels(path, None)
